@@ -1,0 +1,191 @@
+package hostgw
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/flannel-go/flannel/internal/backend"
+	"github.com/flannel-go/flannel/internal/lease"
+	"github.com/flannel-go/flannel/internal/route"
+)
+
+// netlinker is every netlink call the backend makes; *netlink.Handle
+// implements it and tests wrap it to count changes.
+type netlinker interface {
+	route.Netlink
+	route.Lister
+}
+
+// Backend is the host-gw datapath of one host.
+type Backend struct {
+	ext     backend.ExtIface
+	network netip.Prefix
+	log     *slog.Logger
+
+	nl      netlinker
+	closeNL func()
+	closed  bool
+
+	own    netip.Prefix // our lease's subnet; invalid before Configure
+	tab    *route.Table
+	peers  []lease.Lease           // the last Sync's input, which Repair re-applies
+	warned map[netip.Prefix]string // subnet → the problem already logged
+}
+
+var _ backend.Backend = (*Backend)(nil)
+
+func newBackend(cfg backend.Config) (backend.Backend, error) {
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Network.EnableIPv6 {
+		log.Warn("host-gw: IPv6 is enabled but only the IPv4 datapath is implemented; IPv6 subnets get no routes")
+	}
+	return &Backend{
+		ext:     cfg.Ext,
+		network: cfg.Network.Network,
+		log:     log.With("backend", Type),
+		warned:  map[netip.Prefix]string{},
+	}, nil
+}
+
+// Init opens a netlink handle in the calling thread's network namespace
+// (every later call uses that namespace) and loads the routes it owns.
+func (b *Backend) Init(ctx context.Context) (lease.Attrs, error) {
+	if b.closed {
+		return lease.Attrs{}, errors.New("host-gw: backend is closed")
+	}
+	if !b.ext.IfaceAddr.Is4() || b.ext.Index <= 0 {
+		return lease.Attrs{}, fmt.Errorf("host-gw: external interface %q needs an index and an IPv4 address (have %v)",
+			b.ext.Name, b.ext.IfaceAddr)
+	}
+	if b.nl == nil {
+		h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+		if err != nil {
+			return lease.Attrs{}, fmt.Errorf("host-gw: netlink handle: %w", err)
+		}
+		b.nl, b.closeNL = h, h.Close
+	}
+	b.tab = route.NewTable(b.nl)
+	if err := b.load(); err != nil {
+		return lease.Attrs{}, err
+	}
+	return lease.Attrs{PublicIP: b.ext.ExtAddr, BackendType: Type}, nil
+}
+
+// Configure records our own subnet (never routed to a peer) and returns
+// the external interface's MTU: host-gw adds no header.
+func (b *Backend) Configure(ctx context.Context, own lease.Lease) (int, error) {
+	if err := b.ready(); err != nil {
+		return 0, err
+	}
+	b.own = own.Subnet
+	return b.ext.MTU, nil
+}
+
+// Sync makes the owned routes match peers.
+func (b *Backend) Sync(ctx context.Context, peers []lease.Lease) error {
+	if err := b.ready(); err != nil {
+		return err
+	}
+	b.peers = slices.Clone(peers)
+	return b.apply()
+}
+
+// Repair re-reads the owned routes (one dump) and re-applies the last Sync.
+func (b *Backend) Repair(ctx context.Context) error {
+	if err := b.ready(); err != nil {
+		return err
+	}
+	if err := b.load(); err != nil {
+		return err
+	}
+	return b.apply()
+}
+
+// Close releases the netlink handle. The routes stay.
+func (b *Backend) Close() error {
+	if b.closeNL != nil {
+		b.closeNL()
+		b.closeNL = nil
+	}
+	b.closed = true
+	return nil
+}
+
+// ready guards against use before Init and after Close: a closed netlink
+// handle would silently fall back to the caller's namespace.
+func (b *Backend) ready() error {
+	switch {
+	case b.closed:
+		return errors.New("host-gw: backend is closed")
+	case b.tab == nil:
+		return errors.New("host-gw: Init has not succeeded")
+	}
+	return nil
+}
+
+func (b *Backend) apply() error {
+	c, err := b.tab.Set(b.desired())
+	if !c.None() {
+		b.log.Debug("host-gw: applied peers", "peers", len(b.peers), "added", c.Added, "removed", c.Removed, "failed", c.Failed)
+	}
+	if err != nil {
+		return fmt.Errorf("host-gw: sync %d peers: %w", len(b.peers), err)
+	}
+	return nil
+}
+
+// desired turns the peer leases into routes, skipping (with one warning
+// per peer and problem) the leases this backend cannot use.
+func (b *Backend) desired() route.State {
+	var s route.State
+	problems := map[netip.Prefix]string{}
+	for _, p := range b.peers {
+		sn, ip := p.Subnet, p.Attrs.PublicIP
+		var problem string
+		switch {
+		case !sn.IsValid() || sn == b.own:
+			continue
+		case p.Attrs.BackendType != Type:
+			problem = fmt.Sprintf("backend type %q, not %q", p.Attrs.BackendType, Type)
+		case !b.network.Contains(sn.Addr()) || sn.Bits() < b.network.Bits():
+			problem = fmt.Sprintf("subnet outside network %s", b.network)
+		case !ip.Is4():
+			problem = "no IPv4 PublicIP"
+		case ip == b.ext.IfaceAddr:
+			problem = "PublicIP is this host's own address"
+		default:
+			s.Routes = append(s.Routes, route.Route{Dst: sn, Gw: ip, LinkIndex: b.ext.Index})
+			continue
+		}
+		problems[sn] = problem
+		if b.warned[sn] != problem {
+			b.log.Warn("host-gw: ignoring peer", "subnet", sn, "public_ip", ip, "reason", problem)
+		}
+	}
+	b.warned = problems
+	return s
+}
+
+func (b *Backend) owns(r route.Route) bool {
+	return r.LinkIndex == b.ext.Index && r.Gw.IsValid() &&
+		b.network.Contains(r.Dst.Addr()) && r.Dst.Bits() >= b.network.Bits()
+}
+
+func (b *Backend) load() error {
+	routes, err := route.ListRoutes(b.nl, b.owns)
+	if err != nil {
+		return fmt.Errorf("host-gw: %w", err)
+	}
+	b.tab.Load(route.State{Routes: routes})
+	return nil
+}

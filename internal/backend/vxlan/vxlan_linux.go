@@ -1,0 +1,466 @@
+package vxlan
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/flannel-go/flannel/internal/backend"
+	"github.com/flannel-go/flannel/internal/lease"
+	"github.com/flannel-go/flannel/internal/route"
+)
+
+// netlinker is every netlink call the backend makes; *netlink.Handle
+// implements it and tests wrap it to count changes.
+type netlinker interface {
+	route.Netlink
+	route.Lister
+	LinkByName(name string) (netlink.Link, error)
+	LinkAdd(netlink.Link) error
+	LinkDel(netlink.Link) error
+	LinkSetUp(netlink.Link) error
+	LinkSetMTU(netlink.Link, int) error
+	LinkSetHardwareAddr(netlink.Link, net.HardwareAddr) error
+	AddrList(netlink.Link, int) ([]netlink.Addr, error)
+	AddrAdd(netlink.Link, *netlink.Addr) error
+	AddrDel(netlink.Link, *netlink.Addr) error
+	RouteGet(net.IP) ([]netlink.Route, error)
+}
+
+// Backend is the vxlan datapath of one host.
+type Backend struct {
+	opts    Options
+	ext     backend.ExtIface
+	network netip.Prefix
+	log     *slog.Logger
+
+	nl      netlinker
+	closeNL func()
+	closed  bool
+
+	name   string // flannel.<VNI>
+	mtu    int    // the device's MTU, reported to containers
+	mac    route.MAC
+	link   netlink.Link // index valid until the device is recreated
+	own    netip.Prefix // our lease's subnet; invalid before Configure
+	tab    *route.Table
+	peers  []lease.Lease // the last Sync's input, which Repair re-applies
+	onLink map[netip.Addr]bool
+	warned map[netip.Prefix]string // subnet → the problem already logged
+}
+
+var _ backend.Backend = (*Backend)(nil)
+
+func newBackend(cfg backend.Config, o Options) (backend.Backend, error) {
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Network.EnableIPv6 {
+		log.Warn("vxlan: IPv6 is enabled but only the IPv4 datapath is implemented; IPv6 subnets get no routes")
+	}
+	return &Backend{
+		opts:    o,
+		ext:     cfg.Ext,
+		network: cfg.Network.Network,
+		log:     log.With("backend", Type),
+		name:    fmt.Sprintf("flannel.%d", o.VNI),
+		onLink:  map[netip.Addr]bool{},
+		warned:  map[netip.Prefix]string{},
+	}, nil
+}
+
+// Init opens a netlink handle in the calling thread's network namespace
+// (every later call uses that namespace), creates or adopts the device and
+// loads the entries it owns.
+func (b *Backend) Init(ctx context.Context) (lease.Attrs, error) {
+	if b.closed {
+		return lease.Attrs{}, errors.New("vxlan: backend is closed")
+	}
+	if !b.ext.IfaceAddr.Is4() || !b.ext.ExtAddr.Is4() || b.ext.Index <= 0 {
+		return lease.Attrs{}, fmt.Errorf("vxlan: external interface %q needs an index and IPv4 addresses (have %v, public %v)",
+			b.ext.Name, b.ext.IfaceAddr, b.ext.ExtAddr)
+	}
+	under := b.opts.MTU
+	if under == 0 {
+		under = b.ext.MTU
+	}
+	b.mtu = under - overhead
+	if b.mtu < minMTU {
+		return lease.Attrs{}, fmt.Errorf("vxlan: MTU %d of %s leaves %d for %s, less than the IPv4 minimum %d",
+			under, b.ext.Name, b.mtu, b.name, minMTU)
+	}
+	if b.nl == nil {
+		h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+		if err != nil {
+			return lease.Attrs{}, fmt.Errorf("vxlan: netlink handle: %w", err)
+		}
+		b.nl, b.closeNL = h, h.Close
+	}
+	if err := b.ensureDevice(false); err != nil {
+		return lease.Attrs{}, err
+	}
+	b.tab = route.NewTable(b.nl)
+	if err := b.load(); err != nil {
+		return lease.Attrs{}, err
+	}
+	return lease.Attrs{
+		PublicIP:    b.ext.ExtAddr,
+		BackendType: Type,
+		BackendData: encodeBackendData(b.opts.VNI, b.mac),
+	}, nil
+}
+
+// Configure puts <subnet address>/32 on the device and returns its MTU.
+func (b *Backend) Configure(ctx context.Context, own lease.Lease) (int, error) {
+	if err := b.ready(); err != nil {
+		return 0, err
+	}
+	if !own.Subnet.IsValid() || !b.network.Contains(own.Subnet.Addr()) {
+		return 0, fmt.Errorf("vxlan: own subnet %v is not inside network %s", own.Subnet, b.network)
+	}
+	b.own = own.Subnet
+	if err := b.ensureAddr(); err != nil {
+		return 0, err
+	}
+	return b.mtu, nil
+}
+
+// Sync makes the neighbour, FDB and route entries match peers.
+func (b *Backend) Sync(ctx context.Context, peers []lease.Lease) error {
+	if err := b.ready(); err != nil {
+		return err
+	}
+	b.peers = slices.Clone(peers)
+	return b.apply()
+}
+
+// Repair restores the device (same MAC, address, MTU, up), re-reads the
+// owned entries and re-applies the last Sync. Its cost is one link lookup
+// and one dump each of addresses, routes, neighbours and FDB entries.
+func (b *Backend) Repair(ctx context.Context) error {
+	if err := b.ready(); err != nil {
+		return err
+	}
+	if err := b.ensureDevice(true); err != nil {
+		return err
+	}
+	if b.own.IsValid() {
+		if err := b.ensureAddr(); err != nil {
+			return err
+		}
+	}
+	// The underlay may have changed; look on-link peers up again.
+	clear(b.onLink)
+	if err := b.load(); err != nil {
+		return err
+	}
+	return b.apply()
+}
+
+// Close releases the netlink handle. The device and entries stay.
+func (b *Backend) Close() error {
+	if b.closeNL != nil {
+		b.closeNL()
+		b.closeNL = nil
+	}
+	b.closed = true
+	return nil
+}
+
+// ready guards against use before Init and after Close: a closed netlink
+// handle would silently fall back to the caller's namespace.
+func (b *Backend) ready() error {
+	switch {
+	case b.closed:
+		return errors.New("vxlan: backend is closed")
+	case b.tab == nil:
+		return errors.New("vxlan: Init has not succeeded")
+	}
+	return nil
+}
+
+func (b *Backend) apply() error {
+	want := b.desired()
+	c, err := b.tab.Set(want)
+	if !c.None() {
+		b.log.Debug("vxlan: applied peers", "peers", len(b.peers), "added", c.Added, "removed", c.Removed, "failed", c.Failed)
+	}
+	if err != nil {
+		return fmt.Errorf("vxlan: sync %d peers: %w", len(b.peers), err)
+	}
+	return nil
+}
+
+// desired turns the peer leases into entries, skipping (with one warning
+// per peer and problem) the leases this backend cannot use.
+func (b *Backend) desired() route.State {
+	var s route.State
+	idx := b.link.Attrs().Index
+	problems := map[netip.Prefix]string{}
+	macOwner := map[route.MAC]netip.Prefix{}
+	skip := func(p lease.Lease, problem string) {
+		problems[p.Subnet] = problem
+		if b.warned[p.Subnet] != problem {
+			b.log.Warn("vxlan: skipping peer", "subnet", p.Subnet, "public_ip", p.Attrs.PublicIP, "reason", problem)
+		}
+	}
+	for _, p := range b.peers {
+		sn := p.Subnet
+		switch {
+		case !sn.IsValid() || sn == b.own:
+			continue
+		case p.Attrs.BackendType != Type:
+			skip(p, fmt.Sprintf("backend type %q, not %q", p.Attrs.BackendType, Type))
+			continue
+		case !b.network.Contains(sn.Addr()) || sn.Bits() < b.network.Bits():
+			skip(p, fmt.Sprintf("subnet outside network %s", b.network))
+			continue
+		case !p.Attrs.PublicIP.Is4():
+			skip(p, "no IPv4 PublicIP")
+			continue
+		case p.Attrs.PublicIP == b.ext.ExtAddr:
+			skip(p, "PublicIP is this host's own address")
+			continue
+		}
+		vni, mac, err := decodeBackendData(p.Attrs.BackendData)
+		if err != nil {
+			skip(p, err.Error())
+			continue
+		}
+		if vni != b.opts.VNI {
+			skip(p, fmt.Sprintf("VNI %d, ours is %d", vni, b.opts.VNI))
+			continue
+		}
+		if b.opts.DirectRouting && b.isOnLink(p.Attrs.PublicIP) {
+			s.Routes = append(s.Routes, route.Route{Dst: sn, Gw: p.Attrs.PublicIP, LinkIndex: b.ext.Index})
+			continue
+		}
+		if other, dup := macOwner[mac]; dup {
+			skip(p, fmt.Sprintf("VtepMAC %s is also used by %s", mac, other))
+			continue
+		}
+		macOwner[mac] = sn
+		s.Neighs = append(s.Neighs, route.Neigh{IP: sn.Addr(), MAC: mac, LinkIndex: idx})
+		s.FDB = append(s.FDB, route.FDB{MAC: mac, Dst: p.Attrs.PublicIP, LinkIndex: idx})
+		s.Routes = append(s.Routes, route.Route{Dst: sn, Gw: sn.Addr(), LinkIndex: idx, OnLink: true})
+	}
+	b.warned = problems
+	return s
+}
+
+// isOnLink reports whether the underlay reaches ip without a gateway
+// through the external interface. Equivalent to: `ip route get IP`.
+func (b *Backend) isOnLink(ip netip.Addr) bool {
+	if v, ok := b.onLink[ip]; ok {
+		return v
+	}
+	rs, err := b.nl.RouteGet(ip.AsSlice())
+	v := err == nil && len(rs) == 1 && rs[0].Gw == nil && rs[0].LinkIndex == b.ext.Index
+	b.onLink[ip] = v
+	return v
+}
+
+// owns is the ownership rule of the package comment.
+func (b *Backend) owns(r route.Route) bool {
+	if !b.network.Contains(r.Dst.Addr()) || r.Dst.Bits() < b.network.Bits() {
+		return false
+	}
+	return r.LinkIndex == b.link.Attrs().Index || (r.LinkIndex == b.ext.Index && r.Gw.IsValid())
+}
+
+// load replaces the table's record with the owned entries in the kernel.
+func (b *Backend) load() error {
+	idx := b.link.Attrs().Index
+	routes, err := route.ListRoutes(b.nl, b.owns)
+	if err != nil {
+		return fmt.Errorf("vxlan: %w", err)
+	}
+	neighs, err := route.ListNeighs(b.nl, idx)
+	if err != nil {
+		return fmt.Errorf("vxlan: %w", err)
+	}
+	fdb, err := route.ListFDB(b.nl, idx)
+	if err != nil {
+		return fmt.Errorf("vxlan: %w", err)
+	}
+	b.tab.Load(route.State{Routes: routes, Neighs: neighs, FDB: fdb})
+	return nil
+}
+
+func (b *Backend) port() int {
+	if b.opts.Port == 0 {
+		return kernelPort
+	}
+	return b.opts.Port
+}
+
+// incompatible says why an existing link cannot be adopted, or "".
+func (b *Backend) incompatible(l netlink.Link) string {
+	v, ok := l.(*netlink.Vxlan)
+	switch {
+	case !ok:
+		return fmt.Sprintf("type %s, not vxlan", l.Type())
+	case v.VxlanId != b.opts.VNI:
+		return fmt.Sprintf("VNI %d, want %d", v.VxlanId, b.opts.VNI)
+	case v.VtepDevIndex != b.ext.Index:
+		return fmt.Sprintf("underlay link index %d, want %d (%s)", v.VtepDevIndex, b.ext.Index, b.ext.Name)
+	case !v.SrcAddr.Equal(b.ext.IfaceAddr.AsSlice()):
+		return fmt.Sprintf("local address %v, want %s", v.SrcAddr, b.ext.IfaceAddr)
+	case v.Port != b.port():
+		return fmt.Sprintf("port %d, want %d", v.Port, b.port())
+	case v.GBP != b.opts.GBP:
+		return fmt.Sprintf("gbp %v, want %v", v.GBP, b.opts.GBP)
+	case v.Learning != b.opts.Learning:
+		return fmt.Sprintf("learning %v, want %v", v.Learning, b.opts.Learning)
+	case v.Group != nil && !v.Group.IsUnspecified():
+		return fmt.Sprintf("has remote/group %v", v.Group)
+	case v.L2miss || v.L3miss || v.FlowBased:
+		return "has l2miss, l3miss or external (flow-based) set"
+	}
+	return ""
+}
+
+// ensureDevice adopts, creates or restores the device. With keepMAC (in
+// Repair) the device must carry the MAC we advertised: peers' neighbour
+// entries point at it. Equivalent to:
+// `ip link add flannel.N address MAC type vxlan id N dev EXT local IP [dstport P] [nolearning] [gbp]; ip link set flannel.N mtu M up`.
+func (b *Backend) ensureDevice(keepMAC bool) error {
+	l, err := b.nl.LinkByName(b.name)
+	var nf netlink.LinkNotFoundError
+	switch {
+	case errors.As(err, &nf):
+		l = nil
+		if keepMAC {
+			b.log.Warn("vxlan: device disappeared; recreating it", "device", b.name, "mac", b.mac)
+		}
+	case err != nil:
+		return fmt.Errorf("vxlan: look up %s: %w", b.name, err)
+	default:
+		if why := b.incompatible(l); why != "" {
+			b.log.Warn("vxlan: replacing incompatible device", "device", b.name, "reason", why)
+			if err := b.nl.LinkDel(l); err != nil {
+				return fmt.Errorf("vxlan: delete incompatible %s: %w", b.name, err)
+			}
+			l = nil
+		}
+	}
+
+	if l == nil {
+		if !keepMAC {
+			b.mac = randomMAC()
+		}
+		if l, err = b.create(); err != nil {
+			return err
+		}
+	} else if !keepMAC {
+		m, ok := route.MACFrom(l.Attrs().HardwareAddr)
+		if !ok {
+			return fmt.Errorf("vxlan: %s has MAC %v, not an Ethernet address", b.name, l.Attrs().HardwareAddr)
+		}
+		b.mac = m
+		b.log.Info("vxlan: adopting existing device", "device", b.name, "index", l.Attrs().Index, "mac", m)
+	}
+
+	// systemd-udevd's MACAddressPolicy may rewrite the MAC of a new link
+	// after we set it, and anyone may change it later.
+	if m, _ := route.MACFrom(l.Attrs().HardwareAddr); m != b.mac {
+		b.log.Warn("vxlan: device MAC changed behind our back; restoring it", "device", b.name, "have", l.Attrs().HardwareAddr, "want", b.mac)
+		if err := b.nl.LinkSetHardwareAddr(l, b.mac.HardwareAddr()); err != nil {
+			return fmt.Errorf("vxlan: set MAC of %s to %s: %w", b.name, b.mac, err)
+		}
+	}
+	if l.Attrs().MTU != b.mtu {
+		if err := b.nl.LinkSetMTU(l, b.mtu); err != nil {
+			return fmt.Errorf("vxlan: set MTU of %s to %d: %w", b.name, b.mtu, err)
+		}
+	}
+	if l.Attrs().Flags&net.FlagUp == 0 {
+		if err := b.nl.LinkSetUp(l); err != nil {
+			return fmt.Errorf("vxlan: set %s up: %w", b.name, err)
+		}
+	}
+	b.link = l
+	return nil
+}
+
+func (b *Backend) create() (netlink.Link, error) {
+	la := netlink.NewLinkAttrs()
+	la.Name = b.name
+	la.MTU = b.mtu
+	la.HardwareAddr = b.mac.HardwareAddr()
+	v := &netlink.Vxlan{
+		LinkAttrs:    la,
+		VxlanId:      b.opts.VNI,
+		VtepDevIndex: b.ext.Index,
+		SrcAddr:      b.ext.IfaceAddr.AsSlice(),
+		Port:         b.opts.Port,
+		Learning:     b.opts.Learning,
+		GBP:          b.opts.GBP,
+	}
+	if err := b.nl.LinkAdd(v); err != nil {
+		return nil, fmt.Errorf("vxlan: create %s (VNI %d on %s): %w", b.name, b.opts.VNI, b.ext.Name, err)
+	}
+	l, err := b.nl.LinkByName(b.name)
+	if err != nil {
+		return nil, fmt.Errorf("vxlan: look up created %s: %w", b.name, err)
+	}
+	b.log.Info("vxlan: created device", "device", b.name, "index", l.Attrs().Index, "mac", b.mac, "mtu", b.mtu)
+	return l, nil
+}
+
+// ensureAddr makes <own subnet address>/32 the device's only address inside
+// the network. Equivalent to: `ip addr add 10.5.72.0/32 dev flannel.1` plus
+// `ip addr del` of stale ones.
+func (b *Backend) ensureAddr() error {
+	want := netip.PrefixFrom(b.own.Addr(), 32)
+	addrs, err := route.Dump(func() ([]netlink.Addr, error) { return b.nl.AddrList(b.link, netlink.FAMILY_V4) })
+	if err != nil {
+		return fmt.Errorf("vxlan: list addresses of %s: %w", b.name, err)
+	}
+	var stale []netlink.Addr
+	have := false
+	for _, a := range addrs {
+		ip, ok := netip.AddrFromSlice(a.IP)
+		if !ok {
+			continue
+		}
+		ones, _ := a.Mask.Size()
+		p := netip.PrefixFrom(ip.Unmap(), ones)
+		switch {
+		case p == want:
+			have = true
+		case b.network.Contains(p.Addr()):
+			stale = append(stale, a)
+		}
+	}
+	if !have {
+		if err := b.nl.AddrAdd(b.link, &netlink.Addr{IPNet: route.IPNet(want)}); err != nil {
+			return fmt.Errorf("vxlan: add address %s to %s: %w", want, b.name, err)
+		}
+	}
+	for _, a := range stale {
+		if err := b.nl.AddrDel(b.link, &a); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+			return fmt.Errorf("vxlan: delete stale address %s from %s: %w", a.IPNet, b.name, err)
+		}
+	}
+	return nil
+}
+
+// randomMAC returns a locally administered unicast MAC. It is set
+// explicitly at creation so the address peers learn is ours, not one
+// udev picks later.
+func randomMAC() route.MAC {
+	var m route.MAC
+	_, _ = rand.Read(m[:])
+	m[0] = (m[0] | 0x02) &^ 0x01
+	return m
+}

@@ -1,0 +1,264 @@
+package route
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Netlink is the part of *netlink.Handle a Table changes the kernel with.
+type Netlink interface {
+	RouteReplace(*netlink.Route) error
+	RouteDel(*netlink.Route) error
+	NeighSet(*netlink.Neigh) error
+	NeighDel(*netlink.Neigh) error
+}
+
+// Table holds what has been applied to the kernel. Not safe for concurrent
+// use; a backend's methods are never called concurrently.
+type Table struct {
+	nl     Netlink
+	routes map[routeKey]Route
+	neighs map[neighKey]Neigh
+	fdb    map[FDB]FDB
+}
+
+// NewTable returns an empty table that changes the kernel through nl.
+func NewTable(nl Netlink) *Table {
+	t := &Table{nl: nl}
+	t.Load(State{})
+	return t
+}
+
+// Load replaces the record of applied entries with have, typically what a
+// kernel dump shows of the entries the caller owns. The next Set then
+// deletes the ones not wanted and re-adds wanted ones that are missing.
+func (t *Table) Load(have State) {
+	t.routes = make(map[routeKey]Route, len(have.Routes))
+	t.neighs = make(map[neighKey]Neigh, len(have.Neighs))
+	t.fdb = make(map[FDB]FDB, len(have.FDB))
+	for _, r := range have.Routes {
+		t.routes[r.key()] = r
+	}
+	for _, n := range have.Neighs {
+		t.neighs[n.key()] = n
+	}
+	for _, f := range have.FDB {
+		t.fdb[f] = f
+	}
+}
+
+// Applied returns the entries the table believes are in the kernel, sorted.
+func (t *Table) Applied() State {
+	var s State
+	for _, r := range t.routes {
+		s.Routes = append(s.Routes, r)
+	}
+	for _, n := range t.neighs {
+		s.Neighs = append(s.Neighs, n)
+	}
+	for _, f := range t.fdb {
+		s.FDB = append(s.FDB, f)
+	}
+	slices.SortFunc(s.Routes, func(a, b Route) int {
+		return cmp.Or(a.Dst.Addr().Compare(b.Dst.Addr()), cmp.Compare(a.Dst.Bits(), b.Dst.Bits()), cmp.Compare(a.Metric, b.Metric))
+	})
+	slices.SortFunc(s.Neighs, func(a, b Neigh) int {
+		return cmp.Or(cmp.Compare(a.LinkIndex, b.LinkIndex), a.IP.Compare(b.IP))
+	})
+	slices.SortFunc(s.FDB, func(a, b FDB) int {
+		return cmp.Or(cmp.Compare(a.LinkIndex, b.LinkIndex), slices.Compare(a.MAC[:], b.MAC[:]), a.Dst.Compare(b.Dst))
+	})
+	return s
+}
+
+// Set makes the owned entries equal to want. It first adds or replaces, in
+// the order a packet needs them (neighbour, FDB, then the route that makes
+// them reachable), and only then deletes, routes first. A failed change is
+// reported and left for the next Set to retry; the others still happen.
+func (t *Table) Set(want State) (Changes, error) {
+	wr := make(map[routeKey]Route, len(want.Routes))
+	for _, r := range want.Routes {
+		wr[r.key()] = r
+	}
+	wn := make(map[neighKey]Neigh, len(want.Neighs))
+	for _, n := range want.Neighs {
+		wn[n.key()] = n
+	}
+	wf := make(map[FDB]FDB, len(want.FDB))
+	for _, f := range want.FDB {
+		wf[f] = f
+	}
+
+	var c Changes
+	var errs errList
+	add(t.neighs, wn, t.neighSet, &c, &errs)
+	add(t.fdb, wf, t.fdbSet, &c, &errs)
+	add(t.routes, wr, t.routeReplace, &c, &errs)
+	remove(t.routes, wr, t.routeDel, &c, &errs)
+	remove(t.neighs, wn, t.neighDel, &c, &errs)
+	remove(t.fdb, wf, t.fdbDel, &c, &errs)
+	return c, errs.err(c)
+}
+
+func add[K comparable, E comparable](applied, want map[K]E, do func(E) error, c *Changes, errs *errList) {
+	for k, e := range want {
+		if old, ok := applied[k]; ok && old == e {
+			continue
+		}
+		if err := do(e); err != nil {
+			c.Failed++
+			errs.add(err)
+			continue
+		}
+		applied[k] = e
+		c.Added++
+	}
+}
+
+func remove[K comparable, E comparable](applied, want map[K]E, do func(E) error, c *Changes, errs *errList) {
+	for k, e := range applied {
+		if _, ok := want[k]; ok {
+			continue
+		}
+		if err := do(e); err != nil && !isGone(err) {
+			c.Failed++
+			errs.add(err)
+			continue
+		}
+		delete(applied, k)
+		c.Removed++
+	}
+}
+
+// isGone: deleting what is already gone is success; a hand-deleted entry
+// must not make every later Set fail.
+func isGone(err error) bool {
+	return errors.Is(err, unix.ESRCH) || errors.Is(err, unix.ENOENT)
+}
+
+// errList keeps the first few errors: with thousands of peers failing for
+// one reason, the message must stay readable.
+type errList struct {
+	first []error
+}
+
+const maxErrs = 3
+
+func (l *errList) add(err error) {
+	if len(l.first) < maxErrs {
+		l.first = append(l.first, err)
+	}
+}
+
+func (l *errList) err(c Changes) error {
+	if c.Failed == 0 {
+		return nil
+	}
+	err := errors.Join(l.first...)
+	if c.Failed > len(l.first) {
+		err = fmt.Errorf("%w\n(and %d more)", err, c.Failed-len(l.first))
+	}
+	return fmt.Errorf("route: %d of %d changes failed: %w", c.Failed, c.Failed+c.Added+c.Removed, err)
+}
+
+func (t *Table) routeReplace(r Route) error {
+	if err := t.nl.RouteReplace(netlinkRoute(r)); err != nil {
+		return fmt.Errorf("replace route %s: %w", r, err)
+	}
+	return nil
+}
+
+func (t *Table) routeDel(r Route) error {
+	if err := t.nl.RouteDel(netlinkRoute(r)); err != nil {
+		return fmt.Errorf("delete route %s: %w", r, err)
+	}
+	return nil
+}
+
+func (t *Table) neighSet(n Neigh) error {
+	if err := t.nl.NeighSet(netlinkNeigh(n)); err != nil {
+		return fmt.Errorf("set neighbour %s: %w", n, err)
+	}
+	return nil
+}
+
+func (t *Table) neighDel(n Neigh) error {
+	if err := t.nl.NeighDel(netlinkNeigh(n)); err != nil {
+		return fmt.Errorf("delete neighbour %s: %w", n, err)
+	}
+	return nil
+}
+
+func (t *Table) fdbSet(f FDB) error {
+	if err := t.nl.NeighSet(netlinkFDB(f)); err != nil {
+		return fmt.Errorf("set fdb %s: %w", f, err)
+	}
+	return nil
+}
+
+func (t *Table) fdbDel(f FDB) error {
+	if err := t.nl.NeighDel(netlinkFDB(f)); err != nil {
+		return fmt.Errorf("delete fdb %s: %w", f, err)
+	}
+	return nil
+}
+
+// netlinkRoute converts r for netlink. Equivalent to the arguments of
+// `ip route replace DST [via GW] dev LINK [metric M] [onlink]`.
+func netlinkRoute(r Route) *netlink.Route {
+	nr := &netlink.Route{
+		LinkIndex: r.LinkIndex,
+		Dst:       IPNet(r.Dst),
+		Priority:  r.Metric,
+	}
+	if r.Gw.IsValid() {
+		nr.Gw = r.Gw.AsSlice()
+	}
+	if r.OnLink {
+		nr.Flags = int(netlink.FLAG_ONLINK)
+	}
+	return nr
+}
+
+// netlinkNeigh: `ip neigh replace IP lladdr MAC dev LINK nud permanent`.
+func netlinkNeigh(n Neigh) *netlink.Neigh {
+	return &netlink.Neigh{
+		LinkIndex:    n.LinkIndex,
+		Family:       familyOf(n.IP),
+		State:        netlink.NUD_PERMANENT,
+		Type:         unix.RTN_UNICAST,
+		IP:           n.IP.AsSlice(),
+		HardwareAddr: n.MAC.HardwareAddr(),
+	}
+}
+
+// netlinkFDB: `bridge fdb replace MAC dev LINK dst DST self permanent`.
+func netlinkFDB(f FDB) *netlink.Neigh {
+	return &netlink.Neigh{
+		LinkIndex:    f.LinkIndex,
+		Family:       unix.AF_BRIDGE,
+		State:        netlink.NUD_PERMANENT,
+		Flags:        netlink.NTF_SELF,
+		IP:           f.Dst.AsSlice(),
+		HardwareAddr: f.MAC.HardwareAddr(),
+	}
+}
+
+func familyOf(a netip.Addr) int {
+	if a.Is4() {
+		return netlink.FAMILY_V4
+	}
+	return netlink.FAMILY_V6
+}
+
+// IPNet converts p for netlink.
+func IPNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
