@@ -117,7 +117,7 @@ func (a *Attrs) UnmarshalJSON(b []byte) error {
 	}
 	if w.PublicIPv6 != nil && *w.PublicIPv6 != "" {
 		ip, err := netip.ParseAddr(*w.PublicIPv6)
-		if err != nil || !ip.Is6() || ip.Is4In6() {
+		if err != nil || !ip.Is6() || ip.Is4In6() || ip.Zone() != "" {
 			return fmt.Errorf("PublicIPv6 %q is not an IPv6 address", *w.PublicIPv6)
 		}
 		out.PublicIPv6 = ip
@@ -149,7 +149,14 @@ func compactJSON(r json.RawMessage) []byte {
 	if json.Compact(&buf, r) != nil {
 		return r
 	}
-	return buf.Bytes()
+	if bytes.Equal(buf.Bytes(), []byte("null")) {
+		return nil // encoded as absent, so equal to absent
+	}
+	// Marshal escapes <, > and & (as encoding/json does); compare in that
+	// form so that attrs stay Equal across a round trip through etcd.
+	var esc bytes.Buffer
+	json.HTMLEscape(&esc, buf.Bytes())
+	return esc.Bytes()
 }
 
 // keyRE is upstream's key grammar: a mandatory IPv4 part and an optional
