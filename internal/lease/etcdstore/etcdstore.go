@@ -1,0 +1,257 @@
+// Package etcdstore is the etcd v3 lease.Store, with upstream flannel's keys
+// and values: <prefix>/config and <prefix>/subnets/<key>, each subnet key
+// attached to an etcd lease (or to none, for a reservation).
+//
+// Design notes:
+//   - Create is create-if-absent in one transaction, so two hosts can never
+//     hold the same subnet; Renew and Revoke are guarded by the key's etcd
+//     lease ID, so a host never overwrites or deletes a lease that is no
+//     longer its own (upstream renews with a blind Put).
+//   - A reservation (a key without an etcd lease) stays one: Renew only
+//     rewrites its value (upstream issue #1329).
+//   - Listing is one range request with no per-key TimeToLive, so the cost
+//     of a resync does not grow in requests with the number of peers.
+//   - Every request has a timeout, and the gRPC reconnect backoff is capped
+//     at one second, so a restarted etcd is used again within about 2 s.
+package etcdstore
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/status"
+
+	"github.com/flannel-go/flannel/internal/lease"
+)
+
+// DefaultPrefix is upstream's etcd prefix.
+const DefaultPrefix = "/coreos.com/network"
+
+// DefaultTimeout bounds each etcd request.
+const DefaultTimeout = 10 * time.Second
+
+// Options configures New.
+type Options struct {
+	Endpoints []string // required, e.g. https://10.0.0.1:2379
+	Prefix    string   // optional; default DefaultPrefix
+
+	// Client certificate and key (PEM) and the CA that signed etcd's server
+	// certificate; all optional. TLS is used for https:// endpoints.
+	CertFile, KeyFile, CAFile string
+	// Username and Password for etcd's auth; optional. With them, New
+	// authenticates and so needs etcd to be reachable.
+	Username, Password string
+
+	Log     *slog.Logger  // optional; default discards
+	Timeout time.Duration // optional per-request timeout; default DefaultTimeout
+}
+
+// Store is a lease.Store on etcd v3. It is safe for concurrent use.
+type Store struct {
+	cli       *clientv3.Client
+	log       *slog.Logger
+	prefix    string // without trailing slash
+	subnets   string // prefix + "/subnets/"
+	endpoints string // for error messages
+	timeout   time.Duration
+	connErrs  *connErrors
+
+	stop context.CancelFunc
+	wg   sync.WaitGroup // monitor goroutine
+}
+
+var _ lease.Store = (*Store)(nil)
+
+// New creates the client. It reads the TLS files (failing on any it cannot
+// use) but, without Username, does not wait for etcd: requests made while
+// etcd is down fail after the request timeout.
+func New(o Options) (*Store, error) {
+	if len(o.Endpoints) == 0 {
+		return nil, errors.New("etcdstore: no etcd endpoints")
+	}
+	log := o.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	tc, err := tlsConfig(o, log)
+	if err != nil {
+		return nil, err
+	}
+	prefix := strings.TrimRight(o.Prefix, "/")
+	if o.Prefix == "" {
+		prefix = DefaultPrefix
+	}
+	timeout := o.Timeout
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	errs := &connErrors{}
+	dialOpts := append([]grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+		Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+		MinConnectTimeout: 5 * time.Second,
+	})}, errs.dialOptions(o.Endpoints, tc)...)
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints: o.Endpoints,
+		TLS:       tc,
+		Username:  o.Username,
+		Password:  o.Password,
+		// Only bounds the authentication New does with Username; the
+		// connection itself is made in the background.
+		DialTimeout:          timeout,
+		DialKeepAliveTime:    10 * time.Second,
+		DialKeepAliveTimeout: 5 * time.Second,
+		PermitWithoutStream:  true,
+		// Our own errors say what failed; the client's retry chatter
+		// would only repeat them.
+		Logger:      zap.NewNop(),
+		DialOptions: dialOpts,
+	})
+	if err != nil {
+		if cerr := errs.get(); cerr != nil {
+			return nil, fmt.Errorf("etcdstore: connect to %s: %w (last connection error: %v)", strings.Join(o.Endpoints, ","), err, cerr)
+		}
+		return nil, fmt.Errorf("etcdstore: connect to %s: %w", strings.Join(o.Endpoints, ","), err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	s := &Store{
+		cli:       cli,
+		log:       log,
+		prefix:    prefix,
+		subnets:   prefix + "/subnets/",
+		endpoints: strings.Join(o.Endpoints, ","),
+		timeout:   timeout,
+		connErrs:  errs,
+		stop:      stop,
+	}
+	s.wg.Go(func() { s.monitor(ctx) })
+	return s, nil
+}
+
+// tlsConfig builds the client TLS config, or nil for plain http.
+func tlsConfig(o Options, log *slog.Logger) (*tls.Config, error) {
+	var https, http int
+	for _, ep := range o.Endpoints {
+		if strings.HasPrefix(ep, "https://") {
+			https++
+		} else {
+			http++
+		}
+	}
+	// The client picks transport security from the first endpoint alone,
+	// so a mixed list would silently use one of the two for all.
+	if https > 0 && http > 0 {
+		return nil, fmt.Errorf("etcdstore: endpoints %s mix https and plain http", strings.Join(o.Endpoints, ","))
+	}
+	files := o.CertFile != "" || o.KeyFile != "" || o.CAFile != ""
+	if https == 0 {
+		if files {
+			log.Warn("etcd endpoints are plain http: TLS files ignored, traffic is not encrypted", "endpoints", o.Endpoints)
+		} else {
+			log.Warn("etcd endpoints are plain http: traffic is not encrypted or authenticated", "endpoints", o.Endpoints)
+		}
+		return nil, nil
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if (o.CertFile == "") != (o.KeyFile == "") {
+		return nil, errors.New("etcdstore: a client certificate needs both a cert file and a key file")
+	}
+	if o.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(o.CertFile, o.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("etcdstore: load client certificate %s (key %s): %w", o.CertFile, o.KeyFile, err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	if o.CAFile != "" {
+		pem, err := os.ReadFile(o.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("etcdstore: read CA file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("etcdstore: CA file %s holds no PEM certificate", o.CAFile)
+		}
+		tc.RootCAs = pool
+	}
+	return tc, nil
+}
+
+// monitor logs once when etcd becomes unreachable and once when it is back,
+// however many reconnection attempts lie between.
+func (s *Store) monitor(ctx context.Context) {
+	conn := s.cli.ActiveConnection()
+	down := false
+	state := conn.GetState()
+	for conn.WaitForStateChange(ctx, state) {
+		state = conn.GetState()
+		switch {
+		case state == connectivity.TransientFailure && !down:
+			down = true
+			s.log.Warn("etcd unreachable; reconnecting", "endpoints", s.endpoints)
+		case state == connectivity.Ready && down:
+			down = false
+			s.log.Info("etcd reachable again", "endpoints", s.endpoints)
+		}
+	}
+}
+
+// Client is the underlying etcd client, for tools.
+func (s *Store) Client() *clientv3.Client { return s.cli }
+
+// Prefix is the etcd key prefix in use, without a trailing slash.
+func (s *Store) Prefix() string { return s.prefix }
+
+// Close releases the client. Calls in progress fail.
+func (s *Store) Close() error {
+	s.stop()
+	err := s.cli.Close()
+	s.wg.Wait()
+	if err != nil && !errors.Is(err, context.Canceled) {
+		return fmt.Errorf("etcdstore: close: %w", err)
+	}
+	return nil
+}
+
+// reqCtx bounds one request.
+func (s *Store) reqCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, s.timeout)
+}
+
+// fail wraps a request error; when etcd could not be reached it names the
+// endpoints, since that is what the operator has to check.
+func (s *Store) fail(what string, err error) error {
+	if errors.Is(err, context.DeadlineExceeded) || isCode(err, codes.DeadlineExceeded, codes.Unavailable) {
+		if cerr := s.connErrs.get(); cerr != nil {
+			return fmt.Errorf("etcdstore: %s: etcd at %s: %w (last connection error: %v)", what, s.endpoints, err, cerr)
+		}
+		return fmt.Errorf("etcdstore: %s: etcd at %s: %w", what, s.endpoints, err)
+	}
+	return fmt.Errorf("etcdstore: %s: %w", what, err)
+}
+
+func isCode(err error, cs ...codes.Code) bool {
+	st, ok := status.FromError(err)
+	if !ok {
+		return false
+	}
+	for _, c := range cs {
+		if st.Code() == c {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,203 @@
+package lease
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+)
+
+// looker is implemented by stores that can read one lease's expiry
+// (etcdstore.Store.Lookup); Keep uses it when it is given a lease whose
+// expiry is unknown, instead of renewing at once.
+type looker interface {
+	Lookup(ctx context.Context, key string) (Lease, error)
+}
+
+// Keep holds on to l until ctx ends (returning ctx.Err()) or the lease is
+// lost (returning an error wrapping ErrNotFound), in the manner of etcd's
+// concurrency.Session:
+//
+//   - it renews margin before l.Expires (looking the expiry up, or renewing
+//     at once, when l.Expires is zero), then again before each new expiry;
+//     a renewal that fails for any reason but ErrNotFound is retried with
+//     backoff up to one minute, for as long as it takes, since etcd keeps
+//     a lease alive across its own outages;
+//   - it watches l's key, so a revoked or deleted lease is noticed at once
+//     rather than at the next renewal. A value that turned to garbage
+//     while the key stayed ours is repaired by renewing at once. If an
+//     operator turns the lease into a reservation for this host, Keep
+//     carries on with the reservation.
+//
+// A reservation (l.ID == 0) needs no renewal; Keep then only watches it.
+// onRenew, if not nil, is called with the lease after each successful
+// renewal.
+func Keep(ctx context.Context, s Store, l Lease, margin time.Duration, log *slog.Logger, onRenew func(Lease)) error {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	seen := make(chan ownState)
+	var wg sync.WaitGroup
+	wg.Go(func() { watchOwn(ctx, s, l.Key(), seen) })
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+
+	// due is when to renew next; zero for a reservation, which needs no
+	// renewal.
+	var due time.Time
+	if !l.Reserved() {
+		due = time.Now()
+		if lk, ok := s.(looker); ok && l.Expires.IsZero() {
+			got, err := lk.Lookup(ctx, l.Key())
+			if err == nil && got.ID == l.ID && !got.Expires.IsZero() {
+				l.Expires = got.Expires
+			}
+		}
+		if !l.Expires.IsZero() {
+			due = due.Add(renewIn(l.Expires, margin))
+		}
+	}
+	retry := backoff{min: time.Second, max: time.Minute}
+	for {
+		st, reported, err := wait(ctx, due, seen)
+		if err != nil {
+			return err
+		}
+		if reported {
+			switch {
+			case st.present && st.lease.ID == l.ID:
+				continue // our own write, or one that left the lease ours
+			case st.present && st.lease.ID == 0 && sameHost(st.lease.Attrs, l.Attrs):
+				log.Info("lease turned into a reservation; keeping it", "subnet", l.Subnet)
+				l.ID, l.Expires = 0, time.Time{}
+				// Renew below writes our attributes into it.
+			case st.present:
+				return fmt.Errorf("lease: keep %s: key now held by etcd lease %x: %w", l, st.lease.ID, ErrNotFound)
+			}
+			// Gone or unreadable: renewing tells which (and repairs the
+			// latter).
+		}
+		nl, err := s.Renew(ctx, l, 0)
+		switch {
+		case err == nil:
+			l, due = nl, time.Time{}
+			if !l.Reserved() {
+				due = time.Now().Add(renewIn(l.Expires, margin))
+			}
+			retry.reset()
+			if onRenew != nil {
+				onRenew(nl)
+			}
+		case errors.Is(err, ErrNotFound):
+			return fmt.Errorf("lease: keep %s: %w", l, err)
+		case ctx.Err() != nil:
+			return ctx.Err()
+		default:
+			due = time.Now().Add(retry.next())
+			log.Warn("lease renewal failed; retrying", "subnet", l.Subnet, "expires", l.Expires, "err", err)
+		}
+	}
+}
+
+// wait returns at due (never, if zero) or with a report from seen.
+func wait(ctx context.Context, due time.Time, seen <-chan ownState) (st ownState, reported bool, err error) {
+	var timer <-chan time.Time
+	if !due.IsZero() {
+		t := time.NewTimer(time.Until(due))
+		defer t.Stop()
+		timer = t.C
+	}
+	select {
+	case <-ctx.Done():
+		return ownState{}, false, ctx.Err()
+	case st := <-seen:
+		return st, true, nil
+	case <-timer:
+		return ownState{}, false, nil
+	}
+}
+
+// renewIn is how long to wait before renewing a lease ending at exp. A
+// margin as long as the TTL would renew in a tight loop; the wait is
+// therefore at least a third of the time left, capped at a minute so a
+// large margin still renews about when asked.
+func renewIn(exp time.Time, margin time.Duration) time.Duration {
+	left := time.Until(exp)
+	return max(left-margin, min(left/3, time.Minute), 0)
+}
+
+// ownState is what the store shows under our key.
+type ownState struct {
+	present bool
+	lease   Lease
+}
+
+// watchOwn reports the state of key on out: once from a listing, then on
+// every change, listing again after a compaction.
+func watchOwn(ctx context.Context, s Store, key string, out chan<- ownState) {
+	send := func(st ownState) {
+		select {
+		case out <- st:
+		case <-ctx.Done():
+		}
+	}
+	delay := backoff{min: time.Second, max: 30 * time.Second}
+	for ctx.Err() == nil {
+		leases, rev, err := s.Leases(ctx)
+		if err != nil {
+			// Renewals report store trouble; here we just try again.
+			_ = sleep(ctx, delay.next())
+			continue
+		}
+		delay.reset()
+		st := ownState{}
+		for _, l := range leases {
+			if l.Key() == key {
+				st = ownState{present: true, lease: l}
+			}
+		}
+		send(st)
+		err = s.Watch(ctx, rev, func(evs []Event) {
+			for _, e := range evs {
+				if e.Lease.Key() == key {
+					send(ownState{present: e.Type == Added, lease: e.Lease})
+				}
+			}
+		})
+		if err != nil && !errors.Is(err, ErrCompacted) {
+			_ = sleep(ctx, delay.next())
+		}
+	}
+}
+
+// backoff is an exponential delay with ±10 % jitter.
+type backoff struct{ min, max, cur time.Duration }
+
+func (b *backoff) reset() { b.cur = 0 }
+
+func (b *backoff) next() time.Duration {
+	if b.cur == 0 {
+		b.cur = b.min
+	} else {
+		b.cur = min(2*b.cur, b.max)
+	}
+	return b.cur - b.cur/10 + time.Duration(rand.Int64N(int64(b.cur)/5+1))
+}
+
+// sleep waits d or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
