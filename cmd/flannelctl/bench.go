@@ -1,0 +1,264 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/netip"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/flannel-go/flannel/internal/lab"
+	"github.com/flannel-go/flannel/internal/ns"
+)
+
+// benchCase is one path measured: a lab, and the namespaces and address
+// iperf3 runs between.
+type benchCase struct {
+	name     string
+	lab      *lab.Lab
+	from, to string
+	addr     netip.Addr
+	ref      string // the case this one is compared to, besides the underlay
+	results  []lab.Throughput
+}
+
+// labBench measures, interleaved over several rounds, single-stream TCP
+// throughput between containers through each backend, through the same
+// kernel devices set up by hand, and between hosts over the underlay; then
+// flanneld's start-up time and memory.
+func labBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("lab bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	rounds := fs.Int("rounds", 3, "interleaved rounds")
+	seconds := fs.Int("seconds", 5, "seconds per iperf3 run")
+	streams := fs.Int("streams", 1, "parallel TCP streams")
+	backendList := fs.String("backends", "vxlan,host-gw,udp", "backends to measure")
+	flanneld := fs.String("flanneld", "", "flanneld binary")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	bin, err := findFlanneld(*flanneld)
+	if err != nil {
+		return err
+	}
+	etcdCmd, err := etcdCommand("embedded")
+	if err != nil {
+		return err
+	}
+	var labs []*lab.Lab
+	defer func() {
+		for _, l := range labs {
+			_ = l.Down()
+		}
+	}()
+	up := func(id, backendType string, hosts int) (*lab.Lab, error) {
+		_ = lab.Down(id)
+		cfg := fmt.Sprintf(`{"Network":"10.5.0.0/16","Backend":{"Type":%q}}`, backendType)
+		l, err := lab.Up(ctx, lab.Options{ID: id, Hosts: hosts, Config: cfg, Flanneld: bin, EtcdCmd: etcdCmd})
+		if err != nil {
+			return nil, fmt.Errorf("bench lab %s: %w", id, err)
+		}
+		labs = append(labs, l)
+		return l, nil
+	}
+	fmt.Fprintf(stdout, "setting up labs...\n")
+	var cases []*benchCase
+	for _, b := range strings.Split(*backendList, ",") {
+		hosts := 2
+		if b == "vxlan" {
+			hosts = 4 // 3 peers for the memory figure
+		}
+		l, err := up("fb"+strings.ReplaceAll(b, "-", ""), b, hosts)
+		if err != nil {
+			return err
+		}
+		h1, h2 := l.Hosts[0], l.Hosts[1]
+		if len(cases) == 0 {
+			cases = append(cases, &benchCase{name: "underlay (host → host)", lab: l, from: h1.NS, to: h2.NS, addr: h2.Addr})
+		}
+		c := &benchCase{name: b, lab: l, from: h1.CNS, to: h2.CNS, addr: h2.Container}
+		cases = append(cases, c)
+		if b == "vxlan" || b == "host-gw" {
+			rl, err := up("fbr"+strings.ReplaceAll(b, "-", ""), "alloc", 2)
+			if err != nil {
+				return err
+			}
+			if err := handMade(ctx, rl, b); err != nil {
+				return err
+			}
+			ref := &benchCase{name: b + " by hand (kernel reference)", lab: rl, from: rl.Hosts[0].CNS, to: rl.Hosts[1].CNS, addr: rl.Hosts[1].Container}
+			cases = append(cases, ref)
+			c.ref = ref.name
+		}
+	}
+	for r := 1; r <= *rounds; r++ {
+		fmt.Fprintf(stdout, "round %d/%d:", r, *rounds)
+		for _, c := range cases {
+			t, err := lab.Iperf(ctx, c.from, c.to, c.addr, *seconds, *streams)
+			if err != nil {
+				return fmt.Errorf("%s: %w", c.name, err)
+			}
+			c.results = append(c.results, t)
+			fmt.Fprintf(stdout, " %s %.2f", c.name, t.BitsPerSecond/1e9)
+		}
+		fmt.Fprintln(stdout)
+	}
+	under := median(cases[0].results)
+	byName := map[string]*benchCase{}
+	for _, c := range cases {
+		byName[c.name] = c
+	}
+	fmt.Fprintf(stdout, "\nTCP throughput, %d stream(s), %d rounds × %d s, median (min–max):\n", *streams, *rounds, *seconds)
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PATH\tGBIT/S\tRANGE\tRETRANSMITS\t× UNDERLAY\t× KERNEL REFERENCE")
+	for _, c := range cases {
+		m := median(c.results)
+		lo, hi := minmax(c.results)
+		refCol := ""
+		if c.ref != "" {
+			refCol = fmt.Sprintf("%.3f", m/median(byName[c.ref].results))
+		}
+		fmt.Fprintf(tw, "%s\t%.2f\t%.2f–%.2f\t%d\t%.3f\t%s\n", c.name, m/1e9, lo/1e9, hi/1e9, retrans(c.results), m/under, refCol)
+	}
+	tw.Flush()
+
+	if l := labByID(labs, "fbvxlan"); l != nil {
+		if err := benchStartup(ctx, stdout, l); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func labByID(labs []*lab.Lab, id string) *lab.Lab {
+	for _, l := range labs {
+		if l.ID == id {
+			return l
+		}
+	}
+	return nil
+}
+
+// benchStartup restarts a flanneld several times and reports the time from
+// process start to subnet.env, and its memory with 3 peers.
+func benchStartup(ctx context.Context, w io.Writer, l *lab.Lab) error {
+	h := l.Hosts[0]
+	var ds []float64
+	for range 7 {
+		d, err := l.RestartTimed(ctx, h)
+		if err != nil {
+			return err
+		}
+		ds = append(ds, float64(d.Microseconds())/1000)
+	}
+	slices.Sort(ds)
+	fmt.Fprintf(w, "\nstart → subnet.env written (vxlan, restart with its lease in etcd, 7 runs): median %.1f ms (min %.1f, max %.1f)\n",
+		ds[len(ds)/2], ds[0], ds[len(ds)-1])
+	// Let it settle with its peers before reading memory.
+	time.Sleep(2 * time.Second)
+	rss, err := lab.RssAnon(h.FlanneldPID)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "flanneld RssAnon with %d peers: %.1f MB\n", len(l.Hosts)-1, float64(rss)/1e6)
+	return nil
+}
+
+// handMade sets up kind's datapath by hand with ip(8) on an alloc lab of
+// two hosts, and gives the containers the MTU flannel would: the reference
+// for "our control plane costs the datapath nothing".
+func handMade(ctx context.Context, l *lab.Lab, kind string) error {
+	a, b := l.Hosts[0], l.Hosts[1]
+	run := func(h *lab.Host, args ...string) error {
+		n, err := ns.Open(h.NS)
+		if err != nil {
+			return err
+		}
+		_, err = n.Run(ctx, "ip", args...)
+		return err
+	}
+	switch kind {
+	case "host-gw":
+		for _, p := range [][2]*lab.Host{{a, b}, {b, a}} {
+			if err := run(p[0], "route", "replace", p[1].Subnet.String(), "via", p[1].Addr.String(), "dev", "eth0"); err != nil {
+				return err
+			}
+		}
+		return nil
+	case "vxlan":
+		macs := map[*lab.Host]string{a: "0a:00:00:00:00:01", b: "0a:00:00:00:00:02"}
+		for _, h := range []*lab.Host{a, b} {
+			steps := [][]string{
+				{"link", "add", "flannel.1", "address", macs[h], "type", "vxlan", "id", "1", "local", h.Addr.String(), "dev", "eth0", "dstport", "8472", "nolearning"},
+				{"link", "set", "flannel.1", "mtu", "1450", "up"},
+				{"addr", "add", h.Subnet.Addr().String() + "/32", "dev", "flannel.1"},
+				{"link", "set", "docker0", "mtu", "1450"},
+				{"link", "set", "vethc", "mtu", "1450"},
+			}
+			for _, s := range steps {
+				if err := run(h, s...); err != nil {
+					return err
+				}
+			}
+			cn, _ := ns.Open(h.CNS)
+			if _, err := cn.Run(ctx, "ip", "link", "set", "eth0", "mtu", "1450"); err != nil {
+				return err
+			}
+		}
+		for _, p := range [][2]*lab.Host{{a, b}, {b, a}} {
+			h, peer := p[0], p[1]
+			gw := peer.Subnet.Addr().String()
+			steps := [][]string{
+				{"neigh", "replace", gw, "lladdr", macs[peer], "dev", "flannel.1", "nud", "permanent"},
+				{"route", "replace", peer.Subnet.String(), "via", gw, "dev", "flannel.1", "onlink"},
+			}
+			for _, s := range steps {
+				if err := run(h, s...); err != nil {
+					return err
+				}
+			}
+			n, _ := ns.Open(h.NS)
+			if _, err := n.Run(ctx, "bridge", "fdb", "append", macs[peer], "dev", "flannel.1", "dst", peer.Addr.String()); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return errors.New("no hand-made reference for " + kind)
+}
+
+func median(ts []lab.Throughput) float64 {
+	v := make([]float64, len(ts))
+	for i, t := range ts {
+		v[i] = t.BitsPerSecond
+	}
+	slices.Sort(v)
+	if len(v) == 0 {
+		return 0
+	}
+	if len(v)%2 == 1 {
+		return v[len(v)/2]
+	}
+	return (v[len(v)/2-1] + v[len(v)/2]) / 2
+}
+
+func minmax(ts []lab.Throughput) (float64, float64) {
+	lo, hi := ts[0].BitsPerSecond, ts[0].BitsPerSecond
+	for _, t := range ts {
+		lo, hi = min(lo, t.BitsPerSecond), max(hi, t.BitsPerSecond)
+	}
+	return lo, hi
+}
+
+func retrans(ts []lab.Throughput) int {
+	n := 0
+	for _, t := range ts {
+		n += t.Retransmits
+	}
+	return n
+}

@@ -1,0 +1,189 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// options holds every flanneld flag, with upstream's names and defaults.
+type options struct {
+	etcdEndpoints string
+	etcdPrefix    string
+	etcdKeyfile   string
+	etcdCertfile  string
+	etcdCAfile    string
+	etcdUsername  string
+	etcdPassword  string
+
+	ifaces        stringList
+	ifaceRegexes  stringList
+	ifaceCanReach string
+	publicIP      string
+	publicIPv6    string
+
+	subnetFile        string
+	renewMargin       int
+	leaseTTL          time.Duration
+	ipMasq            bool
+	fullyRandomOff    bool
+	healthzIP         string
+	healthzPort       int
+	iptablesResync    int
+	iptablesForward   bool
+	ipBlackholeRoute  bool
+	version           bool
+	verbosity         int
+	logFormat         string
+	kubeSubnetMgr     bool
+	kubeAPIURL        string
+	kubeAnnotation    string
+	kubeconfigFile    string
+	netConfigPath     string
+	setNodeNetUnavail bool
+	vmodule           string
+	logBacktraceAt    string
+	logToStderr       bool
+	alsoLogToStderr   bool
+}
+
+// stringList is a repeatable flag (--iface a --iface b).
+type stringList []string
+
+func (s *stringList) String() string { return strings.Join(*s, ",") }
+func (s *stringList) Set(v string) error {
+	*s = append(*s, v)
+	return nil
+}
+
+func newFlagSet(o *options) *flag.FlagSet {
+	fs := flag.NewFlagSet("flanneld", flag.ContinueOnError)
+	fs.StringVar(&o.etcdEndpoints, "etcd-endpoints", "http://127.0.0.1:4001,http://127.0.0.1:2379", "a comma-delimited list of etcd endpoints")
+	fs.StringVar(&o.etcdPrefix, "etcd-prefix", "/coreos.com/network", "etcd prefix")
+	fs.StringVar(&o.etcdKeyfile, "etcd-keyfile", "", "SSL key file used to secure etcd communication")
+	fs.StringVar(&o.etcdCertfile, "etcd-certfile", "", "SSL certification file used to secure etcd communication")
+	fs.StringVar(&o.etcdCAfile, "etcd-cafile", "", "SSL Certificate Authority file used to secure etcd communication")
+	fs.StringVar(&o.etcdUsername, "etcd-username", "", "username for BasicAuth to etcd")
+	fs.StringVar(&o.etcdPassword, "etcd-password", "", "password for BasicAuth to etcd")
+	fs.Var(&o.ifaces, "iface", "interface to use (IP or name) for inter-host communication; may be repeated")
+	fs.Var(&o.ifaceRegexes, "iface-regex", "regex matching the IP or name of the interface to use; may be repeated")
+	fs.StringVar(&o.ifaceCanReach, "iface-can-reach", "", "use the interface and source address of the route to this IP")
+	fs.StringVar(&o.publicIP, "public-ip", "", "IP accessible by other nodes for inter-host communication")
+	fs.StringVar(&o.publicIPv6, "public-ipv6", "", "IPv6 accessible by other nodes for inter-host communication")
+	fs.StringVar(&o.subnetFile, "subnet-file", "/run/flannel/subnet.env", "filename where env variables (subnet, MTU, ...) will be written to")
+	fs.IntVar(&o.renewMargin, "subnet-lease-renew-margin", 60, "subnet lease renewal margin, in minutes, ranging from 1 to 1439")
+	fs.DurationVar(&o.leaseTTL, "subnet-lease-ttl", 24*time.Hour, "lifetime of a subnet lease without renewal (flannel-go extension; upstream fixes 24h)")
+	fs.BoolVar(&o.ipMasq, "ip-masq", false, "setup IP masquerade rule for traffic destined outside of overlay network")
+	fs.BoolVar(&o.fullyRandomOff, "ip-masq-fully-random-disable", false, "disable fully random source port mapping in the masquerade rules")
+	fs.StringVar(&o.healthzIP, "healthz-ip", "0.0.0.0", "the IP address for healthz server to listen")
+	fs.IntVar(&o.healthzPort, "healthz-port", 0, "the port for healthz server to listen (0 to disable)")
+	fs.IntVar(&o.iptablesResync, "iptables-resync", 5, "resync period for iptables rules, in seconds")
+	fs.BoolVar(&o.iptablesForward, "iptables-forward-rules", true, "add default accept rules to FORWARD chain in iptables")
+	fs.BoolVar(&o.ipBlackholeRoute, "ip-blackhole-route", false, "keep a blackhole route for this host's subnet")
+	fs.BoolVar(&o.version, "version", false, "print version and exit")
+	fs.IntVar(&o.verbosity, "v", 0, "log level: 0 info, 1 or more debug")
+	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json (flannel-go extension)")
+	fs.BoolVar(&o.kubeSubnetMgr, "kube-subnet-mgr", false, "contact the Kubernetes API for subnet assignment instead of etcd")
+	fs.StringVar(&o.kubeAPIURL, "kube-api-url", "", "Kubernetes API server URL")
+	fs.StringVar(&o.kubeAnnotation, "kube-annotation-prefix", "flannel.alpha.coreos.com", "Kubernetes annotation prefix")
+	fs.StringVar(&o.kubeconfigFile, "kubeconfig-file", "", "kubeconfig file location")
+	fs.StringVar(&o.netConfigPath, "net-config-path", "/etc/kube-flannel/net-conf.json", "path to the network configuration file (Kubernetes mode)")
+	fs.BoolVar(&o.setNodeNetUnavail, "set-node-network-unavailable", true, "set NodeNetworkUnavailable after ready (Kubernetes mode)")
+	fs.StringVar(&o.vmodule, "vmodule", "", "accepted for compatibility; ignored")
+	fs.StringVar(&o.logBacktraceAt, "log_backtrace_at", "", "accepted for compatibility; ignored")
+	fs.BoolVar(&o.logToStderr, "logtostderr", true, "accepted for compatibility; logs always go to stderr")
+	fs.BoolVar(&o.alsoLogToStderr, "alsologtostderr", false, "accepted for compatibility; logs always go to stderr")
+	return fs
+}
+
+// parseOptions parses args, then fills every flag not given on the command
+// line from FLANNELD_<NAME> (upper case, '-' → '_'): flag > env > default.
+// An empty variable counts as unset, as upstream.
+func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (*options, error) {
+	o := &options{}
+	fs := newFlagSet(o)
+	fs.SetOutput(stderr)
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		if set[f.Name] {
+			return
+		}
+		name := "FLANNELD_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v := getenv(name); v != "" {
+			if err := fs.Set(f.Name, v); err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q: %w", name, v, err))
+			}
+		}
+	})
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return o, o.validate()
+}
+
+func (o *options) validate() error {
+	if o.kubeSubnetMgr {
+		return errors.New("--kube-subnet-mgr: the Kubernetes subnet manager is not supported by this flanneld yet; use etcd (--etcd-endpoints)")
+	}
+	if o.renewMargin < 1 || o.renewMargin > 1439 {
+		return fmt.Errorf("--subnet-lease-renew-margin=%d: must be between 1 and 1439 minutes", o.renewMargin)
+	}
+	if o.leaseTTL < 10*time.Second {
+		return fmt.Errorf("--subnet-lease-ttl=%s: must be at least 10s", o.leaseTTL)
+	}
+	if o.healthzPort < 0 || o.healthzPort > 65535 {
+		return fmt.Errorf("--healthz-port=%d: not a port number", o.healthzPort)
+	}
+	if o.iptablesResync < 1 {
+		return fmt.Errorf("--iptables-resync=%d: must be at least 1 second", o.iptablesResync)
+	}
+	if o.logFormat != "text" && o.logFormat != "json" {
+		return fmt.Errorf("--log-format=%q: must be text or json", o.logFormat)
+	}
+	if o.etcdPrefix == "" || !strings.HasPrefix(o.etcdPrefix, "/") {
+		return fmt.Errorf("--etcd-prefix=%q: must start with /", o.etcdPrefix)
+	}
+	if (o.etcdCertfile == "") != (o.etcdKeyfile == "") {
+		return errors.New("--etcd-certfile and --etcd-keyfile must be given together")
+	}
+	return nil
+}
+
+// renewMargin is how long before expiry the lease is renewed. A lease TTL
+// shorter than the margin (a test or churn setting) renews at a third of
+// its life instead, so it never lapses.
+func (o *options) renewMarginFor() time.Duration {
+	m := time.Duration(o.renewMargin) * time.Minute
+	if m >= o.leaseTTL {
+		m = o.leaseTTL * 2 / 3
+	}
+	return m
+}
+
+func (o *options) endpoints() []string {
+	var out []string
+	for _, e := range strings.Split(o.etcdEndpoints, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func (o *options) healthAddr() string {
+	return netJoin(o.healthzIP, strconv.Itoa(o.healthzPort))
+}
+
+func secs(n int) time.Duration { return time.Duration(n) * time.Second }
