@@ -58,6 +58,8 @@ func labCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return labEtcdServer(ctx, args, stderr)
 	case "bench":
 		return labBench(ctx, args, stdout, stderr)
+	case "scale":
+		return labScale(ctx, args, stdout, stderr)
 	default:
 		return fmt.Errorf("lab: unknown subcommand %q", sub)
 	}

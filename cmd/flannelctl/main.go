@@ -21,6 +21,10 @@ commands:
   lab down                                            stop the lab and remove everything it made
   lab demo [--hosts N] [--backend B]                  up, show, down
   lab bench                                           throughput of each backend against the underlay
+  config get|set|validate                             the network config in etcd
+  leases list|show|reserve|release                    the subnet leases in etcd
+  status                                              this host's flanneld: lease, backend, peers, health
+  doctor                                              checks of this host, each with what to do
   version                                             print the version
 `
 
@@ -40,6 +44,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "lab":
 		err = labCmd(ctx, args[1:], stdout, stderr)
+	case "config", "leases", "status", "doctor":
+		err = opsCmd(ctx, args[0], args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, versionString())
 		return 0
