@@ -223,7 +223,6 @@ func (d *Daemon) acquire(ctx context.Context, attrs lease.Attrs, prev lease.Prev
 				d.log.Warn("subnet changed; containers on the old subnet must be restarted", "old", d.own.Subnet, "new", l.Subnet)
 			}
 			d.own = l
-			d.log.Info("lease acquired", "subnet", l.Subnet, "public_ip", l.Attrs.PublicIP, "reserved", l.Reserved())
 			return nil
 		}
 		if ctx.Err() != nil {
@@ -307,7 +306,9 @@ func (d *Daemon) loop(ctx context.Context) error {
 	updates := make(chan update, 64)
 	wg.Go(func() { d.watch(ctx, updates) })
 
-	lost := make(chan error, 1)
+	// lost carries the lease a Keep lost, so a loss the watch already
+	// handled (and replaced) is recognised as stale and ignored.
+	lost := make(chan lease.Lease, 4)
 	keepCtx, stopKeep := context.WithCancel(ctx)
 	startKeep := func(kctx context.Context, l lease.Lease) {
 		wg.Go(func() {
@@ -316,8 +317,8 @@ func (d *Daemon) loop(ctx context.Context) error {
 			})
 			if errors.Is(err, lease.ErrNotFound) {
 				select {
-				case lost <- err:
-				default:
+				case lost <- l:
+				case <-kctx.Done():
 				}
 			}
 		})
@@ -351,6 +352,7 @@ func (d *Daemon) loop(ctx context.Context) error {
 				}
 			}
 			if ownLost {
+				d.log.Warn("lease deleted or taken over in etcd; acquiring again", "subnet", d.own.Subnet)
 				stopKeep()
 				if err := d.reacquire(ctx); err != nil {
 					return err
@@ -359,7 +361,10 @@ func (d *Daemon) loop(ctx context.Context) error {
 				startKeep(keepCtx, d.own)
 			}
 			d.sync(ctx)
-		case <-lost:
+		case l := <-lost:
+			if l.ID != d.own.ID || l.Key() != d.own.Key() {
+				continue // a lease already replaced
+			}
 			d.log.Warn("lease lost: it expired or was deleted; acquiring again", "subnet", d.own.Subnet)
 			stopKeep()
 			if err := d.reacquire(ctx); err != nil {
@@ -407,9 +412,10 @@ func (d *Daemon) apply(u update) (ownLost bool) {
 	for _, ev := range u.events {
 		k := ev.Lease.Key()
 		if k == ownKey {
-			if ev.Type == lease.Removed || ev.Lease.Attrs.PublicIP != d.own.Attrs.PublicIP {
-				ownLost = true
-			}
+			// The last event for our key decides: a delete followed by our
+			// own re-creation in the same batch is not a loss.
+			ownLost = ev.Type == lease.Removed || ev.Lease.Attrs.PublicIP != d.own.Attrs.PublicIP ||
+				(ev.Lease.ID != 0 && d.own.ID != 0 && ev.Lease.ID != d.own.ID)
 			continue
 		}
 		if ev.Type == lease.Removed {
