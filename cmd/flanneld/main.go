@@ -30,6 +30,7 @@ import (
 	"github.com/flannel-go/flannel/internal/iface"
 	"github.com/flannel-go/flannel/internal/lease/etcdstore"
 	"github.com/flannel-go/flannel/internal/masq"
+	"github.com/flannel-go/flannel/internal/metrics"
 	"github.com/flannel-go/flannel/internal/version"
 )
 
@@ -83,15 +84,17 @@ var backends = map[string]backend.Factory{
 
 func serve(ctx context.Context, o *options, log *slog.Logger) error {
 	log.Info("starting flanneld", "version", version.Version, "etcd", o.etcdEndpoints, "prefix", o.etcdPrefix)
+	m := metrics.New()
 	store, err := etcdstore.New(etcdstore.Options{
-		Endpoints: o.endpoints(),
-		Prefix:    o.etcdPrefix,
-		CertFile:  o.etcdCertfile,
-		KeyFile:   o.etcdKeyfile,
-		CAFile:    o.etcdCAfile,
-		Username:  o.etcdUsername,
-		Password:  o.etcdPassword,
-		Log:       log.With("component", "etcd"),
+		OnConnState: m.EtcdConn,
+		Endpoints:   o.endpoints(),
+		Prefix:      o.etcdPrefix,
+		CertFile:    o.etcdCertfile,
+		KeyFile:     o.etcdKeyfile,
+		CAFile:      o.etcdCAfile,
+		Username:    o.etcdUsername,
+		Password:    o.etcdPassword,
+		Log:         log.With("component", "etcd"),
 	})
 	if err != nil {
 		return err
@@ -128,7 +131,8 @@ func serve(ctx context.Context, o *options, log *slog.Logger) error {
 				log.Warn("sd_notify", "err", err)
 			}
 		},
-		Log: log,
+		Log:     log,
+		Metrics: m,
 	})
 
 	var wg sync.WaitGroup
@@ -136,11 +140,11 @@ func serve(ctx context.Context, o *options, log *slog.Logger) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	if o.healthzPort > 0 {
-		hs, err := health.Listen(o.healthAddr(), d.Ready, map[string]http.Handler{})
+		hs, err := health.Listen(o.healthAddr(), d.Ready, map[string]http.Handler{"/metrics": m.Handler()})
 		if err != nil {
 			return err
 		}
-		log.Info("serving /healthz and /readyz", "addr", hs.Addr())
+		log.Info("serving /healthz, /readyz and /metrics", "addr", hs.Addr())
 		wg.Go(func() {
 			if err := hs.Serve(ctx, log); err != nil {
 				log.Error("health server", "err", err)

@@ -20,6 +20,7 @@ import (
 	"github.com/flannel-go/flannel/internal/backend"
 	"github.com/flannel-go/flannel/internal/lease"
 	"github.com/flannel-go/flannel/internal/masq"
+	"github.com/flannel-go/flannel/internal/metrics"
 	"github.com/flannel-go/flannel/internal/netconf"
 	"github.com/flannel-go/flannel/internal/subnetenv"
 )
@@ -56,6 +57,8 @@ type Deps struct {
 	// Notify is called once subnet.env is written (sd_notify READY=1).
 	Notify func()
 	Log    *slog.Logger
+	// Metrics is optional; nil records nothing.
+	Metrics *metrics.Metrics
 }
 
 // Daemon runs one flanneld.
@@ -137,6 +140,7 @@ func (d *Daemon) setup(ctx context.Context) error {
 		return err
 	}
 	d.ready.Store(true)
+	d.deps.Metrics.Ready(true)
 	if d.deps.Notify != nil {
 		d.deps.Notify()
 	}
@@ -223,6 +227,8 @@ func (d *Daemon) acquire(ctx context.Context, attrs lease.Attrs, prev lease.Prev
 				d.log.Warn("subnet changed; containers on the old subnet must be restarted", "old", d.own.Subnet, "new", l.Subnet)
 			}
 			d.own = l
+			d.deps.Metrics.Acquired()
+			d.deps.Metrics.Lease(l.Subnet.String(), l.Attrs.PublicIP.String(), d.beType, l.Expires)
 			return nil
 		}
 		if ctx.Err() != nil {
@@ -314,6 +320,7 @@ func (d *Daemon) loop(ctx context.Context) error {
 		wg.Go(func() {
 			err := lease.Keep(kctx, d.deps.Store, l, d.cfg.RenewMargin, d.log, func(nl lease.Lease) {
 				d.log.Info("lease renewed", "subnet", nl.Subnet, "expires", nl.Expires.Format(time.RFC3339))
+				d.deps.Metrics.Renewed(nl.Expires)
 			})
 			if errors.Is(err, lease.ErrNotFound) {
 				select {
@@ -353,6 +360,7 @@ func (d *Daemon) loop(ctx context.Context) error {
 			}
 			if ownLost {
 				d.log.Warn("lease deleted or taken over in etcd; acquiring again", "subnet", d.own.Subnet)
+				d.deps.Metrics.LeaseLost()
 				stopKeep()
 				if err := d.reacquire(ctx); err != nil {
 					return err
@@ -366,6 +374,7 @@ func (d *Daemon) loop(ctx context.Context) error {
 				continue // a lease already replaced
 			}
 			d.log.Warn("lease lost: it expired or was deleted; acquiring again", "subnet", d.own.Subnet)
+			d.deps.Metrics.LeaseLost()
 			stopKeep()
 			if err := d.reacquire(ctx); err != nil {
 				return err
@@ -376,12 +385,14 @@ func (d *Daemon) loop(ctx context.Context) error {
 		case <-repair.C:
 			if err := d.be.Repair(ctx); err != nil {
 				d.log.Warn("backend repair", "err", err)
+				d.deps.Metrics.RepairFailed()
 			}
 		case <-rulesT.C:
 			if changed, err := d.rules.Apply(ctx, d.wantRules()); err != nil {
 				d.log.Warn("traffic rules", "err", err)
 			} else if changed {
 				d.log.Info("traffic rules repaired")
+				d.deps.Metrics.RulesRepaired()
 			}
 			if d.cfg.BlackholeRoute {
 				if err := ensureBlackhole(d.own); err != nil {
@@ -397,6 +408,7 @@ func (d *Daemon) loop(ctx context.Context) error {
 func (d *Daemon) apply(u update) (ownLost bool) {
 	ownKey := d.own.Key()
 	if u.reset {
+		d.deps.Metrics.Relist()
 		d.peers = make(map[string]lease.Lease, len(u.snapshot))
 		found := false
 		for _, l := range u.snapshot {
@@ -410,6 +422,7 @@ func (d *Daemon) apply(u update) (ownLost bool) {
 		return ownLost || !found
 	}
 	for _, ev := range u.events {
+		d.deps.Metrics.WatchEvent(ev.Type.String())
 		k := ev.Lease.Key()
 		if k == ownKey {
 			// The last event for our key decides: a delete followed by our
@@ -468,7 +481,11 @@ func (d *Daemon) sync(ctx context.Context) {
 		}
 	}
 	slices.SortFunc(valid, func(a, b lease.Lease) int { return a.Subnet.Addr().Compare(b.Subnet.Addr()) })
-	if err := d.be.Sync(ctx, valid); err != nil {
+	start := time.Now()
+	err := d.be.Sync(ctx, valid)
+	d.deps.Metrics.Synced(time.Since(start), err)
+	d.deps.Metrics.Peers(len(valid), len(d.peers)-len(valid))
+	if err != nil {
 		d.log.Warn("backend sync", "peers", len(valid), "err", err)
 	}
 	if len(now) < 64 || len(d.applied) < 64 {
@@ -539,6 +556,7 @@ func (d *Daemon) watch(ctx context.Context, out chan<- update) {
 			if ctx.Err() != nil {
 				return
 			}
+			d.deps.Metrics.EtcdError()
 			if !failing {
 				d.log.Warn("list leases failed; retrying", "err", err)
 				failing = true
@@ -563,6 +581,7 @@ func (d *Daemon) watch(ctx context.Context, out chan<- update) {
 			continue
 		}
 		if ctx.Err() == nil && err != nil {
+			d.deps.Metrics.EtcdError()
 			d.log.Warn("lease watch ended; re-listing", "err", err)
 			if sleep(ctx, jitter(time.Second)) != nil {
 				return

@@ -58,6 +58,9 @@ type Options struct {
 
 	Log     *slog.Logger  // optional; default discards
 	Timeout time.Duration // optional per-request timeout; default DefaultTimeout
+	// OnConnState is told when etcd becomes unreachable (false) and when
+	// it is reachable again (true); optional, for metrics.
+	OnConnState func(up bool)
 }
 
 // Store is a lease.Store on etcd v3. It is safe for concurrent use.
@@ -69,6 +72,7 @@ type Store struct {
 	endpoints string // for error messages
 	timeout   time.Duration
 	connErrs  *connErrors
+	onConn    func(up bool)
 
 	stop context.CancelFunc
 	wg   sync.WaitGroup // monitor goroutine
@@ -135,6 +139,7 @@ func New(o Options) (*Store, error) {
 		endpoints: strings.Join(o.Endpoints, ","),
 		timeout:   timeout,
 		connErrs:  errs,
+		onConn:    o.OnConnState,
 		stop:      stop,
 	}
 	s.wg.Go(func() { s.monitor(ctx) })
@@ -202,9 +207,15 @@ func (s *Store) monitor(ctx context.Context) {
 		case state == connectivity.TransientFailure && !down:
 			down = true
 			s.log.Warn("etcd unreachable; reconnecting", "endpoints", s.endpoints)
+			if s.onConn != nil {
+				s.onConn(false)
+			}
 		case state == connectivity.Ready && down:
 			down = false
 			s.log.Info("etcd reachable again", "endpoints", s.endpoints)
+			if s.onConn != nil {
+				s.onConn(true)
+			}
 		}
 	}
 }
