@@ -19,6 +19,7 @@ type options struct {
 	etcdCAfile    string
 	etcdUsername  string
 	etcdPassword  string
+	etcdAPI       string
 
 	ifaces        stringList
 	ifaceRegexes  stringList
@@ -69,6 +70,7 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.StringVar(&o.etcdCAfile, "etcd-cafile", "", "SSL Certificate Authority file used to secure etcd communication")
 	fs.StringVar(&o.etcdUsername, "etcd-username", "", "username for BasicAuth to etcd")
 	fs.StringVar(&o.etcdPassword, "etcd-password", "", "password for BasicAuth to etcd")
+	fs.StringVar(&o.etcdAPI, "etcd-api", "auto", "etcd API: v3, v2, or auto (the keyspace holding the config; v3 if both)")
 	fs.Var(&o.ifaces, "iface", "interface to use (IP or name) for inter-host communication; may be repeated")
 	fs.Var(&o.ifaceRegexes, "iface-regex", "regex matching the IP or name of the interface to use; may be repeated")
 	fs.StringVar(&o.ifaceCanReach, "iface-can-reach", "", "use the interface and source address of the route to this IP")
@@ -148,6 +150,9 @@ func (o *options) validate() error {
 	}
 	if o.iptablesResync < 1 {
 		return fmt.Errorf("--iptables-resync=%d: must be at least 1 second", o.iptablesResync)
+	}
+	if o.etcdAPI != "auto" && o.etcdAPI != "v3" && o.etcdAPI != "v2" {
+		return fmt.Errorf("--etcd-api=%q: must be auto, v3 or v2", o.etcdAPI)
 	}
 	if o.logFormat != "text" && o.logFormat != "json" {
 		return fmt.Errorf("--log-format=%q: must be text or json", o.logFormat)
