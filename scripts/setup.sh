@@ -22,6 +22,8 @@ if [ "${1:-}" = "--test" ]; then
   check etcd etcd-server
   check etcdctl etcd-client
   check ethtool ethtool
+  check curl curl
+  check python3 python3
 fi
 
 if [ ${#need[@]} -gt 0 ]; then
