@@ -21,6 +21,7 @@ commands:
   lab down                                            stop the lab and remove everything it made
   lab demo [--hosts N] [--backend B]                  up, show, down
   lab bench                                           throughput of each backend against the underlay
+  lab scale [--peers 5000]                            one flanneld against thousands of peer leases
   config get|set|validate                             the network config in etcd
   leases list|show|reserve|release                    the subnet leases in etcd
   status                                              this host's flanneld: lease, backend, peers, health

@@ -194,7 +194,7 @@ func (d *Daemon) tryConfig(ctx context.Context) (string, error) {
 	if err != nil {
 		return fmt.Sprintf("external interface: %v", err), err
 	}
-	be, err := factory(backend.Config{Options: nc.Backend, Network: nc, Ext: ext, Log: d.log.With("backend", nc.BackendType)})
+	be, err := factory(backend.Config{Options: nc.Backend, Network: nc, Ext: ext, Log: d.log})
 	if err != nil {
 		return fmt.Sprintf("invalid network config: backend %s: %v", nc.BackendType, err), err
 	}
@@ -243,11 +243,37 @@ func (d *Daemon) acquire(ctx context.Context, attrs lease.Attrs, prev lease.Prev
 			d.log.Error("acquire lease: " + msg)
 			lastErr = msg
 		}
-		if err := sleep(ctx, jitter(wait)); err != nil {
+		pause := sleep
+		if errors.Is(err, lease.ErrNoFreeSubnet) {
+			pause = d.waitFree
+		}
+		if err := pause(ctx, jitter(wait)); err != nil {
 			return err
 		}
 		wait = min(wait*2, 30*time.Second)
 	}
+}
+
+// waitFree waits up to max for a subnet to free up on a full network. It
+// returns as soon as a lease is removed (deleted, or expired), so a host
+// waiting for a subnet takes one at once rather than at its next retry,
+// which by then may be half a minute away. The timeout stays as the
+// fallback: for a config change that widens the range, and for a removal
+// just before the listing here.
+func (d *Daemon) waitFree(ctx context.Context, max time.Duration) error {
+	wctx, cancel := context.WithTimeout(ctx, max)
+	defer cancel()
+	if _, rev, err := d.deps.Store.Leases(wctx); err == nil {
+		_ = d.deps.Store.Watch(wctx, rev, func(evs []lease.Event) {
+			for _, e := range evs {
+				if e.Type == lease.Removed {
+					cancel()
+				}
+			}
+		})
+	}
+	<-wctx.Done()
+	return ctx.Err()
 }
 
 // configure applies our lease to the backend and the rules, and writes
@@ -460,8 +486,13 @@ func (d *Daemon) reacquire(ctx context.Context) error {
 func (d *Daemon) sync(ctx context.Context) {
 	valid := make([]lease.Lease, 0, len(d.peers))
 	now := make(map[string]lease.Lease, len(d.peers))
+	overlapped := overlaps(d.net.SubnetLen, d.peers)
 	for k, l := range d.peers {
-		if reason := checkPeer(d.net, d.own, d.beType, l); reason != "" {
+		reason := checkPeer(d.net, d.own, d.beType, l)
+		if reason == "" {
+			reason = overlapped[k]
+		}
+		if reason != "" {
 			if d.warned[k] != reason {
 				d.log.Warn("ignoring lease", "key", k, "reason", reason)
 				if d.warned == nil {
@@ -488,21 +519,33 @@ func (d *Daemon) sync(ctx context.Context) {
 	if err != nil {
 		d.log.Warn("backend sync", "peers", len(valid), "err", err)
 	}
-	if len(now) < 64 || len(d.applied) < 64 {
-		for k, l := range now {
-			if old, ok := d.applied[k]; !ok {
-				d.log.Info("peer added", "subnet", l.Subnet, "public_ip", l.Attrs.PublicIP)
-			} else if !old.Attrs.Equal(l.Attrs) {
-				d.log.Info("peer changed", "subnet", l.Subnet, "public_ip", l.Attrs.PublicIP)
-			}
+	var added, changed, removed []lease.Lease
+	for k, l := range now {
+		if old, ok := d.applied[k]; !ok {
+			added = append(added, l)
+		} else if !old.Attrs.Equal(l.Attrs) {
+			changed = append(changed, l)
 		}
-		for k, l := range d.applied {
-			if _, ok := now[k]; !ok {
-				d.log.Info("peer removed", "subnet", l.Subnet, "public_ip", l.Attrs.PublicIP)
-			}
+	}
+	for k, l := range d.applied {
+		if _, ok := now[k]; !ok {
+			removed = append(removed, l)
 		}
+	}
+	// One line per peer event, but a summary for a burst (the first sync
+	// of a large cluster) so the log stays readable.
+	if n := len(added) + len(changed) + len(removed); n > 16 {
+		d.log.Info("peers synced", "peers", len(now), "added", len(added), "changed", len(changed), "removed", len(removed))
 	} else {
-		d.log.Info("peers synced", "peers", len(now))
+		for _, l := range added {
+			d.log.Info("peer added", "subnet", l.Subnet, "public_ip", l.Attrs.PublicIP)
+		}
+		for _, l := range changed {
+			d.log.Info("peer changed", "subnet", l.Subnet, "public_ip", l.Attrs.PublicIP)
+		}
+		for _, l := range removed {
+			d.log.Info("peer removed", "subnet", l.Subnet, "public_ip", l.Attrs.PublicIP)
+		}
 	}
 	d.applied = now
 }
