@@ -24,6 +24,8 @@ if [ "${1:-}" = "--test" ]; then
   check ethtool ethtool
   check curl curl
   check python3 python3
+  check dockerd docker.io
+  check busybox busybox-static
 fi
 
 if [ ${#need[@]} -gt 0 ]; then

@@ -1,9 +1,11 @@
 // Package lab builds a multi-host flannel overlay on one machine: hosts are
 // network namespaces joined by a bridge in a "switch" namespace, a real etcd
-// runs in its own namespace, one flanneld process runs per host, and each
-// host has a "container" namespace behind a docker0-style bridge configured
-// from subnet.env the way Docker's --bip/--mtu would. `flannelctl lab` and
-// the end-to-end tests both use it. Nothing is added to the root namespace.
+// (or a cluster of etcd members) runs in its own namespace, one flanneld
+// process runs per host, and each host has a "container" namespace behind a
+// docker0-style bridge configured from subnet.env the way Docker's
+// --bip/--mtu would. `flannelctl lab` and the end-to-end tests both use it;
+// the fault tests also stop and restart etcd, kill etcd members and ping in
+// the background. Nothing is added to the root namespace.
 package lab
 
 import (
@@ -17,6 +19,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -51,6 +54,19 @@ type Options struct {
 	FlanneldArgs  []string // extra flags for every flanneld
 	Underlay      netip.Prefix
 	Log           *slog.Logger
+
+	// EtcdMembers > 1 runs an etcd cluster of that many members instead of
+	// EtcdCmd's single one, each in its own namespace <ID>-e1, <ID>-e2, ...
+	// started with EtcdMemberCmd (see SystemEtcdMember).
+	EtcdMembers   int
+	EtcdMemberCmd func(m EtcdMember) []string
+
+	// NoFlanneld builds the hosts and writes the config but starts no
+	// flanneld and no container: the caller starts each host with
+	// StartFlanneld, WaitSubnet and SetupContainer when it wants to.
+	NoFlanneld bool
+	// NoContainers starts every flanneld but gives no host a container.
+	NoContainers bool
 }
 
 // Host is one lab host.
@@ -63,6 +79,7 @@ type Host struct {
 	MTU         int
 	Container   netip.Addr // container's address
 	FlanneldPID int
+	Args        []string // extra flags for this host's flanneld, after the lab's
 }
 
 // State is what `lab up` records for `lab status`, `lab exec` and `lab down`.
@@ -72,6 +89,8 @@ type State struct {
 	Prefix        string
 	EtcdNS        string
 	EtcdPID       int
+	EtcdArgv      []string      // how the lab's single etcd was started, for StartEtcd
+	Members       []*EtcdMember // the members of a lab-run etcd cluster
 	EtcdEndpoints []string
 	SwitchNS      string
 	Hosts         []*Host
@@ -142,10 +161,17 @@ func Up(ctx context.Context, o Options) (l *Lab, err error) {
 	if err := l.buildUnderlay(o); err != nil {
 		return l, err
 	}
-	if len(o.EtcdEndpoints) > 0 {
+	switch {
+	case len(o.EtcdEndpoints) > 0:
 		l.EtcdEndpoints = o.EtcdEndpoints
-	} else if err := l.startEtcd(ctx, o); err != nil {
-		return l, err
+	case o.EtcdMembers > 1:
+		if err := l.startCluster(ctx, o); err != nil {
+			return l, err
+		}
+	default:
+		if err := l.startEtcd(ctx, o); err != nil {
+			return l, err
+		}
 	}
 	if err := l.save(); err != nil {
 		return l, err
@@ -161,6 +187,9 @@ func Up(ctx context.Context, o Options) (l *Lab, err error) {
 	if err != nil {
 		return l, fmt.Errorf("lab: write network config: %w", err)
 	}
+	if o.NoFlanneld {
+		return l, l.save()
+	}
 	for _, h := range l.Hosts {
 		if err := l.StartFlanneld(h); err != nil {
 			return l, err
@@ -172,6 +201,9 @@ func Up(ctx context.Context, o Options) (l *Lab, err error) {
 	for _, h := range l.Hosts {
 		if err := l.WaitSubnet(ctx, h, 30*time.Second); err != nil {
 			return l, err
+		}
+		if o.NoContainers {
+			continue
 		}
 		if err := l.SetupContainer(h); err != nil {
 			return l, err
@@ -228,6 +260,11 @@ func (l *Lab) buildUnderlay(o Options) error {
 	}
 	if err := l.plug(l.EtcdNS, "etcd", netip.PrefixFrom(etcdAddr, o.Underlay.Bits()), netip.Addr{}); err != nil {
 		return err
+	}
+	if o.EtcdMembers > 1 {
+		if err := l.buildMembers(o); err != nil {
+			return err
+		}
 	}
 	for i := 1; i <= o.Hosts; i++ {
 		h := &Host{
@@ -329,38 +366,9 @@ func (l *Lab) startEtcd(ctx context.Context, o Options) error {
 		return err
 	}
 	url := "http://" + net.JoinHostPort(addr.String(), "2379")
-	argv := o.EtcdCmd(url, filepath.Join(l.Dir, "etcd"))
-	pid, err := l.spawn(l.EtcdNS, "etcd.log", argv)
-	if err != nil {
-		return fmt.Errorf("lab: start etcd: %w", err)
-	}
-	l.EtcdPID = pid
+	l.EtcdArgv = o.EtcdCmd(url, filepath.Join(l.Dir, "etcd"))
 	l.EtcdEndpoints = []string{url}
-	if err := l.save(); err != nil {
-		return err
-	}
-	// Ready when a request succeeds.
-	cli, err := l.Etcd()
-	if err != nil {
-		return err
-	}
-	defer cli.Close()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		rctx, cancel := context.WithTimeout(ctx, time.Second)
-		_, err := cli.Get(rctx, "health")
-		cancel()
-		if err == nil {
-			return nil
-		}
-		if !alive(pid) {
-			return fmt.Errorf("lab: etcd exited; see %s", filepath.Join(l.Dir, "etcd.log"))
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			return fmt.Errorf("lab: etcd not ready: %w", err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	return l.StartEtcd(ctx)
 }
 
 // spawn starts argv inside namespace nsName in its own session, so it
@@ -392,7 +400,8 @@ func (l *Lab) FlanneldArgv(h *Host) []string {
 		"-subnet-file=" + l.SubnetFile(h),
 		"-ip-masq",
 	}
-	return append(args, l.FlanneldArgs...)
+	args = append(args, l.FlanneldArgs...)
+	return append(args, h.Args...)
 }
 
 // SubnetFile is host h's subnet.env.
@@ -536,7 +545,7 @@ func (l *Lab) SetupContainer(h *Host) error {
 // addresses do not exist in the root namespace.
 func (l *Lab) Etcd() (*clientv3.Client, error) {
 	from := l.EtcdNS
-	if l.EtcdPID == 0 && len(l.Hosts) > 0 {
+	if l.EtcdPID == 0 && len(l.Members) == 0 && len(l.Hosts) > 0 {
 		from = l.Hosts[0].NS
 	}
 	return clientv3.New(clientv3.Config{
@@ -613,15 +622,21 @@ func (l *Lab) Down() error {
 func Down(id string) error {
 	dir := Dir(id)
 	var errs []error
-	for _, pid := range labPIDs(dir) {
+	// flanneld (and anything else) before etcd: an etcd server with
+	// clients still connected can take seconds to shut down.
+	pids := labPIDs(dir)
+	slices.SortStableFunc(pids, func(a, b int) int { return cmpBool(isEtcd(a), isEtcd(b)) })
+	for _, pid := range pids {
 		if err := stopPID(pid, dir, syscall.SIGTERM, 5*time.Second); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	entries, _ := os.ReadDir("/run/netns")
-	// Containers first, then hosts, etcd and the switch: deleting the
-	// switch last keeps veth peers from vanishing under a running host.
-	order := []string{"-c", "-h", "-etcd", "-sw"}
+	// Containers first, then hosts, etcd members, etcd and the switch:
+	// deleting the switch last keeps veth peers from vanishing under a
+	// running host.
+	order := []string{"-c", "-h", "-e", "-etcd", "-sw"}
+	numbered := func(suffix string) bool { return suffix == "-c" || suffix == "-h" || suffix == "-e" }
 	for _, suffix := range order {
 		for _, e := range entries {
 			name := e.Name()
@@ -629,7 +644,7 @@ func Down(id string) error {
 				continue
 			}
 			rest := strings.TrimPrefix(name, id+suffix)
-			if (suffix == "-c" || suffix == "-h") && !isDigits(rest) || (suffix != "-c" && suffix != "-h") && rest != "" {
+			if numbered(suffix) && !isDigits(rest) || !numbered(suffix) && rest != "" {
 				continue
 			}
 			if err := (&ns.NS{Name: name}).Delete(); err != nil {
@@ -755,6 +770,11 @@ func (l *Lab) Namespace(target string) (string, error) {
 	case "sw", "switch":
 		return l.SwitchNS, nil
 	}
+	for _, m := range l.Members {
+		if target == m.Name {
+			return m.NS, nil
+		}
+	}
 	for _, h := range l.Hosts {
 		if target == h.Name {
 			return h.NS, nil
@@ -764,4 +784,22 @@ func (l *Lab) Namespace(target string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("lab %s has no %q: use h1..h%d, c1..c%d, etcd or sw", l.ID, target, len(l.Hosts), len(l.Hosts))
+}
+
+// isEtcd reports whether pid is an etcd server: the embedded one
+// (`flannelctl lab etcd-server`) or an etcd binary.
+func isEtcd(pid int) bool {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	args := strings.Split(string(b), "\x00")
+	return slices.Contains(args, "etcd-server") || filepath.Base(args[0]) == "etcd"
+}
+
+func cmpBool(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case a:
+		return 1
+	}
+	return -1
 }
