@@ -22,11 +22,13 @@ commands:
   lab demo [--hosts N] [--backend B]                  up, show, down
   lab bench                                           throughput of each backend against the underlay
   lab scale [--peers 5000]                            one flanneld against thousands of peer leases
-  config get|set|validate                             the network config in etcd
-  leases list|show|reserve|release                    the subnet leases in etcd
+  config get|set|validate [JSON|@FILE|-]              the network config in etcd
+  leases list|show|reserve|release [SUBNET] [IP]      the subnet leases and reservations in etcd
   status                                              this host's flanneld: lease, backend, peers, health
-  doctor                                              checks of this host, each with what to do
+  doctor [-q]                                         checks of this host, each with what to do
   version                                             print the version
+
+config, leases, status and doctor take flanneld's --etcd-* flags and FLANNELD_* variables; -h lists them
 `
 
 func main() {
