@@ -169,7 +169,7 @@ func (b *Backend) desired() route.State {
 		}
 		problems[sn] = problem
 		if b.warned[sn] != problem {
-			b.log.Warn("host-gw: ignoring peer", "subnet", sn, "public_ip", ip, "reason", problem)
+			b.log.Warn("host-gw: ignoring peer", "key", p.Key(), "subnet", sn, "public_ip", ip, "reason", problem)
 		}
 	}
 	b.warned = problems

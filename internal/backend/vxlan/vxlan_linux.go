@@ -224,7 +224,7 @@ func (b *Backend) desired() route.State {
 	skip := func(p lease.Lease, problem string) {
 		problems[p.Subnet] = problem
 		if b.warned[p.Subnet] != problem {
-			b.log.Warn("vxlan: skipping peer", "subnet", p.Subnet, "public_ip", p.Attrs.PublicIP, "reason", problem)
+			b.log.Warn("vxlan: skipping peer", "key", p.Key(), "subnet", p.Subnet, "public_ip", p.Attrs.PublicIP, "reason", problem)
 		}
 	}
 	for _, p := range b.peers {
