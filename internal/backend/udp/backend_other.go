@@ -1,0 +1,14 @@
+//go:build !linux
+
+package udp
+
+import (
+	"errors"
+
+	"github.com/flannel-go/flannel/internal/backend"
+)
+
+// New fails: the udp backend needs Linux TUN devices.
+func New(cfg backend.Config) (backend.Backend, error) {
+	return nil, errors.New("udp: backend requires Linux")
+}

@@ -1,0 +1,480 @@
+package udp
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/net/icmp"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/sys/unix"
+
+	"github.com/flannel-go/flannel/internal/backend"
+	"github.com/flannel-go/flannel/internal/lease"
+	"github.com/flannel-go/flannel/internal/netconf"
+	"github.com/flannel-go/flannel/internal/netnstest"
+	"github.com/flannel-go/flannel/internal/ns"
+)
+
+// The lab: a switch namespace with a bridge, and per host a namespace on
+// that bridge (192.168.77.i/24 on eth0) running a backend, behind which a
+// container namespace holds 10.77.i.2 in the host's subnet 10.77.i.0/24.
+//
+//	c1 ─veth─ h1 ─veth─┐
+//	c2 ─veth─ h2 ─veth─┤ br0 (sw)
+//	c3 ─veth─ h3 ─veth─┘
+type lab struct {
+	t     testing.TB
+	sw    *ns.NS
+	hosts []*host
+}
+
+type host struct {
+	i        int
+	ns, ctr  *ns.NS
+	underlay netip.Addr
+	subnet   netip.Prefix
+	ctrAddr  netip.Addr
+	b        *Backend
+	attrs    lease.Attrs
+	mtu      int
+}
+
+const labPrefix = "fud"
+
+func (h *host) lease() lease.Lease {
+	return lease.Lease{Subnet: h.subnet, Attrs: h.attrs}
+}
+
+func run(t testing.TB, args ...string) {
+	t.Helper()
+	if out, err := execCommand(args...); err != nil {
+		t.Fatalf("%v: %v: %s", args, err, out)
+	}
+}
+
+func execCommand(args ...string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return exec.CommandContext(ctx, args[0], args[1:]...).CombinedOutput()
+}
+
+// newLab builds n hosts (no backends yet).
+func newLab(t testing.TB, n int) *lab {
+	netnstest.SkipUnlessRoot(t)
+	if _, err := os.Stat("/dev/net/tun"); err != nil {
+		t.Skip("no /dev/net/tun")
+	}
+	l := &lab{t: t, sw: netnstest.New(t, labPrefix+"sw")}
+	run(t, "ip", "-n", l.sw.Name, "link", "add", "br0", "type", "bridge")
+	run(t, "ip", "-n", l.sw.Name, "link", "set", "br0", "up")
+	for i := 1; i <= n; i++ {
+		h := &host{
+			i:        i,
+			ns:       netnstest.New(t, labPrefix+"h"),
+			ctr:      netnstest.New(t, labPrefix+"c"),
+			underlay: netip.AddrFrom4([4]byte{192, 168, 77, byte(i)}),
+			subnet:   netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 77, byte(i), 0}), 24),
+			ctrAddr:  netip.AddrFrom4([4]byte{10, 77, byte(i), 2}),
+		}
+		port := fmt.Sprintf("s%d", i)
+		run(t, "ip", "-n", l.sw.Name, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", h.ns.Name)
+		run(t, "ip", "-n", l.sw.Name, "link", "set", port, "master", "br0", "up")
+		run(t, "ip", "-n", h.ns.Name, "addr", "add", h.underlay.String()+"/24", "dev", "eth0")
+		run(t, "ip", "-n", h.ns.Name, "link", "set", "eth0", "up")
+		run(t, "ip", "netns", "exec", h.ns.Name, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+		run(t, "ip", "-n", h.ns.Name, "link", "add", "ctr", "type", "veth", "peer", "name", "eth0", "netns", h.ctr.Name)
+		run(t, "ip", "-n", h.ns.Name, "addr", "add", fmt.Sprintf("10.77.%d.1/24", i), "dev", "ctr")
+		run(t, "ip", "-n", h.ns.Name, "link", "set", "ctr", "up")
+		run(t, "ip", "-n", h.ctr.Name, "addr", "add", h.ctrAddr.String()+"/24", "dev", "eth0")
+		run(t, "ip", "-n", h.ctr.Name, "link", "set", "eth0", "up")
+		run(t, "ip", "-n", h.ctr.Name, "route", "add", "default", "via", fmt.Sprintf("10.77.%d.1", i))
+		l.hosts = append(l.hosts, h)
+	}
+	return l
+}
+
+func testLogger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type tWriter struct{ t testing.TB }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Log(string(p))
+	return len(p), nil
+}
+
+func labConfig(h *host, t testing.TB, options string) backend.Config {
+	return backend.Config{
+		Options: []byte(options),
+		Network: &netconf.Config{EnableIPv4: true, Network: netip.MustParsePrefix("10.77.0.0/16"), SubnetLen: 24, BackendType: "udp"},
+		Ext:     backend.ExtIface{Name: "eth0", MTU: 1500, IfaceAddr: h.underlay, ExtAddr: h.underlay},
+		Log:     testLogger(t),
+	}
+}
+
+// start runs a backend on h: Init inside its namespace, Configure, and the
+// container veth's MTU set to what Configure returned.
+func (l *lab) start(h *host, want offloadSet) {
+	t := l.t
+	t.Helper()
+	b, err := newBackend(labConfig(h, t, `{"Type":"udp"}`), want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := h.ns.Do(func() error {
+		var err error
+		h.attrs, err = b.Init(ctx)
+		return err
+	}); err != nil {
+		t.Fatalf("h%d: Init: %v", h.i, err)
+	}
+	h.b = b
+	t.Cleanup(func() { b.Close() })
+	if h.mtu, err = b.Configure(ctx, h.lease()); err != nil {
+		t.Fatalf("h%d: Configure: %v", h.i, err)
+	}
+	run(t, "ip", "-n", h.ns.Name, "link", "set", "ctr", "mtu", fmt.Sprint(h.mtu))
+	run(t, "ip", "-n", h.ctr.Name, "link", "set", "eth0", "mtu", fmt.Sprint(h.mtu))
+}
+
+// syncAll gives every running backend every host's lease.
+func (l *lab) syncAll() {
+	var leases []lease.Lease
+	for _, h := range l.hosts {
+		if h.b != nil {
+			leases = append(leases, h.lease())
+		}
+	}
+	for _, h := range l.hosts {
+		if h.b != nil {
+			if err := h.b.Sync(context.Background(), leases); err != nil {
+				l.t.Fatal(err)
+			}
+		}
+	}
+}
+
+var pingID atomic.Uint32
+
+// pingResult is what came back for one echo request.
+type pingResult struct {
+	from netip.Addr
+	typ  icmp.Type
+	code int
+}
+
+// ping sends one ICMP echo request from inside n to dst and returns the
+// first answer about it: the echo reply or an ICMP error quoting it.
+func ping(n *ns.NS, dst netip.Addr, timeout time.Duration) (pingResult, error) {
+	var c *icmp.PacketConn
+	if err := n.Do(func() error {
+		var err error
+		c, err = icmp.ListenPacket("ip4:icmp", "0.0.0.0")
+		return err
+	}); err != nil {
+		return pingResult{}, err
+	}
+	defer c.Close()
+	id := int(pingID.Add(1) & 0xffff)
+	req, _ := (&icmp.Message{Type: ipv4.ICMPTypeEcho, Body: &icmp.Echo{ID: id, Seq: 1, Data: []byte("flannel udp")}}).Marshal(nil)
+	if _, err := c.WriteTo(req, &net.IPAddr{IP: dst.AsSlice()}); err != nil {
+		return pingResult{}, err
+	}
+	c.SetReadDeadline(time.Now().Add(timeout))
+	buf := make([]byte, 1500)
+	for {
+		n, from, err := c.ReadFrom(buf)
+		if err != nil {
+			return pingResult{}, fmt.Errorf("ping %s: %w", dst, err)
+		}
+		m, err := icmp.ParseMessage(1, buf[:n])
+		if err != nil {
+			continue
+		}
+		src, _ := netip.AddrFromSlice(from.(*net.IPAddr).IP.To4())
+		switch body := m.Body.(type) {
+		case *icmp.Echo:
+			if m.Type == ipv4.ICMPTypeEchoReply && body.ID == id {
+				return pingResult{from: src, typ: m.Type, code: m.Code}, nil
+			}
+		case *icmp.DstUnreach:
+			// The quote holds our request's IP header and its first 8
+			// bytes: type, code, checksum, id.
+			q := body.Data
+			if len(q) >= 28 && int(binary.BigEndian.Uint16(q[24:])) == id {
+				return pingResult{from: src, typ: m.Type, code: m.Code}, nil
+			}
+		}
+	}
+}
+
+// probeUDP sends a UDP datagram from inside n to dst and returns the ICMP
+// error that comes back about it.
+func probeUDP(n *ns.NS, dst netip.Addr, timeout time.Duration) (pingResult, error) {
+	var c *icmp.PacketConn
+	var u net.Conn
+	if err := n.Do(func() error {
+		var err error
+		if c, err = icmp.ListenPacket("ip4:icmp", "0.0.0.0"); err != nil {
+			return err
+		}
+		u, err = net.Dial("udp4", netip.AddrPortFrom(dst, 33434).String())
+		return err
+	}); err != nil {
+		if c != nil {
+			c.Close()
+		}
+		return pingResult{}, err
+	}
+	defer c.Close()
+	defer u.Close()
+	if _, err := u.Write([]byte("probe")); err != nil {
+		return pingResult{}, err
+	}
+	c.SetReadDeadline(time.Now().Add(timeout))
+	buf := make([]byte, 1500)
+	for {
+		n, from, err := c.ReadFrom(buf)
+		if err != nil {
+			return pingResult{}, fmt.Errorf("udp probe %s: %w", dst, err)
+		}
+		m, err := icmp.ParseMessage(1, buf[:n])
+		if err != nil {
+			continue
+		}
+		if du, ok := m.Body.(*icmp.DstUnreach); ok && len(du.Data) >= 20 &&
+			du.Data[9] == protoUDP && netip.AddrFrom4([4]byte(du.Data[16:20])) == dst {
+			src, _ := netip.AddrFromSlice(from.(*net.IPAddr).IP.To4())
+			return pingResult{from: src, typ: m.Type, code: m.Code}, nil
+		}
+	}
+}
+
+// mustPing asserts an echo reply from dst.
+func mustPing(t testing.TB, n *ns.NS, dst netip.Addr) {
+	t.Helper()
+	r, err := ping(n, dst, 3*time.Second)
+	if err != nil {
+		t.Fatalf("from %s: %v", n.Name, err)
+	}
+	if r.typ != ipv4.ICMPTypeEchoReply || r.from != dst {
+		t.Fatalf("from %s: ping %s answered by %s with %v code %d", n.Name, dst, r.from, r.typ, r.code)
+	}
+}
+
+// transfer sends size pseudo-random bytes over TCP from one container to
+// another and checks that the SHA-256 of what arrived matches what was
+// sent. It returns the elapsed time.
+func transfer(t testing.TB, from, to *host, size int) time.Duration {
+	t.Helper()
+	var ln net.Listener
+	if err := to.ctr.Do(func() error {
+		var err error
+		ln, err = net.Listen("tcp4", netip.AddrPortFrom(to.ctrAddr, 0).String())
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	type result struct {
+		sum [32]byte
+		n   int64
+		err error
+	}
+	res := make(chan result, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			res <- result{err: err}
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(60 * time.Second))
+		h := sha256.New()
+		n, err := io.Copy(h, c)
+		var r result
+		copy(r.sum[:], h.Sum(nil))
+		r.n, r.err = n, err
+		res <- r
+	}()
+	var c net.Conn
+	if err := from.ctr.Do(func() error {
+		var err error
+		c, err = net.DialTimeout("tcp4", ln.Addr().String(), 5*time.Second)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(60 * time.Second))
+	start := time.Now()
+	h := sha256.New()
+	r := rand.NewChaCha8([32]byte{byte(size), 1})
+	buf := make([]byte, 256<<10)
+	for left := size; left > 0; {
+		chunk := buf[:min(len(buf), left)]
+		r.Read(chunk)
+		h.Write(chunk)
+		if _, err := c.Write(chunk); err != nil {
+			t.Fatalf("send: %v", err)
+		}
+		left -= len(chunk)
+	}
+	c.(*net.TCPConn).CloseWrite()
+	got := <-res
+	elapsed := time.Since(start)
+	if got.err != nil {
+		t.Fatalf("receive: %v after %d bytes", got.err, got.n)
+	}
+	var want [32]byte
+	copy(want[:], h.Sum(nil))
+	if got.n != int64(size) || got.sum != want {
+		t.Fatalf("received %d bytes with sha256 %x; sent %d bytes with sha256 %x", got.n, got.sum, size, want)
+	}
+	return elapsed
+}
+
+// capture records the UDP datagrams to or from port 8285 that cross one
+// interface, as they would appear on a wire: frames the kernel still holds
+// as GSO super-packets (it segments them only where a real NIC needs it)
+// are cut at their gso_size, which the socket reports with PACKET_VNET_HDR.
+type capture struct {
+	fd   int
+	stop atomic.Bool
+	wg   sync.WaitGroup
+
+	mu        sync.Mutex
+	datagrams int
+	gsoFrames int
+	bad       []string
+}
+
+func startCapture(t testing.TB, n *ns.NS, ifname string) *capture {
+	c := &capture{fd: -1}
+	if err := n.Do(func() error {
+		ifi, err := net.InterfaceByName(ifname)
+		if err != nil {
+			return err
+		}
+		proto := int(htons(unix.ETH_P_ALL))
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, proto)
+		if err != nil {
+			return err
+		}
+		c.fd = fd
+		if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_VNET_HDR, 1); err != nil {
+			return err
+		}
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 64<<20)
+		tv := unix.Timeval{Usec: 100000}
+		if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+			return err
+		}
+		return unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: uint16(proto), Ifindex: ifi.Index})
+	}); err != nil {
+		if c.fd >= 0 {
+			unix.Close(c.fd)
+		}
+		t.Fatalf("capture on %s: %v", ifname, err)
+	}
+	c.wg.Add(1)
+	go c.loop()
+	t.Cleanup(c.close)
+	return c
+}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+func (c *capture) loop() {
+	defer c.wg.Done()
+	buf := make([]byte, vnetHdrLen+14+65536)
+	for !c.stop.Load() {
+		n, _, err := unix.Recvfrom(c.fd, buf, 0)
+		if err != nil {
+			continue // timeout: check stop
+		}
+		c.frame(buf[:n])
+	}
+}
+
+func (c *capture) frame(f []byte) {
+	if len(f) < vnetHdrLen+14+20+8 {
+		return
+	}
+	vh := decodeVnet(f)
+	eth := f[vnetHdrLen:]
+	if binary.BigEndian.Uint16(eth[12:]) != unix.ETH_P_IP {
+		return
+	}
+	ip := eth[14:]
+	ihl := int(ip[0]&0xf) * 4
+	if ip[9] != protoUDP || len(ip) < ihl+8 {
+		return
+	}
+	udp := ip[ihl:]
+	if binary.BigEndian.Uint16(udp[0:]) != DefaultPort && binary.BigEndian.Uint16(udp[2:]) != DefaultPort {
+		return
+	}
+	payload := udp[8:]
+	seg := len(payload)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if vh.gsoType != 0 {
+		c.gsoFrames++
+		seg = int(vh.gsoSize)
+	}
+	for len(payload) > 0 {
+		d := payload[:min(seg, len(payload))]
+		payload = payload[len(d):]
+		c.datagrams++
+		h, err := ipv4.ParseHeader(d)
+		if err != nil || h.TotalLen != len(d) {
+			if len(c.bad) < 5 {
+				c.bad = append(c.bad, fmt.Sprintf("%d-byte datagram starting % x", len(d), d[:min(20, len(d))]))
+			}
+		}
+	}
+}
+
+func (c *capture) close() {
+	if c.stop.Swap(true) {
+		return
+	}
+	c.wg.Wait()
+	unix.Close(c.fd)
+}
+
+// result stops the capture and returns what it saw.
+func (c *capture) result() (datagrams, gsoFrames int, bad []string) {
+	c.close()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.datagrams, c.gsoFrames, c.bad
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(timeout time.Duration, cond func() error) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := cond()
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

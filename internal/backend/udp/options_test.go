@@ -1,0 +1,51 @@
+package udp
+
+import (
+	"testing"
+)
+
+func TestParsePort(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want uint16
+		err  bool
+	}{
+		{``, DefaultPort, false},
+		{`{"Type":"udp"}`, DefaultPort, false},
+		{`{"Type":"udp","Port":9000}`, 9000, false},
+		{`{"type":"udp","port":1}`, 1, false},
+		{`{"PORT":65535}`, 65535, false},
+		{`{"Port":0}`, 0, true},
+		{`{"Port":65536}`, 0, true},
+		{`{"Port":-1}`, 0, true},
+		{`{"Port":"8285"}`, 0, true},
+		{`{"Port":8285.5}`, 0, true},
+		{`{"Port":8285,"Unknown":true}`, 8285, false},
+		{`[1]`, 0, true},
+	} {
+		got, err := parsePort([]byte(tc.in))
+		if (err != nil) != tc.err || got != tc.want {
+			t.Errorf("parsePort(%s) = %d, %v; want %d, error %v", tc.in, got, err, tc.want, tc.err)
+		}
+	}
+}
+
+func TestParseOffloads(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want offloadSet
+		err  bool
+	}{
+		{"", allOffloads, false},
+		{"on", allOffloads, false},
+		{" OFF ", offloadSet{}, false},
+		{"gso,gro", offloadSet{gso: true, gro: true}, false},
+		{"tun", offloadSet{tun: true}, false},
+		{"tso", offloadSet{}, true},
+	} {
+		got, err := parseOffloads(tc.in)
+		if (err != nil) != tc.err || (err == nil && got != tc.want) {
+			t.Errorf("parseOffloads(%q) = %+v, %v; want %+v, error %v", tc.in, got, err, tc.want, tc.err)
+		}
+	}
+}

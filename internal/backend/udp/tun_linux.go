@@ -1,0 +1,183 @@
+package udp
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// tunDev is our end of the TUN device. The device is not persistent: it
+// disappears with the last close of its file, as upstream's does.
+type tunDev struct {
+	f    *os.File
+	rc   syscall.RawConn
+	name string
+	vnet bool
+}
+
+// errNoOffload says the kernel refused virtio-net headers or TSO on the TUN.
+var errNoOffload = errors.New("tun offloads unsupported")
+
+// tunOffloads are what we take from the kernel: checksum offload and TCP
+// segmentation for IPv4. Not UDP segmentation (USO): the kernel segments
+// UDP super-packets before they reach us, which is rare traffic anyway.
+const tunOffloads = unix.TUN_F_CSUM | unix.TUN_F_TSO4
+
+// openTUN creates a TUN device in the calling thread's network namespace,
+// named by the kernel from pattern ("flannel%d" gives the first free
+// flannel0, flannel1, ...). With vnet, frames carry a virtio-net header and
+// the kernel may hand us TSO super-packets. Equivalent to:
+// `ip tuntap add mode tun name flannelN` without `persist`.
+func openTUN(pattern string, vnet bool) (*tunDev, error) {
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open /dev/net/tun: %w", err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			unix.Close(fd)
+		}
+	}()
+	ifr, err := unix.NewIfreq(pattern)
+	if err != nil {
+		return nil, fmt.Errorf("tun name %q: %w", pattern, err)
+	}
+	flags := uint16(unix.IFF_TUN | unix.IFF_NO_PI)
+	if vnet {
+		flags |= unix.IFF_VNET_HDR
+	}
+	ifr.SetUint16(flags)
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		if vnet && errors.Is(err, unix.EINVAL) {
+			return nil, fmt.Errorf("create tun %s with vnet header: %w: %w", pattern, errNoOffload, err)
+		}
+		return nil, fmt.Errorf("create tun %s: %w", pattern, err)
+	}
+	name := ifr.Name()
+	if vnet {
+		if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, tunOffloads); err != nil {
+			return nil, fmt.Errorf("tun %s: set offloads: %w: %w", name, errNoOffload, err)
+		}
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		return nil, fmt.Errorf("tun %s: set non-blocking: %w", name, err)
+	}
+	// A non-blocking fd makes os.NewFile register it with the runtime
+	// poller, so reads park the goroutine instead of a thread.
+	f := os.NewFile(uintptr(fd), "/dev/net/tun:"+name)
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		ok = true
+		return nil, fmt.Errorf("tun %s: %w", name, err)
+	}
+	ok = true
+	return &tunDev{f: f, rc: rc, name: name, vnet: vnet}, nil
+}
+
+func (t *tunDev) Close() error { return t.f.Close() }
+
+// tunWriter writes frames into the TUN. Each goroutine that writes has its
+// own, so the callback's fields need no lock; the method value is made once
+// so a write allocates nothing.
+type tunWriter struct {
+	rc  syscall.RawConn
+	iov []unix.Iovec
+	n   int // iovecs in use
+	err error
+	fn  func(fd uintptr) bool
+}
+
+func newTunWriter(rc syscall.RawConn) *tunWriter {
+	w := &tunWriter{rc: rc, iov: make([]unix.Iovec, maxPieces)}
+	w.fn = w.do
+	return w
+}
+
+func (w *tunWriter) do(fd uintptr) bool {
+	for {
+		_, _, e := unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&w.iov[0])), uintptr(w.n))
+		switch e {
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		case 0:
+			w.err = nil
+		default:
+			w.err = e
+		}
+		return true
+	}
+}
+
+// writev writes one frame made of pieces (at most maxPieces).
+func (w *tunWriter) writev(pieces [][]byte) error {
+	w.n = 0
+	for _, p := range pieces {
+		if len(p) > 0 {
+			setIov(&w.iov[w.n], p)
+			w.n++
+		}
+	}
+	err := w.rc.Write(w.fn)
+	clear(w.iov[:w.n])
+	if err != nil {
+		return err
+	}
+	return w.err
+}
+
+// write writes one frame.
+func (w *tunWriter) write(frame []byte) error {
+	var one [1][]byte
+	one[0] = frame
+	return w.writev(one[:])
+}
+
+// tunReader reads frames from the TUN for the outbound path.
+type tunReader struct {
+	rc      syscall.RawConn
+	buf     []byte
+	pending func() bool // when true, EAGAIN returns instead of waiting
+	n       int
+	err     error
+	fn      func(fd uintptr) bool
+}
+
+func newTunReader(rc syscall.RawConn, pending func() bool) *tunReader {
+	r := &tunReader{rc: rc, pending: pending}
+	r.fn = r.do
+	return r
+}
+
+func (r *tunReader) do(fd uintptr) bool {
+	for {
+		n, err := unix.Read(int(fd), r.buf)
+		switch err {
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			if !r.pending() {
+				return false // park until readable
+			}
+		}
+		r.n, r.err = n, err
+		return true
+	}
+}
+
+// read reads one frame into buf. It returns unix.EAGAIN without waiting
+// when nothing is readable and pending() is true, so the caller can flush.
+func (r *tunReader) read(buf []byte) (int, error) {
+	r.buf = buf
+	if err := r.rc.Read(r.fn); err != nil {
+		return 0, err
+	}
+	return r.n, r.err
+}
