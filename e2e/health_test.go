@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -118,5 +120,51 @@ func TestNotifyHealthAndMetrics(t *testing.T) {
 	}
 	if lines > 15 {
 		t.Errorf("%d log lines for a plain start; expected a handful", lines)
+	}
+}
+
+// The udp backend's datapath counters show up in /metrics after traffic.
+func TestUDPMetrics(t *testing.T) {
+	l := startLab(t, labOpts(t, 2, backendConfig("udp")))
+	h := l.Hosts[1]
+	if err := l.StopFlanneld(h, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	h.Args = []string{"--healthz-ip=127.0.0.1", "--healthz-port=18082"}
+	if err := l.StartFlanneld(h); err != nil {
+		t.Fatal(err)
+	}
+	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+		return lab.DialerIn(h.NS)(ctx, addr)
+	}}}
+	metrics := func() string {
+		resp, err := client.Get("http://127.0.0.1:18082/metrics")
+		if err != nil {
+			return ""
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	waitFor(t, 20*time.Second, "/metrics with the peer", func() bool { return strings.Contains(metrics(), "\nflannel_peers 1\n") })
+	if got, out, _ := l.Ping(context.Background(), l.Hosts[0], h.Container, 5, 100*time.Millisecond); got != 5 {
+		t.Fatalf("pings through udp: %d/5\n%s", got, out)
+	}
+	m := metrics()
+	in := regexp.MustCompile(`flannel_udp_packets_total\{direction="in"\} (\d+)`).FindStringSubmatch(m)
+	out := regexp.MustCompile(`flannel_udp_packets_total\{direction="out"\} (\d+)`).FindStringSubmatch(m)
+	if in == nil || out == nil {
+		t.Fatalf("/metrics lacks flannel_udp_packets_total:\n%s", m)
+	}
+	if n, _ := strconv.Atoi(in[1]); n < 5 {
+		t.Errorf("udp packets in = %d after 5 echo requests arrived", n)
+	}
+	if n, _ := strconv.Atoi(out[1]); n < 5 {
+		t.Errorf("udp packets out = %d after 5 echo replies left", n)
+	}
+	for _, want := range []string{`flannel_udp_drops_total{direction="in",reason="malformed"}`, `flannel_udp_offload{offload="udp_gso"}`} {
+		if !strings.Contains(m, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
 	}
 }

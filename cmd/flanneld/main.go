@@ -77,17 +77,30 @@ func newLogger(o *options, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, hopts))
 }
 
-// backends is every datapath this flanneld can run, by config Type.
-var backends = map[string]backend.Factory{
-	"vxlan":   vxlan.New,
-	"host-gw": hostgw.New,
-	"udp":     udp.New,
-	"alloc":   alloc.New,
+// backends is every datapath this flanneld can run, by config Type. The
+// udp backend's counters are exported through udpStats.
+func backends(udpStats *metrics.UDPCollector) map[string]backend.Factory {
+	return map[string]backend.Factory{
+		"vxlan":   vxlan.New,
+		"host-gw": hostgw.New,
+		"udp": func(c backend.Config) (backend.Backend, error) {
+			b, err := udp.New(c)
+			if s, ok := b.(metrics.UDPStatser); ok && err == nil {
+				udpStats.Set(s)
+			}
+			return b, err
+		},
+		"alloc": alloc.New,
+	}
 }
 
 func serve(ctx context.Context, o *options, log *slog.Logger) error {
 	log.Info("starting flanneld", "version", version.Version, "etcd", o.etcdEndpoints, "prefix", o.etcdPrefix)
 	m := metrics.New()
+	udpStats := &metrics.UDPCollector{}
+	if err := m.Register(udpStats); err != nil {
+		return err
+	}
 	store, closeStore, err := openStore(o, log, m)
 	if err != nil {
 		return err
@@ -105,7 +118,7 @@ func serve(ctx context.Context, o *options, log *slog.Logger) error {
 		BlackholeRoute: o.ipBlackholeRoute,
 	}, daemon.Deps{
 		Store:    store,
-		Backends: backends,
+		Backends: backends(udpStats),
 		Ext: func(ipv6 bool) (backend.ExtIface, error) {
 			return iface.Lookup(iface.Options{
 				Ifaces: o.ifaces, Regexes: o.ifaceRegexes, CanReach: o.ifaceCanReach,
