@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/flannel-go/flannel/internal/flagenv"
 	"github.com/flannel-go/flannel/internal/lease"
 	"github.com/flannel-go/flannel/internal/lease/etcdstore"
 	"github.com/flannel-go/flannel/internal/lease/etcdv2store"
@@ -69,16 +70,14 @@ func newFlags(name string, e opsEnv) *cmdFlags {
 }
 
 func (f *cmdFlags) envString(p *string, name, def, usage string) {
-	f.StringVar(p, name, def, usage+" (env FLANNELD_"+envName(name)+")")
+	f.StringVar(p, name, def, usage+" (env "+flagenv.Name("FLANNELD_", name)+")")
 	f.env[name] = true
 }
 
 func (f *cmdFlags) envInt(p *int, name string, def int, usage string) {
-	f.IntVar(p, name, def, usage+" (env FLANNELD_"+envName(name)+")")
+	f.IntVar(p, name, def, usage+" (env "+flagenv.Name("FLANNELD_", name)+")")
 	f.env[name] = true
 }
-
-func envName(flag string) string { return strings.ToUpper(strings.ReplaceAll(flag, "-", "_")) }
 
 // parse parses args, allowing flags after positional arguments
 // (`leases show 10.5.34.0/24 --etcd-endpoints=…`), then applies the
@@ -100,21 +99,7 @@ func (f *cmdFlags) parse(args []string, getenv func(string) string) ([]string, e
 		pos = append(pos, args[0])
 		args = args[1:]
 	}
-	set := map[string]bool{}
-	f.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
-	var errs []error
-	f.VisitAll(func(fl *flag.Flag) {
-		if !f.env[fl.Name] || set[fl.Name] {
-			return
-		}
-		name := "FLANNELD_" + envName(fl.Name)
-		if v := getenv(name); v != "" {
-			if err := f.Set(fl.Name, v); err != nil {
-				errs = append(errs, fmt.Errorf("%s=%q: %w", name, v, err))
-			}
-		}
-	})
-	return pos, errors.Join(errs...)
+	return pos, flagenv.Set(f.FlagSet, "FLANNELD_", getenv, func(name string) bool { return f.env[name] })
 }
 
 // conn holds the etcd connection flags, with flanneld's names, defaults

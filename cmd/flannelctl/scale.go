@@ -17,6 +17,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/flannel-go/flannel/internal/backoff"
 	"github.com/flannel-go/flannel/internal/lab"
 	"github.com/flannel-go/flannel/internal/lease"
 	"github.com/flannel-go/flannel/internal/route"
@@ -250,7 +251,7 @@ func (s *scaleRun) measureNew(ctx context.Context, w *lab.EntryWatch, cli *clien
 	fmt.Fprintf(s.out, "writing %d new leases, one every %s...\n", len(leases), s.interval)
 	next := time.Now()
 	for i, l := range leases {
-		if err := sleepUntil(ctx, next); err != nil {
+		if err := backoff.Sleep(ctx, time.Until(next)); err != nil {
 			return err
 		}
 		next = next.Add(s.interval)
@@ -299,21 +300,6 @@ func (s *scaleRun) measureNew(ctx context.Context, w *lab.EntryWatch, cli *clien
 		return err
 	}
 	return nil
-}
-
-func sleepUntil(ctx context.Context, t time.Time) error {
-	d := time.Until(t)
-	if d <= 0 {
-		return ctx.Err()
-	}
-	tm := time.NewTimer(d)
-	defer tm.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-tm.C:
-		return nil
-	}
 }
 
 func (s *scaleRun) report() {

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net/netip"
 	"os"
 	"slices"
@@ -18,6 +17,7 @@ import (
 	"time"
 
 	"github.com/flannel-go/flannel/internal/backend"
+	"github.com/flannel-go/flannel/internal/backoff"
 	"github.com/flannel-go/flannel/internal/lease"
 	"github.com/flannel-go/flannel/internal/masq"
 	"github.com/flannel-go/flannel/internal/metrics"
@@ -153,7 +153,7 @@ func (d *Daemon) setup(ctx context.Context) error {
 // nothing is leased or written before all of it is right.
 func (d *Daemon) waitConfig(ctx context.Context) error {
 	var lastProblem string
-	wait := d.cfg.ConfigRetryBase
+	wait := backoff.Backoff{Min: d.cfg.ConfigRetryBase, Max: 5 * time.Second}
 	for {
 		problem, err := d.tryConfig(ctx)
 		if err == nil {
@@ -163,10 +163,9 @@ func (d *Daemon) waitConfig(ctx context.Context) error {
 			d.log.Error(problem)
 			lastProblem = problem
 		}
-		if err := sleep(ctx, wait); err != nil {
+		if err := backoff.Sleep(ctx, wait.Next()); err != nil {
 			return err
 		}
-		wait = min(wait*2, 5*time.Second)
 	}
 }
 
@@ -218,7 +217,7 @@ func (d *Daemon) knownBackends() string {
 // acquire leases a subnet, retrying until it gets one: a full network is
 // reported once and waited out, never a reason to exit.
 func (d *Daemon) acquire(ctx context.Context, attrs lease.Attrs, prev lease.Prev) error {
-	wait := time.Second
+	wait := backoff.Backoff{Min: time.Second, Max: 30 * time.Second, Jitter: backoff.UpperHalf}
 	var lastErr string
 	for {
 		l, err := lease.Acquire(ctx, d.deps.Store, d.net, attrs, prev, d.cfg.LeaseTTL, d.log)
@@ -243,14 +242,13 @@ func (d *Daemon) acquire(ctx context.Context, attrs lease.Attrs, prev lease.Prev
 			d.log.Error("acquire lease: " + msg)
 			lastErr = msg
 		}
-		pause := sleep
+		pause := backoff.Sleep
 		if errors.Is(err, lease.ErrNoFreeSubnet) {
 			pause = d.waitFree
 		}
-		if err := pause(ctx, jitter(wait)); err != nil {
+		if err := pause(ctx, wait.Next()); err != nil {
 			return err
 		}
-		wait = min(wait*2, 30*time.Second)
 	}
 }
 
@@ -357,6 +355,18 @@ func (d *Daemon) loop(ctx context.Context) error {
 		})
 	}
 	startKeep(keepCtx, d.own)
+	// replace gives up our lost lease and its Keep, and leases again.
+	replace := func(why string) error {
+		d.log.Warn(why, "subnet", d.own.Subnet)
+		d.deps.Metrics.LeaseLost()
+		stopKeep()
+		if err := d.reacquire(ctx); err != nil {
+			return err
+		}
+		keepCtx, stopKeep = context.WithCancel(ctx)
+		startKeep(keepCtx, d.own)
+		return nil
+	}
 
 	repair := time.NewTicker(d.cfg.RepairInterval)
 	defer repair.Stop()
@@ -385,28 +395,18 @@ func (d *Daemon) loop(ctx context.Context) error {
 				}
 			}
 			if ownLost {
-				d.log.Warn("lease deleted or taken over in etcd; acquiring again", "subnet", d.own.Subnet)
-				d.deps.Metrics.LeaseLost()
-				stopKeep()
-				if err := d.reacquire(ctx); err != nil {
+				if err := replace("lease deleted or taken over in etcd; acquiring again"); err != nil {
 					return err
 				}
-				keepCtx, stopKeep = context.WithCancel(ctx)
-				startKeep(keepCtx, d.own)
 			}
 			d.sync(ctx)
 		case l := <-lost:
 			if l.ID != d.own.ID || l.Key() != d.own.Key() {
 				continue // a lease already replaced
 			}
-			d.log.Warn("lease lost: it expired or was deleted; acquiring again", "subnet", d.own.Subnet)
-			d.deps.Metrics.LeaseLost()
-			stopKeep()
-			if err := d.reacquire(ctx); err != nil {
+			if err := replace("lease lost: it expired or was deleted; acquiring again"); err != nil {
 				return err
 			}
-			keepCtx, stopKeep = context.WithCancel(ctx)
-			startKeep(keepCtx, d.own)
 			d.sync(ctx)
 		case <-repair.C:
 			if err := d.be.Repair(ctx); err != nil {
@@ -589,7 +589,7 @@ func (d *Daemon) watch(ctx context.Context, out chan<- update) {
 			return false
 		}
 	}
-	wait := 100 * time.Millisecond
+	wait := backoff.Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second, Jitter: backoff.UpperHalf}
 	failing := false
 	for ctx.Err() == nil {
 		lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -604,17 +604,16 @@ func (d *Daemon) watch(ctx context.Context, out chan<- update) {
 				d.log.Warn("list leases failed; retrying", "err", err)
 				failing = true
 			}
-			if sleep(ctx, jitter(wait)) != nil {
+			if backoff.Sleep(ctx, wait.Next()) != nil {
 				return
 			}
-			wait = min(wait*2, 5*time.Second)
 			continue
 		}
 		if failing {
 			d.log.Info("lease listing recovered")
 			failing = false
 		}
-		wait = 100 * time.Millisecond
+		wait.Reset()
 		if !send(update{reset: true, snapshot: leases}) {
 			return
 		}
@@ -626,26 +625,11 @@ func (d *Daemon) watch(ctx context.Context, out chan<- update) {
 		if ctx.Err() == nil && err != nil {
 			d.deps.Metrics.EtcdError()
 			d.log.Warn("lease watch ended; re-listing", "err", err)
-			if sleep(ctx, jitter(time.Second)) != nil {
+			if backoff.Sleep(ctx, backoff.UpperHalf(time.Second)) != nil {
 				return
 			}
 		}
 	}
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}
-
-func jitter(d time.Duration) time.Duration {
-	return d/2 + rand.N(d/2+1)
 }
 
 // PeerAddrs returns the sorted subnets of the peers the backend was last

@@ -400,13 +400,13 @@ func (d *Docker) waitReady(ctx context.Context, timeout time.Duration) error {
 		last = err
 		select {
 		case <-d.done:
-			return fmt.Errorf("lab: dockerd on %s exited at start; log %s:\n%s", d.Host.Name, d.LogFile(), logTail(d.LogFile(), 20))
+			return fmt.Errorf("lab: dockerd on %s exited at start; log %s:\n%s", d.Host.Name, d.LogFile(), tail(d.LogFile(), 20))
 		case <-ctx.Done():
 			return fmt.Errorf("lab: dockerd on %s: %w", d.Host.Name, ctx.Err())
 		case <-time.After(100 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("lab: dockerd on %s not ready within %s: %w; log %s:\n%s", d.Host.Name, timeout, last, d.LogFile(), logTail(d.LogFile(), 20))
+			return fmt.Errorf("lab: dockerd on %s not ready within %s: %w; log %s:\n%s", d.Host.Name, timeout, last, d.LogFile(), tail(d.LogFile(), 20))
 		}
 	}
 }
@@ -552,15 +552,6 @@ func dockerOptsValue(file, name string) string {
 		}
 	}
 	return ""
-}
-
-func logTail(path string, n int) string {
-	b, _ := os.ReadFile(path)
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }
 
 // BusyboxImage writes to path a tarball for `docker import`: a static

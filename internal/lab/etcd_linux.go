@@ -135,24 +135,12 @@ func (l *Lab) StartEtcd(ctx context.Context) error {
 // StopEtcd sends sig to the lab's single etcd and waits until it has
 // exited.
 func (l *Lab) StopEtcd(sig syscall.Signal) error {
-	if l.EtcdPID == 0 {
-		return nil
-	}
-	err := stopPID(l.EtcdPID, l.Dir, sig, 10*time.Second)
-	l.EtcdPID = 0
-	_ = l.save()
-	return err
+	return l.stop(&l.EtcdPID, sig)
 }
 
 // StopMember sends sig to etcd member m and waits until it has exited.
 func (l *Lab) StopMember(m *EtcdMember, sig syscall.Signal) error {
-	if m.PID == 0 {
-		return nil
-	}
-	err := stopPID(m.PID, l.Dir, sig, 10*time.Second)
-	m.PID = 0
-	_ = l.save()
-	return err
+	return l.stop(&m.PID, sig)
 }
 
 // Leader returns the member the cluster currently follows, asking each

@@ -422,11 +422,17 @@ func (l *Lab) StartFlanneld(h *Host) error {
 
 // StopFlanneld sends sig to host h's flanneld and waits for it to exit.
 func (l *Lab) StopFlanneld(h *Host, sig syscall.Signal) error {
-	if h.FlanneldPID == 0 {
+	return l.stop(&h.FlanneldPID, sig)
+}
+
+// stop sends sig to the process *pid, if any, waits up to 10 s for it to
+// exit, and records that it is gone.
+func (l *Lab) stop(pid *int, sig syscall.Signal) error {
+	if *pid == 0 {
 		return nil
 	}
-	err := stopPID(h.FlanneldPID, l.Dir, sig, 10*time.Second)
-	h.FlanneldPID = 0
+	err := stopPID(*pid, l.Dir, sig, 10*time.Second)
+	*pid = 0
 	_ = l.save()
 	return err
 }

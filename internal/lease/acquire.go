@@ -9,6 +9,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/flannel-go/flannel/internal/backoff"
 	"github.com/flannel-go/flannel/internal/netconf"
 )
 
@@ -39,7 +40,7 @@ func Acquire(ctx context.Context, s Store, cfg *netconf.Config, want Attrs, prev
 		// Keys are <ipv4>-<len>[&<ipv6>-<len>]: the IPv4 part is mandatory.
 		return Lease{}, errors.New("lease: acquire: an IPv6-only network cannot be stored (the subnet key needs an IPv4 subnet)")
 	}
-	delay := backoff{min: 20 * time.Millisecond, max: time.Second}
+	delay := backoff.Backoff{Min: 20 * time.Millisecond, Max: time.Second, Jitter: backoff.Within10}
 	for {
 		l, err := acquireOnce(ctx, s, cfg, want, prev, ttl, log)
 		if err == nil {
@@ -49,7 +50,7 @@ func Acquire(ctx context.Context, s Store, cfg *netconf.Config, want Attrs, prev
 			return Lease{}, err
 		}
 		log.Debug("lost a race for a subnet; trying again", "err", err)
-		if err := sleep(ctx, delay.next()); err != nil {
+		if err := backoff.Sleep(ctx, delay.Next()); err != nil {
 			return Lease{}, fmt.Errorf("lease: acquire: %w", err)
 		}
 	}

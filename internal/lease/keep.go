@@ -5,9 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"sync"
 	"time"
+
+	"github.com/flannel-go/flannel/internal/backoff"
 )
 
 // looker is implemented by stores that can read one lease's expiry
@@ -63,7 +64,7 @@ func Keep(ctx context.Context, s Store, l Lease, margin time.Duration, log *slog
 			due = due.Add(renewIn(l.Expires, margin))
 		}
 	}
-	retry := backoff{min: time.Second, max: time.Minute}
+	retry := backoff.Backoff{Min: time.Second, Max: time.Minute, Jitter: backoff.Within10}
 	for {
 		st, reported, err := wait(ctx, due, seen)
 		if err != nil {
@@ -90,7 +91,7 @@ func Keep(ctx context.Context, s Store, l Lease, margin time.Duration, log *slog
 			if !l.Reserved() {
 				due = time.Now().Add(renewIn(l.Expires, margin))
 			}
-			retry.reset()
+			retry.Reset()
 			if onRenew != nil {
 				onRenew(nl)
 			}
@@ -99,7 +100,7 @@ func Keep(ctx context.Context, s Store, l Lease, margin time.Duration, log *slog
 		case ctx.Err() != nil:
 			return ctx.Err()
 		default:
-			due = time.Now().Add(retry.next())
+			due = time.Now().Add(retry.Next())
 			log.Warn("lease renewal failed; retrying", "subnet", l.Subnet, "expires", l.Expires, "err", err)
 		}
 	}
@@ -147,15 +148,15 @@ func watchOwn(ctx context.Context, s Store, key string, out chan<- ownState) {
 		case <-ctx.Done():
 		}
 	}
-	delay := backoff{min: time.Second, max: 30 * time.Second}
+	delay := backoff.Backoff{Min: time.Second, Max: 30 * time.Second, Jitter: backoff.Within10}
 	for ctx.Err() == nil {
 		leases, rev, err := s.Leases(ctx)
 		if err != nil {
 			// Renewals report store trouble; here we just try again.
-			_ = sleep(ctx, delay.next())
+			_ = backoff.Sleep(ctx, delay.Next())
 			continue
 		}
-		delay.reset()
+		delay.Reset()
 		st := ownState{}
 		for _, l := range leases {
 			if l.Key() == key {
@@ -171,33 +172,7 @@ func watchOwn(ctx context.Context, s Store, key string, out chan<- ownState) {
 			}
 		})
 		if err != nil && !errors.Is(err, ErrCompacted) {
-			_ = sleep(ctx, delay.next())
+			_ = backoff.Sleep(ctx, delay.Next())
 		}
-	}
-}
-
-// backoff is an exponential delay with ±10 % jitter.
-type backoff struct{ min, max, cur time.Duration }
-
-func (b *backoff) reset() { b.cur = 0 }
-
-func (b *backoff) next() time.Duration {
-	if b.cur == 0 {
-		b.cur = b.min
-	} else {
-		b.cur = min(2*b.cur, b.max)
-	}
-	return b.cur - b.cur/10 + time.Duration(rand.Int64N(int64(b.cur)/5+1))
-}
-
-// sleep waits d or until ctx ends.
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
 	}
 }

@@ -18,11 +18,9 @@ package etcdstore
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"strings"
 	"sync"
 	"time"
@@ -35,6 +33,7 @@ import (
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/status"
 
+	"github.com/flannel-go/flannel/internal/etcdtls"
 	"github.com/flannel-go/flannel/internal/lease"
 )
 
@@ -170,27 +169,9 @@ func tlsConfig(o Options, log *slog.Logger) (*tls.Config, error) {
 		}
 		return nil, nil
 	}
-	tc := &tls.Config{MinVersion: tls.VersionTLS12}
-	if (o.CertFile == "") != (o.KeyFile == "") {
-		return nil, errors.New("etcdstore: a client certificate needs both a cert file and a key file")
-	}
-	if o.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(o.CertFile, o.KeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("etcdstore: load client certificate %s (key %s): %w", o.CertFile, o.KeyFile, err)
-		}
-		tc.Certificates = []tls.Certificate{cert}
-	}
-	if o.CAFile != "" {
-		pem, err := os.ReadFile(o.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("etcdstore: read CA file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("etcdstore: CA file %s holds no PEM certificate", o.CAFile)
-		}
-		tc.RootCAs = pool
+	tc, err := etcdtls.ClientConfig(o.CertFile, o.KeyFile, o.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("etcdstore: %w", err)
 	}
 	return tc, nil
 }

@@ -216,35 +216,11 @@ func (s *Store) Revoke(ctx context.Context, l lease.Lease) error {
 	return nil
 }
 
-// decodeKV turns a key below subnets/ and its value into a lease. When the
-// key is good but the value is not, it returns the lease with only the
-// subnets and ID set and a *badValueError, so a watch can still report the
-// subnet as gone.
+// decodeKV is lease.Decode with the key's etcd lease as the ID.
 func decodeKV(key string, value []byte, id int64) (lease.Lease, error) {
-	sn, sn6, err := lease.ParseKey(key)
-	if err != nil {
-		return lease.Lease{}, err
+	l, err := lease.Decode(key, value)
+	if err == nil {
+		l.ID = id
 	}
-	// Renew and Revoke address a lease by Lease.Key(): a key written in
-	// another spelling could never be renewed or removed by us.
-	if k := lease.MakeKey(sn, sn6); k != key {
-		return lease.Lease{}, fmt.Errorf("subnet key %q is not in canonical form %q", key, k)
-	}
-	l := lease.Lease{Subnet: sn, Subnet6: sn6, ID: id}
-	if err := json.Unmarshal(value, &l.Attrs); err != nil {
-		return l, &badValueError{key: key, err: err}
-	}
-	if !l.Attrs.PublicIP.IsValid() && !l.Attrs.PublicIPv6.IsValid() {
-		return l, &badValueError{key: key, err: errors.New("no public IP")}
-	}
-	return l, nil
+	return l, err
 }
-
-// badValueError: the key parsed but its value did not.
-type badValueError struct {
-	key string
-	err error
-}
-
-func (e *badValueError) Error() string { return fmt.Sprintf("subnet %s: bad value: %v", e.key, e.err) }
-func (e *badValueError) Unwrap() error { return e.err }

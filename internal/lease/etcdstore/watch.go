@@ -4,13 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"strings"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/flannel-go/flannel/internal/backoff"
 	"github.com/flannel-go/flannel/internal/lease"
 )
 
@@ -26,10 +26,10 @@ import (
 // keeping a stale one. Keys that do not parse are skipped with a warning.
 func (s *Store) Watch(ctx context.Context, rev int64, fn func([]lease.Event)) error {
 	last := rev
-	delay := retryDelay{min: 100 * time.Millisecond, max: 5 * time.Second}
+	delay := backoff.Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second, Jitter: backoff.Within10}
 	broken := false
 	healthy := func() {
-		delay.reset()
+		delay.Reset()
 		if broken {
 			broken = false
 			s.log.Info("etcd watch resumed", "prefix", s.subnets, "revision", last)
@@ -47,12 +47,8 @@ func (s *Store) Watch(ctx context.Context, rev int64, fn func([]lease.Event)) er
 			broken = true
 			s.log.Warn("etcd watch interrupted; re-creating it", "prefix", s.subnets, "from_revision", last+1, "err", err)
 		}
-		t := time.NewTimer(delay.next())
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-t.C:
+		if err := backoff.Sleep(ctx, delay.Next()); err != nil {
+			return err
 		}
 	}
 }
@@ -86,9 +82,9 @@ func (s *Store) watchOnce(ctx context.Context, last *int64, fn func([]lease.Even
 				s.log.Warn("skipping bad subnet entry", "key", string(e.Kv.Key), "err", err)
 				continue
 			}
-			var bad *badValueError
+			var bad *lease.BadValueError
 			if errors.As(ev.err, &bad) {
-				s.log.Warn("subnet entry has a bad value; treating it as removed", "key", string(e.Kv.Key), "err", bad.err)
+				s.log.Warn("subnet entry has a bad value; treating it as removed", "key", string(e.Kv.Key), "err", bad.Err)
 			}
 			evs = append(evs, ev.Event)
 		}
@@ -113,7 +109,7 @@ func toEvent(subnets string, e *clientv3.Event) (decoded, error) {
 		return decoded{}, fmt.Errorf("key %q is not below %s", e.Kv.Key, subnets)
 	}
 	l, err := decodeKV(key, e.Kv.Value, e.Kv.Lease)
-	var bad *badValueError
+	var bad *lease.BadValueError
 	switch {
 	case err != nil && !errors.As(err, &bad):
 		return decoded{}, err
@@ -123,19 +119,4 @@ func toEvent(subnets string, e *clientv3.Event) (decoded, error) {
 		return decoded{Event: lease.Event{Type: lease.Removed, Lease: lease.Lease{Subnet: l.Subnet, Subnet6: l.Subnet6}}, err: err}, nil
 	}
 	return decoded{Event: lease.Event{Type: lease.Added, Lease: l}}, nil
-}
-
-// retryDelay is an exponential backoff with ±10 % jitter.
-type retryDelay struct{ min, max, cur time.Duration }
-
-func (d *retryDelay) reset() { d.cur = 0 }
-
-func (d *retryDelay) next() time.Duration {
-	if d.cur == 0 {
-		d.cur = d.min
-	} else {
-		d.cur = min(2*d.cur, d.max)
-	}
-	j := time.Duration(rand.Int64N(int64(d.cur)/5 + 1))
-	return d.cur - d.cur/10 + j
 }

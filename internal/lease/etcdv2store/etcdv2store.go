@@ -34,19 +34,18 @@ package etcdv2store
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"path"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/flannel-go/flannel/internal/etcdtls"
 	"github.com/flannel-go/flannel/internal/lease"
 )
 
@@ -184,27 +183,9 @@ func tlsConfig(o Options, eps []*url.URL, log *slog.Logger) (*tls.Config, error)
 		}
 		return nil, nil
 	}
-	tc := &tls.Config{MinVersion: tls.VersionTLS12}
-	if (o.CertFile == "") != (o.KeyFile == "") {
-		return nil, errors.New("etcdv2store: a client certificate needs both a cert file and a key file")
-	}
-	if o.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(o.CertFile, o.KeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("etcdv2store: load client certificate %s (key %s): %w", o.CertFile, o.KeyFile, err)
-		}
-		tc.Certificates = []tls.Certificate{cert}
-	}
-	if o.CAFile != "" {
-		pem, err := os.ReadFile(o.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("etcdv2store: read CA file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("etcdv2store: CA file %s holds no PEM certificate", o.CAFile)
-		}
-		tc.RootCAs = pool
+	tc, err := etcdtls.ClientConfig(o.CertFile, o.KeyFile, o.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("etcdv2store: %w", err)
 	}
 	return tc, nil
 }

@@ -262,39 +262,17 @@ func ttlSeconds(ttl time.Duration) string {
 	return strconv.FormatInt(int64((ttl+time.Second-1)/time.Second), 10)
 }
 
-// decodeNode turns a key below <prefix>/subnets/ into a lease. When the key
-// is good but the value is not, it returns the lease with only the subnets
-// set and a *badValueError, so a watch can still report the subnet as gone.
+// decodeNode turns a node below <prefix>/subnets/ into a lease, as
+// lease.Decode does, with ID and Expires from the node's TTL.
 func (s *Store) decodeNode(n *node) (lease.Lease, error) {
 	key, ok := strings.CutPrefix(n.Key, s.subnets+"/")
 	if !ok {
 		return lease.Lease{}, fmt.Errorf("key %q is not below %s/", n.Key, s.subnets)
 	}
-	sn, sn6, err := lease.ParseKey(key)
+	l, err := lease.Decode(key, []byte(n.Value))
 	if err != nil {
-		return lease.Lease{}, err
-	}
-	// Renew and Revoke address a lease by Lease.Key(): a key written in
-	// another spelling could never be renewed or removed by us.
-	if k := lease.MakeKey(sn, sn6); k != key {
-		return lease.Lease{}, fmt.Errorf("subnet key %q is not in canonical form %q", key, k)
-	}
-	l := lease.Lease{Subnet: sn, Subnet6: sn6}
-	if err := json.Unmarshal([]byte(n.Value), &l.Attrs); err != nil {
-		return l, &badValueError{key: key, err: err}
-	}
-	if !l.Attrs.PublicIP.IsValid() && !l.Attrs.PublicIPv6.IsValid() {
-		return l, &badValueError{key: key, err: errors.New("no public IP")}
+		return l, err
 	}
 	l.ID, l.Expires = id(n), expires(n)
 	return l, nil
 }
-
-// badValueError: the key parsed but its value did not.
-type badValueError struct {
-	key string
-	err error
-}
-
-func (e *badValueError) Error() string { return fmt.Sprintf("subnet %s: bad value: %v", e.key, e.err) }
-func (e *badValueError) Unwrap() error { return e.err }

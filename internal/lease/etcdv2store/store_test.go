@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flannel-go/flannel/internal/etcdtest"
 	"github.com/flannel-go/flannel/internal/lease"
 	"github.com/flannel-go/flannel/internal/lease/etcdv2store"
 	"github.com/flannel-go/flannel/internal/netconf"
@@ -571,7 +572,7 @@ func TestCloseEndsWatch(t *testing.T) {
 }
 
 func TestTLS(t *testing.T) {
-	f := writeTLS(t)
+	f := etcdtest.WriteTLS(t)
 	cert, err := tls.LoadX509KeyPair(f.ClientCert, f.ClientKey)
 	if err != nil {
 		t.Fatal(err)
@@ -606,7 +607,7 @@ func TestTLS(t *testing.T) {
 		name string
 		o    etcdv2store.Options
 	}{
-		{"wrong CA", etcdv2store.Options{CertFile: f.ClientCert, KeyFile: f.ClientKey, CAFile: writeTLS(t).CA}},
+		{"wrong CA", etcdv2store.Options{CertFile: f.ClientCert, KeyFile: f.ClientKey, CAFile: etcdtest.WriteTLS(t).CA}},
 		{"no client cert", etcdv2store.Options{CAFile: f.CA}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -693,7 +694,7 @@ func TestAuth(t *testing.T) {
 }
 
 func TestNewErrors(t *testing.T) {
-	f := writeTLS(t)
+	f := etcdtest.WriteTLS(t)
 	for _, tc := range []struct {
 		name string
 		o    etcdv2store.Options

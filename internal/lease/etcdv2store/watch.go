@@ -4,13 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/flannel-go/flannel/internal/backoff"
 	"github.com/flannel-go/flannel/internal/lease"
 )
 
@@ -31,10 +31,10 @@ import (
 // not parse are skipped with a warning.
 func (s *Store) Watch(ctx context.Context, rev int64, fn func([]lease.Event)) error {
 	last := rev
-	delay := retryDelay{min: 100 * time.Millisecond, max: 5 * time.Second}
+	delay := backoff.Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second, Jitter: backoff.Within10}
 	broken := false
 	healthy := func() {
-		delay.reset()
+		delay.Reset()
 		if broken {
 			broken = false
 			s.log.Info("etcd watch resumed", "prefix", s.subnets, "index", last)
@@ -78,12 +78,8 @@ func (s *Store) Watch(ctx context.Context, rev int64, fn func([]lease.Event)) er
 			broken = true
 			s.log.Warn("etcd watch interrupted; re-creating it", "prefix", s.subnets, "from_index", last+1, "err", err)
 		}
-		t := time.NewTimer(delay.next())
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-t.C:
+		if err := backoff.Sleep(ctx, delay.Next()); err != nil {
+			return err
 		}
 	}
 }
@@ -113,7 +109,7 @@ func (s *Store) toEvent(r response) (ev lease.Event, ok bool, err error) {
 		return lease.Event{}, false, nil
 	}
 	l, err := s.decodeNode(n)
-	var bad *badValueError
+	var bad *lease.BadValueError
 	switch {
 	case err != nil && !errors.As(err, &bad):
 		s.log.Warn("skipping bad subnet entry", "key", n.Key, "err", err)
@@ -121,26 +117,11 @@ func (s *Store) toEvent(r response) (ev lease.Event, ok bool, err error) {
 	case removed:
 		// A removed node carries no value.
 	case err != nil:
-		s.log.Warn("subnet entry has a bad value; treating it as removed", "key", n.Key, "err", bad.err)
+		s.log.Warn("subnet entry has a bad value; treating it as removed", "key", n.Key, "err", bad.Err)
 		removed = true
 	}
 	if removed {
 		return lease.Event{Type: lease.Removed, Lease: lease.Lease{Subnet: l.Subnet, Subnet6: l.Subnet6}}, true, nil
 	}
 	return lease.Event{Type: lease.Added, Lease: l}, true, nil
-}
-
-// retryDelay is an exponential backoff with ±10 % jitter.
-type retryDelay struct{ min, max, cur time.Duration }
-
-func (d *retryDelay) reset() { d.cur = 0 }
-
-func (d *retryDelay) next() time.Duration {
-	if d.cur == 0 {
-		d.cur = d.min
-	} else {
-		d.cur = min(2*d.cur, d.max)
-	}
-	j := time.Duration(rand.Int64N(int64(d.cur)/5 + 1))
-	return d.cur - d.cur/10 + j
 }

@@ -405,7 +405,7 @@ func (s *Store) nextExpiryLocked() (time.Time, bool) {
 
 func (s *Store) eventLocked(c change) (lease.Event, bool) {
 	l, err := decode(c.key, c.value, c.id)
-	var bad *badValueError
+	var bad *lease.BadValueError
 	switch {
 	case err != nil && !errors.As(err, &bad):
 		s.log.Warn("skipping bad subnet entry", "key", c.key, "err", err)
@@ -413,33 +413,17 @@ func (s *Store) eventLocked(c change) (lease.Event, bool) {
 	case c.value == nil:
 		return lease.Event{Type: lease.Removed, Lease: lease.Lease{Subnet: l.Subnet, Subnet6: l.Subnet6}}, true
 	case err != nil:
-		s.log.Warn("subnet entry has a bad value; treating it as removed", "key", c.key, "err", bad.err)
+		s.log.Warn("subnet entry has a bad value; treating it as removed", "key", c.key, "err", bad.Err)
 		return lease.Event{Type: lease.Removed, Lease: lease.Lease{Subnet: l.Subnet, Subnet6: l.Subnet6}}, true
 	}
 	return lease.Event{Type: lease.Added, Lease: l}, true
 }
 
-// decode applies etcdstore's rules for entries below subnets/: canonical
-// key, value that decodes and names a public IP.
+// decode is lease.Decode, the rules of the real stores, with id as the ID.
 func decode(key string, value []byte, id int64) (lease.Lease, error) {
-	sn, sn6, err := lease.ParseKey(key)
-	if err != nil {
-		return lease.Lease{}, err
+	l, err := lease.Decode(key, value)
+	if err == nil {
+		l.ID = id
 	}
-	if k := lease.MakeKey(sn, sn6); k != key {
-		return lease.Lease{}, fmt.Errorf("subnet key %q is not in canonical form %q", key, k)
-	}
-	l := lease.Lease{Subnet: sn, Subnet6: sn6, ID: id}
-	if err := json.Unmarshal(value, &l.Attrs); err != nil {
-		return l, &badValueError{err: err}
-	}
-	if !l.Attrs.PublicIP.IsValid() && !l.Attrs.PublicIPv6.IsValid() {
-		return l, &badValueError{err: errors.New("no public IP")}
-	}
-	return l, nil
+	return l, err
 }
-
-type badValueError struct{ err error }
-
-func (e *badValueError) Error() string { return "bad value: " + e.err.Error() }
-func (e *badValueError) Unwrap() error { return e.err }
