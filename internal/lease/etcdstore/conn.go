@@ -3,6 +3,7 @@ package etcdstore
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"net"
 	"strings"
 	"sync"
@@ -63,10 +64,13 @@ type recordingCreds struct {
 
 func (r *recordingCreds) ClientHandshake(ctx context.Context, authority string, conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
 	c, info, err := r.TransportCredentials.ClientHandshake(ctx, authority, conn)
-	r.errs.set(err)
 	if err != nil {
+		r.errs.set(err)
 		return c, info, err
 	}
+	// A completed handshake does not clear the last error: in TLS 1.3 the
+	// server may still refuse us on the first read, and a retry's handshake
+	// must not erase the previous attempt's reason.
 	// In TLS 1.3 the server rejects a missing or unacceptable client
 	// certificate after the client's handshake is done: the alert arrives
 	// as the first read's error.
@@ -83,7 +87,13 @@ type firstReadConn struct {
 func (c *firstReadConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
 	c.once.Do(func() {
-		if err != nil {
+		switch {
+		case err == nil:
+			c.errs.set(nil) // the connection really works
+		case errors.Is(err, net.ErrClosed):
+			// Closed by the client itself (a timeout or shutdown): says
+			// nothing about why etcd refused us; keep the earlier reason.
+		default:
 			c.errs.set(err)
 		}
 	})
