@@ -417,7 +417,7 @@ func (d *Daemon) loop(ctx context.Context) error {
 			if changed, err := d.rules.Apply(ctx, d.wantRules()); err != nil {
 				d.log.Warn("traffic rules", "err", err)
 			} else if changed {
-				d.log.Info("traffic rules repaired")
+				// masq logs what it repaired.
 				d.deps.Metrics.RulesRepaired()
 			}
 			if d.cfg.BlackholeRoute {
