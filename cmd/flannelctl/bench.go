@@ -25,6 +25,13 @@ type benchCase struct {
 	addr     netip.Addr
 	ref      string // the case this one is compared to, besides the underlay
 	results  []lab.Throughput
+	// cpuPIDs are the processes doing this path's forwarding in userspace
+	// (the udp backend's flanneld on both ends); their CPU time per GB is
+	// reported. Kernel paths forward in softirq, which no process owns.
+	cpuPIDs []int
+	cpuSecs float64
+	bytes   float64
+	rtt     time.Duration
 }
 
 // labBench measures, interleaved over several rounds, single-stream TCP
@@ -82,6 +89,9 @@ func labBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			cases = append(cases, &benchCase{name: "underlay (host → host)", lab: l, from: h1.NS, to: h2.NS, addr: h2.Addr})
 		}
 		c := &benchCase{name: b, lab: l, from: h1.CNS, to: h2.CNS, addr: h2.Container}
+		if b == "udp" {
+			c.cpuPIDs = []int{h1.FlanneldPID, h2.FlanneldPID}
+		}
 		cases = append(cases, c)
 		if b == "vxlan" || b == "host-gw" {
 			rl, err := up("fbr"+strings.ReplaceAll(b, "-", ""), "alloc", 2)
@@ -99,14 +109,22 @@ func labBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	for r := 1; r <= *rounds; r++ {
 		fmt.Fprintf(stdout, "round %d/%d:", r, *rounds)
 		for _, c := range cases {
+			before := cpuOf(c.cpuPIDs)
 			t, err := lab.Iperf(ctx, c.from, c.to, c.addr, *seconds, *streams)
 			if err != nil {
 				return fmt.Errorf("%s: %w", c.name, err)
 			}
+			c.cpuSecs += cpuOf(c.cpuPIDs) - before
+			c.bytes += t.BitsPerSecond * float64(*seconds) / 8
 			c.results = append(c.results, t)
 			fmt.Fprintf(stdout, " %s %.2f", c.name, t.BitsPerSecond/1e9)
 		}
 		fmt.Fprintln(stdout)
+	}
+	for _, c := range cases {
+		if c.rtt, err = lab.PingRTT(ctx, c.from, c.addr, 50); err != nil {
+			return fmt.Errorf("%s: %w", c.name, err)
+		}
 	}
 	under := median(cases[0].results)
 	byName := map[string]*benchCase{}
@@ -115,7 +133,7 @@ func labBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	fmt.Fprintf(stdout, "\nTCP throughput, %d stream(s), %d rounds × %d s, median (min–max):\n", *streams, *rounds, *seconds)
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "PATH\tGBIT/S\tRANGE\tRETRANSMITS\t× UNDERLAY\t× KERNEL REFERENCE")
+	fmt.Fprintln(tw, "PATH\tGBIT/S\tRANGE\tRETRANSMITS\t× UNDERLAY\t× KERNEL REFERENCE\tPING RTT\tFLANNELD CPU S/GB")
 	for _, c := range cases {
 		m := median(c.results)
 		lo, hi := minmax(c.results)
@@ -123,10 +141,18 @@ func labBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		if c.ref != "" {
 			refCol = fmt.Sprintf("%.3f", m/median(byName[c.ref].results))
 		}
-		fmt.Fprintf(tw, "%s\t%.2f\t%.2f–%.2f\t%d\t%.3f\t%s\n", c.name, m/1e9, lo/1e9, hi/1e9, retrans(c.results), m/under, refCol)
+		cpuCol := "-"
+		if len(c.cpuPIDs) > 0 && c.bytes > 0 {
+			cpuCol = fmt.Sprintf("%.2f", c.cpuSecs/(c.bytes/1e9))
+		}
+		fmt.Fprintf(tw, "%s\t%.2f\t%.2f–%.2f\t%d\t%.3f\t%s\t%s\t%s\n", c.name, m/1e9, lo/1e9, hi/1e9, retrans(c.results), m/under, refCol,
+			c.rtt.Round(time.Microsecond), cpuCol)
 	}
 	tw.Flush()
 
+	if u, v := byName["udp"], byName["vxlan"]; u != nil && v != nil {
+		fmt.Fprintf(stdout, "\nudp / vxlan: %.3f\n", median(u.results)/median(v.results))
+	}
 	if l := labByID(labs, "fbvxlan"); l != nil {
 		if err := benchStartup(ctx, stdout, l); err != nil {
 			return err
@@ -261,4 +287,14 @@ func retrans(ts []lab.Throughput) int {
 		n += t.Retransmits
 	}
 	return n
+}
+
+func cpuOf(pids []int) float64 {
+	total := 0.0
+	for _, p := range pids {
+		if s, err := lab.CPUSeconds(p); err == nil {
+			total += s
+		}
+	}
+	return total
 }

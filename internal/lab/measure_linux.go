@@ -130,3 +130,29 @@ func (l *Lab) RestartTimed(ctx context.Context, h *Host) (time.Duration, error) 
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// PingRTT sends count pings 20 ms apart from namespace fromNS to dst and
+// returns the average round-trip time.
+func PingRTT(ctx context.Context, fromNS string, dst netip.Addr, count int) (time.Duration, error) {
+	n, err := ns.Open(fromNS)
+	if err != nil {
+		return 0, err
+	}
+	out, err := n.Command(ctx, "ping", "-n", "-q", "-c", strconv.Itoa(count), "-i", "0.02", "-W", "1", dst.String()).CombinedOutput()
+	if err != nil {
+		return 0, fmt.Errorf("ping %s from %s: %w: %s", dst, fromNS, err, out)
+	}
+	// rtt min/avg/max/mdev = 0.041/0.058/0.101/0.012 ms
+	for _, line := range strings.Split(string(out), "\n") {
+		if _, v, ok := strings.Cut(line, "= "); ok && strings.Contains(line, "min/avg/max") {
+			f := strings.Split(strings.Fields(v)[0], "/")
+			if len(f) >= 2 {
+				ms, err := strconv.ParseFloat(f[1], 64)
+				if err == nil {
+					return time.Duration(ms * float64(time.Millisecond)), nil
+				}
+			}
+		}
+	}
+	return 0, fmt.Errorf("ping %s: no rtt in output: %s", dst, out)
+}
