@@ -41,3 +41,17 @@ func ClientConfig(certFile, keyFile, caFile string) (*tls.Config, error) {
 	}
 	return tc, nil
 }
+
+// LooseKeyFile says why keyFile's permissions expose the private key (any
+// access for group or others), or "" when they do not or it is unset. A
+// key readable by other users lets them impersonate this host to etcd.
+func LooseKeyFile(keyFile string) string {
+	if keyFile == "" {
+		return ""
+	}
+	st, err := os.Stat(keyFile)
+	if err != nil || st.Mode().Perm()&0o077 == 0 {
+		return ""
+	}
+	return fmt.Sprintf("%s has mode %04o: other users can read the etcd client key; chmod 0600 it", keyFile, st.Mode().Perm())
+}

@@ -3,7 +3,9 @@ package etcdtls_test
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -118,5 +120,27 @@ func TestClientConfigHandshake(t *testing.T) {
 	old := serve(t, tls.VersionTLS11)
 	if err := dial(old, tc); err == nil {
 		t.Fatal("handshake with a TLS 1.1 server succeeded")
+	}
+}
+
+func TestLooseKeyFile(t *testing.T) {
+	dir := t.TempDir()
+	for _, c := range []struct {
+		mode  os.FileMode
+		loose bool
+	}{{0o600, false}, {0o400, false}, {0o640, true}, {0o644, true}, {0o604, true}} {
+		p := filepath.Join(dir, fmt.Sprintf("key-%o.pem", c.mode))
+		if err := os.WriteFile(p, []byte("k"), c.mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, c.mode); err != nil { // past the umask
+			t.Fatal(err)
+		}
+		if got := etcdtls.LooseKeyFile(p); (got != "") != c.loose {
+			t.Errorf("mode %04o: LooseKeyFile = %q, want loose=%v", c.mode, got, c.loose)
+		}
+	}
+	if etcdtls.LooseKeyFile("") != "" {
+		t.Error("no key file is not loose")
 	}
 }

@@ -173,6 +173,9 @@ func tlsConfig(o Options, log *slog.Logger) (*tls.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("etcdstore: %w", err)
 	}
+	if why := etcdtls.LooseKeyFile(o.KeyFile); why != "" {
+		log.Warn(why)
+	}
 	return tc, nil
 }
 

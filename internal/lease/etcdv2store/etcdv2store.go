@@ -187,6 +187,9 @@ func tlsConfig(o Options, eps []*url.URL, log *slog.Logger) (*tls.Config, error)
 	if err != nil {
 		return nil, fmt.Errorf("etcdv2store: %w", err)
 	}
+	if why := etcdtls.LooseKeyFile(o.KeyFile); why != "" {
+		log.Warn(why)
+	}
 	return tc, nil
 }
 
