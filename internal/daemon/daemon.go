@@ -27,6 +27,7 @@ import (
 
 // Config is flanneld's configuration, from flags and FLANNELD_* variables.
 type Config struct {
+	Prefix          string // etcd prefix, for messages that tell the user what to run
 	SubnetFile      string
 	RenewMargin     time.Duration
 	LeaseTTL        time.Duration
@@ -174,8 +175,12 @@ func (d *Daemon) tryConfig(ctx context.Context) (string, error) {
 	raw, err := d.deps.Store.Config(cctx)
 	cancel()
 	if errors.Is(err, lease.ErrNoConfig) {
-		return "network config not found in etcd; create it, for example: etcdctl put <prefix>/config " +
-			`'{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}'`, err
+		prefix := d.cfg.Prefix
+		if prefix == "" {
+			prefix = "<prefix>"
+		}
+		return fmt.Sprintf("network config not found in etcd; create it, for example: etcdctl put %s/config %s",
+			prefix, `'{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}'`), err
 	}
 	if err != nil {
 		return fmt.Sprintf("read network config: %v", err), err

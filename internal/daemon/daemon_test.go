@@ -135,7 +135,7 @@ func newHarness(t *testing.T, config string) *harness {
 	}
 	log := slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	h.d = New(Config{
-		SubnetFile: h.env, RenewMargin: time.Minute, IPMasq: true, ForwardRules: true,
+		Prefix: "/coreos.com/network", SubnetFile: h.env, RenewMargin: time.Minute, IPMasq: true, ForwardRules: true,
 		ConfigRetryBase: 5 * time.Millisecond, RepairInterval: time.Hour, RulesResync: time.Hour,
 	}, Deps{
 		Store:    h.store,
@@ -195,7 +195,9 @@ const goodConfig = `{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}`
 func TestMissingConfigIsReportedOnceThenPickedUp(t *testing.T) {
 	h := newHarness(t, "")
 	defer h.stop()
-	waitUntil(t, "the missing-config message", func() bool { return strings.Contains(h.logs.String(), "etcdctl put") })
+	waitUntil(t, "the missing-config message", func() bool {
+		return strings.Contains(h.logs.String(), "etcdctl put /coreos.com/network/config")
+	})
 	// Several retries happen (5 ms apart, backing off); the message must
 	// not repeat, and nothing may be leased or written meanwhile.
 	time.Sleep(100 * time.Millisecond)
