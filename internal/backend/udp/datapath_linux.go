@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"runtime"
 	"sync"
 	"sync/atomic"
 
@@ -37,9 +36,6 @@ type datapath struct {
 	err error // why a loop stopped early; guarded by mu
 }
 
-// experiment selects an experimental datapath variant (benchmarks only).
-var experiment int
-
 func startDatapath(tun *tunDev, sock *udpSock, sh *shared, out, in *counters, log *slog.Logger) *datapath {
 	d := &datapath{tun: tun, sock: sock, log: log}
 	d.gso.Store(sock.gso)
@@ -57,19 +53,12 @@ func startDatapath(tun *tunDev, sock *udpSock, sh *shared, out, in *counters, lo
 	r := newReceiver(sock.rc, ib, in, rxBatch)
 
 	d.wg.Add(2)
-	exp := experiment
 	go func() {
 		defer d.wg.Done()
-		if exp&1 != 0 {
-			runtime.LockOSThread()
-		}
 		d.stopped("tun to udp", runOutbound(tun, o))
 	}()
 	go func() {
 		defer d.wg.Done()
-		if exp&1 != 0 {
-			runtime.LockOSThread()
-		}
 		d.stopped("udp to tun", r.run())
 	}()
 	return d

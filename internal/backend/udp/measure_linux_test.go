@@ -86,18 +86,9 @@ func BenchmarkIperf(b *testing.B) {
 		case "vxlan":
 			useVxlan(true)
 			defer useVxlan(false)
-		case "udpB": // the experimental datapath variant, A/B against udp
-			restart := func(v int) {
-				experiment = v
-				for _, h := range l.hosts {
-					h.b.Close()
-					l.start(h, allOffloads)
-				}
-				l.syncAll()
-				mustPing(b, h1.ctr, h2.ctrAddr)
-			}
-			restart(envInt("FLANNEL_UDP_B", 1))
-			defer restart(0)
+		case "udp":
+		default:
+			b.Fatalf("FLANNEL_UDP_IPERF_MODES: unknown mode %q", mode)
 		}
 		rtts[mode] = append(rtts[mode], pingRTT(b, h1.ctr, h2.ctrAddr))
 		results[mode] = append(results[mode], iperf(b, h2.ctr, h1.ctr, h2.ctrAddr, secs, streams))
