@@ -72,6 +72,7 @@ type Store struct {
 	timeout   time.Duration
 	connErrs  *connErrors
 	onConn    func(up bool)
+	bad       lease.BadEntries // warn once per bad entry
 
 	stop context.CancelFunc
 	wg   sync.WaitGroup // monitor goroutine

@@ -54,7 +54,7 @@ func (s *Store) Leases(ctx context.Context) ([]lease.Lease, int64, error) {
 		key := strings.TrimPrefix(string(kv.Key), s.subnets)
 		l, err := decodeKV(key, kv.Value, kv.Lease)
 		if err != nil {
-			s.log.Warn("skipping bad subnet entry", "key", string(kv.Key), "err", err)
+			s.bad.Warn(s.log, "skipping bad subnet entry", string(kv.Key), kv.Value, err)
 			continue
 		}
 		out = append(out, l)

@@ -79,12 +79,12 @@ func (s *Store) watchOnce(ctx context.Context, last *int64, fn func([]lease.Even
 			*last = max(*last, e.Kv.ModRevision)
 			ev, err := toEvent(s.subnets, e)
 			if err != nil {
-				s.log.Warn("skipping bad subnet entry", "key", string(e.Kv.Key), "err", err)
+				s.bad.Warn(s.log, "skipping bad subnet entry", string(e.Kv.Key), e.Kv.Value, err)
 				continue
 			}
 			var bad *lease.BadValueError
 			if errors.As(ev.err, &bad) {
-				s.log.Warn("subnet entry has a bad value; treating it as removed", "key", string(e.Kv.Key), "err", bad.Err)
+				s.bad.Warn(s.log, "subnet entry has a bad value; treating it as removed", string(e.Kv.Key), e.Kv.Value, bad.Err)
 			}
 			evs = append(evs, ev.Event)
 		}

@@ -86,6 +86,7 @@ type Store struct {
 	// Renew without a TTL (as lease.Keep does) restores it: etcd v2 does
 	// not remember a key's original TTL as a v3 lease does. Guarded by mu.
 	ttls map[int64]time.Duration
+	bad  lease.BadEntries // warn once per bad entry
 }
 
 var _ lease.Store = (*Store)(nil)

@@ -77,13 +77,13 @@ func (s *Store) Leases(ctx context.Context) ([]lease.Lease, int64, error) {
 	walk = func(ns []*node) {
 		for _, n := range ns {
 			if n.Dir {
-				s.log.Warn("skipping bad subnet entry", "key", n.Key, "err", "a directory")
+				s.bad.Warn(s.log, "skipping bad subnet entry", n.Key, nil, "a directory")
 				walk(n.Nodes)
 				continue
 			}
 			l, err := s.decodeNode(n)
 			if err != nil {
-				s.log.Warn("skipping bad subnet entry", "key", n.Key, "err", err)
+				s.bad.Warn(s.log, "skipping bad subnet entry", n.Key, []byte(n.Value), err)
 				continue
 			}
 			out = append(out, l)

@@ -105,19 +105,19 @@ func (s *Store) toEvent(r response) (ev lease.Event, ok bool, err error) {
 		return lease.Event{}, false, nil // e.g. mkdir of the subnets directory
 	}
 	if n.Dir {
-		s.log.Warn("skipping bad subnet entry", "key", n.Key, "err", "a directory")
+		s.bad.Warn(s.log, "skipping bad subnet entry", n.Key, nil, "a directory")
 		return lease.Event{}, false, nil
 	}
 	l, err := s.decodeNode(n)
 	var bad *lease.BadValueError
 	switch {
 	case err != nil && !errors.As(err, &bad):
-		s.log.Warn("skipping bad subnet entry", "key", n.Key, "err", err)
+		s.bad.Warn(s.log, "skipping bad subnet entry", n.Key, []byte(n.Value), err)
 		return lease.Event{}, false, nil
 	case removed:
 		// A removed node carries no value.
 	case err != nil:
-		s.log.Warn("subnet entry has a bad value; treating it as removed", "key", n.Key, "err", bad.Err)
+		s.bad.Warn(s.log, "subnet entry has a bad value; treating it as removed", n.Key, []byte(n.Value), bad.Err)
 		removed = true
 	}
 	if removed {
