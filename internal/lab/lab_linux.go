@@ -22,6 +22,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -31,6 +33,7 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 
+	"github.com/flannel-go/flannel/internal/netconf"
 	"github.com/flannel-go/flannel/internal/ns"
 	"github.com/flannel-go/flannel/internal/subnetenv"
 )
@@ -208,6 +211,12 @@ func Up(ctx context.Context, o Options) (l *Lab, err error) {
 		if err := l.SetupContainer(h); err != nil {
 			return l, err
 		}
+	}
+	// subnet.env comes before a host has heard of the peers that joined
+	// after it; return the overlay as a user will find it a moment later.
+	// A pair that never answers is left for the caller to report.
+	if nc, err := netconf.Parse([]byte(o.Config)); !o.NoContainers && err == nil && nc.BackendType != "alloc" {
+		l.WaitConverged(ctx, 15*time.Second)
 	}
 	return l, l.save()
 }
@@ -808,4 +817,33 @@ func cmpBool(a, b bool) int {
 		return 1
 	}
 	return -1
+}
+
+// WaitConverged waits until every container answers a ping from every
+// other, or timeout passes; it reports whether all pairs answered.
+func (l *Lab) WaitConverged(ctx context.Context, timeout time.Duration) bool {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	var failed atomic.Bool
+	for _, from := range l.Hosts {
+		for _, to := range l.Hosts {
+			if from == to || !to.Container.IsValid() {
+				continue
+			}
+			wg.Go(func() {
+				for {
+					if got, _, _ := l.Ping(ctx, from, to.Container, 1, 100*time.Millisecond); got == 1 {
+						return
+					}
+					if ctx.Err() != nil {
+						failed.Store(true)
+						return
+					}
+				}
+			})
+		}
+	}
+	wg.Wait()
+	return !failed.Load()
 }
