@@ -137,8 +137,9 @@ func serve(ctx context.Context, o *options, log *slog.Logger) error {
 				log.Warn("sd_notify", "err", err)
 			}
 		},
-		Log:     log,
-		Metrics: m,
+		Log:         log,
+		Metrics:     m,
+		WatchKernel: daemon.WatchKernelDeletes,
 	})
 
 	var wg sync.WaitGroup

@@ -60,6 +60,9 @@ type Deps struct {
 	Log    *slog.Logger
 	// Metrics is optional; nil records nothing.
 	Metrics *metrics.Metrics
+	// WatchKernel, optional, calls changed when kernel state the backend
+	// may own is deleted, so it is repaired at once (WatchKernelDeletes).
+	WatchKernel func(ctx context.Context, changed func()) error
 }
 
 // Daemon runs one flanneld.
@@ -340,6 +343,10 @@ func (d *Daemon) loop(ctx context.Context) error {
 
 	updates := make(chan update, 64)
 	wg.Go(func() { d.watch(ctx, updates) })
+	kernelChanged := make(chan struct{}, 1)
+	if d.deps.WatchKernel != nil {
+		wg.Go(func() { d.watchKernel(ctx, kernelChanged) })
+	}
 
 	// lost carries the lease a Keep lost, so a loss the watch already
 	// handled (and replaced) is recognised as stale and ignored.
@@ -375,6 +382,18 @@ func (d *Daemon) loop(ctx context.Context) error {
 
 	repair := time.NewTicker(d.cfg.RepairInterval)
 	defer repair.Stop()
+	// A deletion in the kernel schedules a repair shortly after (so one
+	// `ip` command's burst of deletions is one repair), at most once a
+	// second (our own Syncs delete entries too).
+	var repairSoon <-chan time.Time
+	var lastRepair time.Time
+	doRepair := func() {
+		lastRepair = time.Now()
+		if err := d.be.Repair(ctx); err != nil {
+			d.log.Warn("backend repair", "err", err)
+			d.deps.Metrics.RepairFailed()
+		}
+	}
 	resync := d.cfg.RulesResync
 	if resync <= 0 {
 		resync = 5 * time.Second
@@ -413,11 +432,15 @@ func (d *Daemon) loop(ctx context.Context) error {
 				return err
 			}
 			d.sync(ctx)
-		case <-repair.C:
-			if err := d.be.Repair(ctx); err != nil {
-				d.log.Warn("backend repair", "err", err)
-				d.deps.Metrics.RepairFailed()
+		case <-kernelChanged:
+			if repairSoon == nil {
+				repairSoon = time.After(max(200*time.Millisecond, time.Second-time.Since(lastRepair)))
 			}
+		case <-repairSoon:
+			repairSoon = nil
+			doRepair()
+		case <-repair.C:
+			doRepair()
 		case <-rulesT.C:
 			if changed, err := d.rules.Apply(ctx, d.wantRules()); err != nil {
 				d.log.Warn("traffic rules", "err", err)
@@ -646,4 +669,24 @@ func (d *Daemon) PeerAddrs() []netip.Prefix {
 	}
 	slices.SortFunc(out, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
 	return out
+}
+
+// watchKernel runs Deps.WatchKernel until ctx ends, restarting it when the
+// kernel's notifications stop.
+func (d *Daemon) watchKernel(ctx context.Context, changed chan<- struct{}) {
+	kick := func() {
+		select {
+		case changed <- struct{}{}:
+		default:
+		}
+	}
+	for ctx.Err() == nil {
+		if err := d.deps.WatchKernel(ctx, kick); err != nil {
+			d.log.Debug("kernel change notifications; restarting", "err", err)
+			kick() // something may have been missed
+		}
+		if backoff.Sleep(ctx, time.Second) != nil {
+			return
+		}
+	}
 }
