@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"log/slog"
@@ -16,6 +15,7 @@ import (
 	"github.com/flannel-go/flannel/internal/backend"
 	"github.com/flannel-go/flannel/internal/lease"
 	"github.com/flannel-go/flannel/internal/lease/leasetest"
+	"github.com/flannel-go/flannel/internal/logbuf"
 	"github.com/flannel-go/flannel/internal/masq"
 	"github.com/flannel-go/flannel/internal/subnetenv"
 )
@@ -89,30 +89,12 @@ func (r *fakeRules) Apply(_ context.Context, want masq.Rules) (bool, error) {
 }
 func (r *fakeRules) RemoveOther(context.Context) error { return nil }
 
-// syncBuffer is a goroutine-safe log sink.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 type harness struct {
 	store *leasetest.Store
 	be    *fakeBackend
 	rules *fakeRules
 	d     *Daemon
-	logs  *syncBuffer
+	logs  *logbuf.Buffer
 	env   string
 	stop  func()
 	done  chan error
@@ -124,7 +106,7 @@ func newHarness(t *testing.T, config string) *harness {
 		store: leasetest.New(nil),
 		be:    &fakeBackend{changed: make(chan struct{}, 1)},
 		rules: &fakeRules{},
-		logs:  &syncBuffer{},
+		logs:  &logbuf.Buffer{},
 		env:   filepath.Join(t.TempDir(), "run", "subnet.env"),
 		done:  make(chan error, 1),
 	}

@@ -1,7 +1,6 @@
 package lab
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net/netip"
@@ -14,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/flannel-go/flannel/internal/logbuf"
 	"github.com/flannel-go/flannel/internal/ns"
 )
 
@@ -22,7 +22,7 @@ import (
 type Pinger struct {
 	From, To string // names, for messages: "c1", "10.5.3.2"
 	cmd      *exec.Cmd
-	out      syncBuffer
+	out      logbuf.Buffer
 	done     chan error
 	stopOnce sync.Once
 	result   PingResult
@@ -104,22 +104,4 @@ func parsePing(out string) PingResult {
 	}
 	slices.Sort(r.Lost)
 	return r
-}
-
-// syncBuffer is a bytes.Buffer safe for the writer and a reader.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

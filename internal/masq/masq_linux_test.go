@@ -1,7 +1,6 @@
 package masq
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -17,34 +16,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flannel-go/flannel/internal/logbuf"
 	"github.com/flannel-go/flannel/internal/netnstest"
 	"github.com/flannel-go/flannel/internal/ns"
 )
-
-// logBuf collects a Manager's log lines so tests can check what an
-// operator would read.
-type logBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-// take returns the lines logged since the last call.
-func (l *logBuf) take() []string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	s := strings.TrimSpace(l.b.String())
-	l.b.Reset()
-	if s == "" {
-		return nil
-	}
-	return strings.Split(s, "\n")
-}
 
 // iptVariant is one iptables flavour: the default (iptables-nft on this
 // distribution) or iptables-legacy.
@@ -57,9 +32,9 @@ var iptVariants = []iptVariant{
 	{"legacy", "iptables-legacy", "ip6tables-legacy", "iptables-legacy-save", "ip6tables-legacy-save", "iptables-legacy-restore", "ip6tables-legacy-restore"},
 }
 
-func newTestManager(t *testing.T, kind Kind, v iptVariant) (*Manager, *logBuf) {
+func newTestManager(t *testing.T, kind Kind, v iptVariant) (*Manager, *logbuf.Buffer) {
 	t.Helper()
-	logs := &logBuf{}
+	logs := &logbuf.Buffer{}
 	m, err := New(kind, slog.New(slog.NewTextHandler(logs, nil)))
 	if err != nil {
 		t.Fatal(err)
@@ -206,7 +181,7 @@ func TestIPTables(t *testing.T) {
 				}
 			}
 			check(dualStack)
-			if l := logs.take(); len(l) != 2 || !strings.Contains(l[0], "rules repaired") || !strings.Contains(l[1], "family=ipv6") {
+			if l := logs.Take(); len(l) != 2 || !strings.Contains(l[0], "rules repaired") || !strings.Contains(l[1], "family=ipv6") {
 				t.Fatalf("want one log line per family, got %q", l)
 			}
 
@@ -234,7 +209,7 @@ func TestIPTables(t *testing.T) {
 				fmt.Sprint(counters(after, "nat")) != fmt.Sprint(counters(before, "nat")) {
 				t.Fatalf("no-op Apply changed the ruleset:\n%s\nbefore:\n%s", after, before)
 			}
-			if l := logs.take(); l != nil {
+			if l := logs.Take(); l != nil {
 				t.Fatalf("no-op Apply logged %q", l)
 			}
 
@@ -259,7 +234,7 @@ func TestIPTables(t *testing.T) {
 					}
 				}
 			}
-			if l := logs.take(); len(l) != 1 || !strings.Contains(l[0], "rules repaired") || !strings.Contains(l[0], "FLANNEL-POSTRTG: 1 rules added") {
+			if l := logs.Take(); len(l) != 1 || !strings.Contains(l[0], "rules repaired") || !strings.Contains(l[0], "FLANNEL-POSTRTG: 1 rules added") {
 				t.Fatalf("want one repair line, got %q", l)
 			}
 
@@ -389,7 +364,7 @@ func TestNFTables(t *testing.T) {
 			t.Fatalf("no %q in\n%s", want, table)
 		}
 	}
-	if l := logs.take(); len(l) != 2 {
+	if l := logs.Take(); len(l) != 2 {
 		t.Fatalf("want one log line per family, got %q", l)
 	}
 
@@ -401,7 +376,7 @@ func TestNFTables(t *testing.T) {
 	if h := check(dualStack); fmt.Sprint(h) != fmt.Sprint(handles) {
 		t.Fatalf("no-op Apply changed handles: %v → %v", handles, h)
 	}
-	if l := logs.take(); l != nil {
+	if l := logs.Take(); l != nil {
 		t.Fatalf("no-op Apply logged %q", l)
 	}
 
@@ -425,7 +400,7 @@ func TestNFTables(t *testing.T) {
 	if k := "forward " + lines(upstreamNFTForward)[0]; h[k] != handles[k] {
 		t.Errorf("%s: handle changed", k)
 	}
-	if l := logs.take(); len(l) != 1 || !strings.Contains(l[0], "rules repaired") {
+	if l := logs.Take(); len(l) != 1 || !strings.Contains(l[0], "rules repaired") {
 		t.Fatalf("want one repair line, got %q", l)
 	}
 

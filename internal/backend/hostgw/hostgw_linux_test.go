@@ -8,13 +8,13 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/vishvananda/netlink"
 
 	"github.com/flannel-go/flannel/internal/backend"
 	"github.com/flannel-go/flannel/internal/lease"
+	"github.com/flannel-go/flannel/internal/logbuf"
 	"github.com/flannel-go/flannel/internal/netconf"
 	"github.com/flannel-go/flannel/internal/ns"
 	"github.com/flannel-go/flannel/internal/route"
@@ -25,28 +25,6 @@ func netConf() *netconf.Config {
 	return &netconf.Config{EnableIPv4: true, Network: netip.MustParsePrefix("10.5.0.0/16"), SubnetLen: 24, BackendType: Type}
 }
 
-type logBuf struct {
-	t     testing.TB
-	mu    sync.Mutex
-	lines []string
-}
-
-func (l *logBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.lines = append(l.lines, string(p))
-	l.t.Log(strings.TrimSpace(string(p)))
-	return len(p), nil
-}
-
-func (l *logBuf) take() []string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	out := l.lines
-	l.lines = nil
-	return out
-}
-
 type host struct {
 	*routetest.Host
 	subnet  netip.Prefix
@@ -55,7 +33,7 @@ type host struct {
 	b       *Backend
 	attrs   lease.Attrs
 	mtu     int
-	logs    *logBuf
+	logs    *logbuf.Buffer
 }
 
 // newHosts builds n hosts on one segment: host i (from 1) has underlay
@@ -76,7 +54,7 @@ func newHosts(t *testing.T, n int) []*host {
 
 func (h *host) start(t testing.TB) {
 	t.Helper()
-	h.logs = &logBuf{t: t}
+	h.logs = &logbuf.Buffer{Echo: func(l string) { t.Log(l) }}
 	log := slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	bb, err := New(backend.Config{Options: json.RawMessage(`{"Type":"host-gw"}`), Network: netConf(), Ext: h.Ext, Log: log})
 	if err != nil {
@@ -277,7 +255,7 @@ func TestOtherBackendsPeersAreIgnoredWithOneWarning(t *testing.T) {
 		PublicIP: netip.MustParseAddr("192.168.100.9"), BackendType: "vxlan",
 		BackendData: json.RawMessage(`{"VNI":1,"VtepMAC":"02:00:00:00:00:09"}`)}}
 	peers := []lease.Lease{b.lease(), vx, a.lease()}
-	a.logs.take()
+	a.logs.Take()
 	for range 2 {
 		if err := a.b.Sync(context.Background(), peers); err != nil {
 			t.Fatal(err)
@@ -287,7 +265,7 @@ func TestOtherBackendsPeersAreIgnoredWithOneWarning(t *testing.T) {
 		t.Errorf("ip route on a:\n%s\nwant\n%s", got, want)
 	}
 	var warns []string
-	for _, l := range a.logs.take() {
+	for _, l := range a.logs.Take() {
 		if strings.Contains(l, "level=WARN") {
 			warns = append(warns, l)
 		}

@@ -9,47 +9,22 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/vishvananda/netlink"
 
 	"github.com/flannel-go/flannel/internal/backend"
 	"github.com/flannel-go/flannel/internal/lease"
+	"github.com/flannel-go/flannel/internal/logbuf"
 	"github.com/flannel-go/flannel/internal/netnstest"
 	"github.com/flannel-go/flannel/internal/ns"
 	"github.com/flannel-go/flannel/internal/route"
 	"github.com/flannel-go/flannel/internal/route/routetest"
 )
 
-// logBuf collects log lines (and echoes them to the test log) so tests can
-// assert what a user would read.
-type logBuf struct {
-	t     testing.TB
-	mu    sync.Mutex
-	lines []string
-}
-
-func (l *logBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.lines = append(l.lines, string(p))
-	l.t.Log(strings.TrimSpace(string(p)))
-	return len(p), nil
-}
-
-// take returns the lines logged since the last take.
-func (l *logBuf) take() []string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	out := l.lines
-	l.lines = nil
-	return out
-}
-
-func newLog(t testing.TB) (*slog.Logger, *logBuf) {
-	lb := &logBuf{t: t}
-	return slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug})), lb
+func newLog(t testing.TB) (*slog.Logger, *logbuf.Buffer) {
+	lb := &logbuf.Buffer{Echo: func(l string) { t.Log(l) }}
+	return lb.Logger(), lb
 }
 
 // host is one flannel host of a lab: the namespace, its subnet, a
@@ -62,7 +37,7 @@ type host struct {
 	b       *Backend
 	attrs   lease.Attrs
 	mtu     int // what Configure returned
-	logs    *logBuf
+	logs    *logbuf.Buffer
 }
 
 // newHosts builds n hosts on one segment: host i (from 1) has underlay

@@ -146,7 +146,7 @@ func TestRestartAdoptsDeviceAndRemovesStalePeers(t *testing.T) {
 	if !a.attrs.Equal(oldAttrs) {
 		t.Errorf("attrs after restart %+v, want %+v", a.attrs, oldAttrs)
 	}
-	if !slices.ContainsFunc(a.logs.take(), func(l string) bool { return strings.Contains(l, "adopting existing device") }) {
+	if !slices.ContainsFunc(a.logs.Take(), func(l string) bool { return strings.Contains(l, "adopting existing device") }) {
 		t.Error("no log line about adopting the device")
 	}
 	// Traffic never stopped: the entries were still there before Sync.
@@ -178,7 +178,7 @@ func TestIncompatibleDeviceIsReplaced(t *testing.T) {
 	if dev := a.ip(t, "-d", "link", "show", "flannel.1"); !strings.Contains(dev, "dstport 8472") {
 		t.Errorf("replacement device: %s", dev)
 	}
-	if !slices.ContainsFunc(a.logs.take(), func(l string) bool { return strings.Contains(l, "port 4789, want 8472") }) {
+	if !slices.ContainsFunc(a.logs.Take(), func(l string) bool { return strings.Contains(l, "port 4789, want 8472") }) {
 		t.Error("no log line saying why the device was replaced")
 	}
 }
@@ -353,7 +353,7 @@ func TestUnusablePeersAreSkippedWithOneWarning(t *testing.T) {
 		mk("10.5.9.0/24", "vxlan", ""),
 	}
 	peers := append([]lease.Lease{good, a.lease()}, bad...)
-	a.logs.take()
+	a.logs.Take()
 	if err := a.b.Sync(context.Background(), peers); err != nil {
 		t.Fatal(err)
 	}
@@ -361,7 +361,7 @@ func TestUnusablePeersAreSkippedWithOneWarning(t *testing.T) {
 	if got := a.entries(t); got != want {
 		t.Errorf("host shows\n%s\nwant only the good peer\n%s", got, want)
 	}
-	logs := a.logs.take()
+	logs := a.logs.Take()
 	for _, p := range bad {
 		if !slices.ContainsFunc(logs, func(l string) bool {
 			return strings.Contains(l, "level=WARN") && strings.Contains(l, "subnet="+p.Subnet.String())
@@ -375,7 +375,7 @@ func TestUnusablePeersAreSkippedWithOneWarning(t *testing.T) {
 	if err := a.b.Sync(context.Background(), peers); err != nil {
 		t.Fatal(err)
 	}
-	for _, l := range a.logs.take() {
+	for _, l := range a.logs.Take() {
 		if strings.Contains(l, "level=WARN") {
 			t.Errorf("repeated warning: %s", l)
 		}

@@ -1,13 +1,11 @@
 package etcdstore_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,6 +16,7 @@ import (
 	"github.com/flannel-go/flannel/internal/lease"
 	"github.com/flannel-go/flannel/internal/lease/etcdstore"
 	"github.com/flannel-go/flannel/internal/lease/leasetest"
+	"github.com/flannel-go/flannel/internal/logbuf"
 )
 
 // testStore adds the suite's optional capabilities through the raw client.
@@ -63,25 +62,7 @@ func TestConforms(t *testing.T) {
 	})
 }
 
-// syncBuffer is a log sink safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
-func bufLog(b *syncBuffer) *slog.Logger { return slog.New(slog.NewTextHandler(b, nil)) }
+func bufLog(b *logbuf.Buffer) *slog.Logger { return slog.New(slog.NewTextHandler(b, nil)) }
 
 // The layout is upstream's: <prefix>/config and <prefix>/subnets/<key>
 // holding upstream's JSON, attached to an etcd lease.
@@ -181,7 +162,7 @@ func TestRenewExtendsTTL(t *testing.T) {
 
 func TestBadEntriesWarnOncePerKey(t *testing.T) {
 	eps := etcdtest.StartEtcd(t)
-	var buf syncBuffer
+	var buf logbuf.Buffer
 	s := newStore(t, etcdstore.Options{Endpoints: eps, Log: bufLog(&buf)})
 	for k, v := range map[string]string{"10.5.11.0-24": "garbage", "bogus": `{"PublicIP":"1.2.3.4"}`, "10.5.12.0-24": `{"PublicIP":"1.2.3.4"}`} {
 		if _, err := s.Client().Put(ctxT(t), s.Prefix()+"/subnets/"+k, v); err != nil {
@@ -207,7 +188,7 @@ func TestOutageAndReconnect(t *testing.T) {
 	dir := t.TempDir()
 	srv := etcdtest.Start(t, etcdembed.Options{Dir: dir})
 	eps := srv.Endpoints()
-	var buf syncBuffer
+	var buf logbuf.Buffer
 	s := newStore(t, etcdstore.Options{Endpoints: eps, Log: bufLog(&buf), Timeout: time.Second})
 	_, rev, err := s.Leases(ctxT(t))
 	if err != nil {
@@ -276,7 +257,7 @@ func TestOutageAndReconnect(t *testing.T) {
 }
 
 func TestPlainHTTPWarnsOnce(t *testing.T) {
-	var buf syncBuffer
+	var buf logbuf.Buffer
 	newStore(t, etcdstore.Options{Endpoints: []string{"http://127.0.0.1:1"}, Log: bufLog(&buf)})
 	if n := strings.Count(buf.String(), "not encrypted"); n != 1 {
 		t.Fatalf("%d plain-http warnings, want 1:\n%s", n, buf.String())

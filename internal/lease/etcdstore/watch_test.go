@@ -1,7 +1,6 @@
 package etcdstore
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"slices"
@@ -15,6 +14,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/flannel-go/flannel/internal/lease"
+	"github.com/flannel-go/flannel/internal/logbuf"
 )
 
 // scriptedWatcher stands in for the etcd client's watcher: call i of
@@ -63,28 +63,11 @@ func put(rev int64, key, value string) clientv3.WatchResponse {
 	}
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // A watch that keeps breaking is re-created from the last revision seen,
 // with growing pauses (no busy loop), logged once when it breaks and once
 // when it works again.
 func TestWatchRecreatesWithBackoff(t *testing.T) {
-	var buf syncBuffer
+	var buf logbuf.Buffer
 	s, err := New(Options{Endpoints: []string{"http://127.0.0.1:1"}, Log: slog.New(slog.NewTextHandler(&buf, nil))})
 	if err != nil {
 		t.Fatal(err)

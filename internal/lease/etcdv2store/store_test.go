@@ -1,7 +1,6 @@
 package etcdv2store_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -22,28 +21,11 @@ import (
 	"github.com/flannel-go/flannel/internal/etcdtest"
 	"github.com/flannel-go/flannel/internal/lease"
 	"github.com/flannel-go/flannel/internal/lease/etcdv2store"
+	"github.com/flannel-go/flannel/internal/logbuf"
 	"github.com/flannel-go/flannel/internal/netconf"
 )
 
-// syncBuffer is a log sink safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
-func bufLog(b *syncBuffer) *slog.Logger { return slog.New(slog.NewTextHandler(b, nil)) }
+func bufLog(b *logbuf.Buffer) *slog.Logger { return slog.New(slog.NewTextHandler(b, nil)) }
 
 func mkLease(sn, ip string) lease.Lease {
 	return lease.Lease{Subnet: netip.MustParsePrefix(sn), Attrs: lease.Attrs{
@@ -423,7 +405,7 @@ func TestDirectoryRemoved(t *testing.T) {
 func TestBadEntriesWarnOncePerKey(t *testing.T) {
 	e := startEtcd(t, etcdOpts{})
 	raw := newRaw(e.URL)
-	var buf syncBuffer
+	var buf logbuf.Buffer
 	s := newStore(t, etcdv2store.Options{Endpoints: []string{e.URL}, Log: bufLog(&buf)})
 	for k, v := range map[string]string{"10.5.11.0-24": "garbage", "bogus": `{"PublicIP":"1.2.3.4"}`,
 		"10.5.12.0-24": `{"PublicIP":"1.2.3.4"}`, "adir/10.5.13.0-24": `{"PublicIP":"1.2.3.4"}`} {
@@ -446,7 +428,7 @@ func TestBadEntriesWarnOncePerKey(t *testing.T) {
 // the outage is logged once, not per retry.
 func TestOutageAndReconnect(t *testing.T) {
 	e := startEtcd(t, etcdOpts{})
-	var buf syncBuffer
+	var buf logbuf.Buffer
 	s := newStore(t, etcdv2store.Options{Endpoints: []string{e.URL}, Log: bufLog(&buf), Timeout: time.Second})
 	_, rev, err := s.Leases(ctxT(t))
 	if err != nil {
@@ -516,7 +498,7 @@ func TestOutageAndReconnect(t *testing.T) {
 func TestFailover(t *testing.T) {
 	e := startEtcd(t, etcdOpts{})
 	dead := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
-	var buf syncBuffer
+	var buf logbuf.Buffer
 	s := newStore(t, etcdv2store.Options{Endpoints: []string{dead, e.URL}, Log: bufLog(&buf)})
 	_, rev, err := s.Leases(ctxT(t))
 	if err != nil {
@@ -723,7 +705,7 @@ func TestNewErrors(t *testing.T) {
 }
 
 func TestPlainHTTPWarnsOnce(t *testing.T) {
-	var buf syncBuffer
+	var buf logbuf.Buffer
 	newStore(t, etcdv2store.Options{Endpoints: []string{"http://127.0.0.1:1"}, Log: bufLog(&buf)})
 	if n := strings.Count(buf.String(), "not encrypted"); n != 1 {
 		t.Fatalf("%d plain-http warnings, want 1:\n%s", n, buf.String())

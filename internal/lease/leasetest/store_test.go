@@ -1,42 +1,23 @@
 package leasetest
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/flannel-go/flannel/internal/lease"
+	"github.com/flannel-go/flannel/internal/logbuf"
 )
 
 func TestFakeConforms(t *testing.T) {
 	RunStoreTests(t, func(t *testing.T) lease.Store { return New(nil) })
 }
 
-// syncBuffer is a log sink safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 func TestBadEntryWarnsWithKey(t *testing.T) {
-	var buf syncBuffer
+	var buf logbuf.Buffer
 	s := New(slog.New(slog.NewTextHandler(&buf, nil)))
 	ctx := context.Background()
 	if err := s.PutRaw(ctx, "10.5.11.0-24", []byte("garbage")); err != nil {
