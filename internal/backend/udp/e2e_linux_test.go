@@ -314,9 +314,13 @@ func TestRepair(t *testing.T) {
 // TestCloseJoinsGoroutines: Close returns only after the forwarding loops
 // have ended, and leaves none behind.
 func TestCloseJoinsGoroutines(t *testing.T) {
+	procs := runtime.GOMAXPROCS(0)
 	l := newLab(t, 1)
 	h := l.hosts[0]
 	l.start(h, allOffloads)
+	if got := runtime.GOMAXPROCS(0); got != procs+loops {
+		t.Errorf("GOMAXPROCS %d while forwarding, want %d + one per loop", got, procs)
+	}
 	if err := h.b.Sync(context.Background(), []lease.Lease{h.lease()}); err != nil {
 		t.Fatal(err)
 	}
@@ -338,6 +342,9 @@ func TestCloseJoinsGoroutines(t *testing.T) {
 	}
 	if err := h.b.Close(); err != nil {
 		t.Errorf("second Close: %v", err)
+	}
+	if got := runtime.GOMAXPROCS(0); got != procs {
+		t.Errorf("GOMAXPROCS %d after Close, want %d as before", got, procs)
 	}
 	nl, err := h.ns.Handle()
 	if err != nil {

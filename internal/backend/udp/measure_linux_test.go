@@ -36,9 +36,9 @@ import (
 // vxlan's cost) and this process's (both hosts' udp datapaths).
 //
 // Both hosts' backends run in this one process; each gets as many Ps as a
-// flanneld of its own would have (GOMAXPROCS = CPUs), so that one host's
-// forwarding loops sitting in long syscalls do not hold the other host's
-// up. The figure without this is about 5% lower.
+// flanneld of its own would have (GOMAXPROCS = CPUs, to which each
+// datapath adds one P per forwarding loop), so that one host's Go code
+// does not wait for the other's.
 func BenchmarkIperf(b *testing.B) {
 	if _, err := execCommand("iperf3", "--version"); err != nil {
 		b.Skip("iperf3 not installed")

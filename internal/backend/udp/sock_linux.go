@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"os"
 	"syscall"
 	"time"
 	"unsafe"
@@ -20,8 +19,7 @@ const sockBufSize = 8 << 20
 
 // udpSock is the UDP socket peers send to, with the offloads it supports.
 type udpSock struct {
-	f   *os.File
-	rc  syscall.RawConn
+	*pollFD
 	gso bool // UDP_SEGMENT accepted (Linux 4.18)
 	gro bool // UDP_GRO enabled (Linux 5.0)
 }
@@ -76,16 +74,12 @@ func tryOpenUDP(addr netip.AddrPort, wantGSO, wantGRO bool) (*udpSock, error) {
 	if wantGRO {
 		s.gro = unix.SetsockoptInt(fd, unix.IPPROTO_UDP, unix.UDP_GRO, 1) == nil
 	}
-	s.f = os.NewFile(uintptr(fd), "udp:"+addr.String())
-	ok = true
-	if s.rc, err = s.f.SyscallConn(); err != nil {
-		s.f.Close()
+	if s.pollFD, err = newPollFD(fd); err != nil {
 		return nil, fmt.Errorf("udp %s: %w", addr, err)
 	}
+	ok = true
 	return s, nil
 }
-
-func (s *udpSock) Close() error { return s.f.Close() }
 
 var (
 	cmsgHdrLen  = unix.CmsgLen(0)
@@ -344,7 +338,9 @@ func (r *receiver) do(fd uintptr) bool {
 
 // run receives until the socket is closed.
 func (r *receiver) run() error {
+	var y yielder
 	for {
+		y.maybe()
 		if err := r.rc.Read(r.fn); err != nil {
 			return err
 		}

@@ -42,16 +42,16 @@ func TestSyscallPathZeroAllocs(t *testing.T) {
 	o, _, _ := newTestOutbound(t, true, true)
 	o.sh.peers.Store(newTable([]peer{{subnet: peerNet, ip: rxAddr.Addr().As4(), port: rxAddr.Port()}}, network))
 	out := &counters{}
-	s := newSender(tx.rc, o, out, testLogger(t), func(bool) {})
+	s := newSender(tx.conn(), o, out, testLogger(t), func(bool) {})
 	o.send = s.send
 	tso, _, _, _, _ := benchFrames(t)
 	frame := make([]byte, len(tso))
 
 	in := &counters{}
 	ib := newInbound(&shared{}, in, true, func([][]byte) error { return nil })
-	r := newReceiver(rx.rc, ib, in, 8)
-	tw := newTunWriter(tun.rc)
-	tr := newTunReader(tun.rc, func() bool { return true })
+	r := newReceiver(rx.conn(), ib, in, 8)
+	tw := newTunWriter(tun.conn())
+	tr := newTunReader(tun.conn(), func() bool { return true })
 	rbuf := make([]byte, vnetHdrLen+65535)
 	ping := plainFrame(udpPacket(srcCtr, dstCtr, 64, pattern(100, 0)))
 
@@ -103,7 +103,7 @@ func recvAll(t *testing.T, rx *udpSock, n int) []int {
 	t.Helper()
 	var sizes []int
 	in := newInbound(&shared{}, &counters{}, false, nil)
-	r := newReceiver(rx.rc, in, &counters{}, 8)
+	r := newReceiver(rx.conn(), in, &counters{}, 8)
 	for len(sizes) < n {
 		if err := r.rc.Read(r.fn); err != nil {
 			t.Fatal(err)
@@ -141,7 +141,7 @@ func TestGSOFallback(t *testing.T) {
 			o.sh.peers.Store(newTable([]peer{{subnet: peerNet, ip: rxAddr.Addr().As4(), port: rxAddr.Port()}}, network))
 			out := &counters{}
 			gsoOn := true
-			s := newSender(tx.rc, o, out, testLogger(t), func(on bool) { gsoOn = on })
+			s := newSender(tx.conn(), o, out, testLogger(t), func(on bool) { gsoOn = on })
 			var failed bool
 			o.send = func(b *batch) {
 				if failed {
@@ -193,7 +193,7 @@ func TestGSOSegmentTooLarge(t *testing.T) {
 	o, _, _ := newTestOutbound(t, false, true)
 	o.sh.peers.Store(newTable([]peer{{subnet: peerNet, ip: rxAddr.Addr().As4(), port: rxAddr.Port()}}, network))
 	out := &counters{}
-	s := newSender(tx.rc, o, out, testLogger(t), func(bool) {})
+	s := newSender(tx.conn(), o, out, testLogger(t), func(bool) {})
 	o.send = s.send
 	for range 8 {
 		o.packet(udpPacket(srcCtr, dstCtr, 64, pattern(1400, 0)))

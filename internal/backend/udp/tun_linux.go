@@ -3,7 +3,6 @@ package udp
 import (
 	"errors"
 	"fmt"
-	"os"
 	"syscall"
 	"unsafe"
 
@@ -13,8 +12,7 @@ import (
 // tunDev is our end of the TUN device. The device is not persistent: it
 // disappears with the last close of its file, as upstream's does.
 type tunDev struct {
-	f    *os.File
-	rc   syscall.RawConn
+	*pollFD
 	name string
 	vnet bool
 }
@@ -67,20 +65,13 @@ func openTUN(pattern string, vnet bool) (*tunDev, error) {
 	if err := unix.SetNonblock(fd, true); err != nil {
 		return nil, fmt.Errorf("tun %s: set non-blocking: %w", name, err)
 	}
-	// A non-blocking fd makes os.NewFile register it with the runtime
-	// poller, so reads park the goroutine instead of a thread.
-	f := os.NewFile(uintptr(fd), "/dev/net/tun:"+name)
-	rc, err := f.SyscallConn()
+	p, err := newPollFD(fd)
 	if err != nil {
-		f.Close()
-		ok = true
 		return nil, fmt.Errorf("tun %s: %w", name, err)
 	}
 	ok = true
-	return &tunDev{f: f, rc: rc, name: name, vnet: vnet}, nil
+	return &tunDev{pollFD: p, name: name, vnet: vnet}, nil
 }
-
-func (t *tunDev) Close() error { return t.f.Close() }
 
 // tunWriter writes frames into the TUN. Each goroutine that writes has its
 // own, so the callback's fields need no lock; the method value is made once
