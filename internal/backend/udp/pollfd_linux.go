@@ -6,7 +6,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
-	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -72,9 +71,8 @@ func (p *pollFD) conn() *pollConn {
 }
 
 type pollConn struct {
-	p    *pollFD
-	fds  [2]unix.PollFd
-	spin time.Duration // how long to keep retrying before sleeping
+	p   *pollFD
+	fds [2]unix.PollFd
 }
 
 var _ syscall.RawConn = (*pollConn)(nil)
@@ -90,20 +88,6 @@ func (c *pollConn) Control(f func(fd uintptr)) error {
 func (c *pollConn) Read(f func(fd uintptr) bool) error  { return c.wait(f, unix.POLLIN) }
 func (c *pollConn) Write(f func(fd uintptr) bool) error { return c.wait(f, unix.POLLOUT) }
 
-// Adaptive polling, as the kernel's haltpoll cpuidle governor does for a
-// guest CPU: after an EAGAIN the loop keeps retrying for a while, yielding
-// the CPU to anything runnable in between, before it sleeps. Under a stream
-// of traffic the next batch usually arrives within tens of microseconds, and
-// finding it while still awake saves the writer a wakeup and us a sleep; on
-// a VM a wakeup of a halted CPU is an exit to the hypervisor and costs more
-// than the syscalls it saves. The window grows while sleeps turn out short
-// and shrinks to nothing while they are long, so a quiet host, or one with
-// sparse traffic, does not spin at all.
-const (
-	spinMax   = 100 * time.Microsecond
-	spinStart = 10 * time.Microsecond
-)
-
 // wait calls f until it returns true, sleeping in ppoll until the fd is
 // ready for events whenever f returns false (it saw EAGAIN).
 func (c *pollConn) wait(f func(fd uintptr) bool, events int16) error {
@@ -114,36 +98,10 @@ func (c *pollConn) wait(f func(fd uintptr) bool, events int16) error {
 		if f(uintptr(c.p.fd)) {
 			return nil
 		}
-		if c.spin > 0 {
-			deadline := time.Now().Add(c.spin)
-			for i := 1; ; i++ {
-				unix.Syscall(unix.SYS_SCHED_YIELD, 0, 0, 0)
-				if f(uintptr(c.p.fd)) {
-					return nil
-				}
-				if i%8 == 0 && time.Now().After(deadline) {
-					break
-				}
-			}
-		}
 		c.fds[0].Events, c.fds[0].Revents, c.fds[1].Revents = events, 0, 0
-		t0 := time.Now()
 		_, _, e := unix.Syscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(&c.fds[0])), 2, 0, 0, 0, 0)
 		if e != 0 && e != unix.EINTR {
 			return fmt.Errorf("ppoll: %w", e)
 		}
-		c.spin = nextSpin(c.spin, time.Since(t0))
 	}
-}
-
-// nextSpin is the spin window after a sleep of slept with window cur: a
-// short sleep means spinning a little longer would have caught the data.
-func nextSpin(cur, slept time.Duration) time.Duration {
-	if slept < spinMax {
-		return min(spinMax, max(spinStart, 2*cur))
-	}
-	if cur /= 2; cur < spinStart {
-		return 0
-	}
-	return cur
 }

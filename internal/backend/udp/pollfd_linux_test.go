@@ -94,31 +94,3 @@ func TestPollConnShutdownWakesWaiter(t *testing.T) {
 		t.Errorf("second Close = %v, want os.ErrClosed", err)
 	}
 }
-
-func TestNextSpin(t *testing.T) {
-	long := 10 * time.Millisecond
-	for _, tc := range []struct {
-		name       string
-		cur, slept time.Duration
-		want       time.Duration
-	}{
-		{"quiet stays quiet", 0, long, 0},
-		{"a short sleep starts spinning", 0, 20 * time.Microsecond, spinStart},
-		{"short sleeps double it", spinStart, 20 * time.Microsecond, 2 * spinStart},
-		{"up to the cap", spinMax, time.Microsecond, spinMax},
-		{"a long sleep halves it", spinMax, long, spinMax / 2},
-		{"below the start it stops", spinStart, long, 0},
-	} {
-		if got := nextSpin(tc.cur, tc.slept); got != tc.want {
-			t.Errorf("%s: nextSpin(%v, %v) = %v, want %v", tc.name, tc.cur, tc.slept, got, tc.want)
-		}
-	}
-	// Sparse traffic (one packet a millisecond) never keeps a window.
-	spin := spinMax
-	for range 10 {
-		spin = nextSpin(spin, time.Millisecond)
-	}
-	if spin != 0 {
-		t.Errorf("window %v after ten 1 ms sleeps, want 0", spin)
-	}
-}
