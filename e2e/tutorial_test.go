@@ -94,10 +94,12 @@ func replay(t *testing.T, api string, putConfig func(t *testing.T, h *ns.NS, url
 
 	// /etc/sysconfig/flanneld as the tutorial writes it, and the unit's
 	// ExecStart line expanded by a shell as systemd would.
-	pids := map[*lab.Host]int{}
+	procs := map[*lab.Host]*os.Process{}
 	t.Cleanup(func() {
-		for _, pid := range pids {
-			_ = syscall.Kill(pid, syscall.SIGTERM)
+		for _, p := range procs {
+			// Signal (a pidfd underneath), not kill(2) by number: once
+			// Wait has reaped it, its PID may be someone else's.
+			_ = p.Signal(syscall.SIGTERM)
 		}
 	})
 	for _, h := range l.Hosts {
@@ -119,7 +121,7 @@ func replay(t *testing.T, api string, putConfig func(t *testing.T, h *ns.NS, url
 			t.Fatal(err)
 		}
 		logf.Close()
-		pids[h] = cmd.Process.Pid
+		procs[h] = cmd.Process
 		go func() { _ = cmd.Wait() }()
 	}
 	for _, h := range l.Hosts {

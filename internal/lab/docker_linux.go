@@ -478,11 +478,8 @@ func (d *Docker) stop() error {
 	}
 	// dockerd stops the containerd it started, and shims end with their
 	// containers; anything left is killed.
-	for _, pid := range d.enginePIDs() {
-		_ = syscall.Kill(pid, syscall.SIGKILL)
-		for deadline := time.Now().Add(5 * time.Second); alive(pid) && time.Now().Before(deadline); {
-			time.Sleep(10 * time.Millisecond)
-		}
+	for pid, start := range d.enginePIDs() {
+		stopPinned(pid, func(pid int) bool { return startTime(pid) == start }, syscall.SIGKILL, 5*time.Second)
 	}
 	return errors.Join(errs...)
 }
@@ -490,8 +487,9 @@ func (d *Docker) stop() error {
 // enginePIDs lists the engine's leftover processes: those in dockerd's
 // private mount namespace (containerd, its shims), or, if that was never
 // seen, those naming the exec root on their command line; and the
-// children of either (container inits whose shim is gone).
-func (d *Docker) enginePIDs() []int {
+// children of either (container inits whose shim is gone), each with its
+// start time.
+func (d *Docker) enginePIDs() map[int]string {
 	execRoot := []byte(filepath.Join(d.Dir, "exec") + "/")
 	in := map[int]bool{}
 	ppid := map[int]int{}
@@ -515,10 +513,10 @@ func (d *Docker) enginePIDs() []int {
 			in[pid] = bytes.Contains(b, execRoot)
 		}
 	}
-	var pids []int
+	pids := map[int]string{}
 	for pid := range ppid {
 		if in[pid] || in[ppid[pid]] {
-			pids = append(pids, pid)
+			pids[pid] = startTime(pid)
 		}
 	}
 	return pids

@@ -710,20 +710,7 @@ func ownedBy(pid int, dir string) bool {
 // stopPID signals pid, if it still is one of the lab's processes, and waits
 // for it to exit, escalating to SIGKILL after timeout.
 func stopPID(pid int, dir string, sig syscall.Signal, timeout time.Duration) error {
-	if !ownedBy(pid, dir) {
-		return nil
-	}
-	if err := syscall.Kill(pid, sig); err != nil {
-		return nil
-	}
-	deadline := time.Now().Add(timeout)
-	for alive(pid) {
-		if time.Now().After(deadline) {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-			deadline = time.Now().Add(timeout)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	stopPinned(pid, func(pid int) bool { return ownedBy(pid, dir) }, sig, timeout)
 	return nil
 }
 
