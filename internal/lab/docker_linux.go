@@ -493,19 +493,16 @@ func (d *Docker) enginePIDs() map[int]string {
 	execRoot := []byte(filepath.Join(d.Dir, "exec") + "/")
 	in := map[int]bool{}
 	ppid := map[int]int{}
+	start := map[int]string{}
 	procs, _ := os.ReadDir("/proc")
 	for _, p := range procs {
 		pid, err := strconv.Atoi(p.Name())
 		if err != nil || pid == os.Getpid() {
 			continue
 		}
-		if stat, err := os.ReadFile(filepath.Join("/proc", p.Name(), "stat")); err == nil {
-			// "pid (comm) state ppid ...": comm may hold spaces.
-			if i := bytes.LastIndexByte(stat, ')'); i > 0 {
-				if f := strings.Fields(string(stat[i+1:])); len(f) > 1 {
-					ppid[pid], _ = strconv.Atoi(f[1])
-				}
-			}
+		if f, err := procStat(pid); err == nil {
+			ppid[pid], _ = strconv.Atoi(f[1])
+			start[pid] = f[19]
 		}
 		if d.mntNS != "" {
 			in[pid] = mntNS(pid) == d.mntNS
@@ -516,7 +513,7 @@ func (d *Docker) enginePIDs() map[int]string {
 	pids := map[int]string{}
 	for pid := range ppid {
 		if in[pid] || in[ppid[pid]] {
-			pids[pid] = startTime(pid)
+			pids[pid] = start[pid]
 		}
 	}
 	return pids

@@ -96,12 +96,10 @@ func RssAnon(pid int) (int64, error) {
 
 // CPUSeconds returns the user+system CPU time pid has used.
 func CPUSeconds(pid int) (float64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	f, err := procStat(pid)
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("pid %d: %w", pid, err)
 	}
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
 	ut, _ := strconv.ParseFloat(f[11], 64)
 	st, _ := strconv.ParseFloat(f[12], 64)
 	return (ut + st) / 100, nil // USER_HZ is 100 on Linux

@@ -1,10 +1,6 @@
 package lab
 
 import (
-	"bytes"
-	"fmt"
-	"os"
-	"strings"
 	"syscall"
 	"time"
 
@@ -49,23 +45,4 @@ func exited(fd int, timeout time.Duration) bool {
 		}
 		return err != nil || n > 0
 	}
-}
-
-// startTime is when pid started, in clock ticks since boot (field 22 of
-// /proc/PID/stat): with the PID, it names one process for good.
-func startTime(pid int) string {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return ""
-	}
-	// "pid (comm) state ppid ...": comm may hold spaces.
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return ""
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 20 {
-		return ""
-	}
-	return f[19]
 }

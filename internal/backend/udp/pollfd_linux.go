@@ -15,9 +15,9 @@ import (
 // ppoll(2) in their own thread instead of through the Go runtime's
 // netpoller. With the netpoller every wakeup passes through the runtime's
 // epoll thread and often a second thread handoff; on a 2-core VM, where
-// each wakeup of a halted CPU costs an exit to the hypervisor, that doubled
-// the context switches per packet batch compared to the kernel's own
-// datapath. A loop blocked in ppoll is woken by the kernel directly, and the
+// each wakeup of a halted CPU costs an exit to the hypervisor, that made
+// half again as many context switches (52,000 a second against 35,000,
+// at lower throughput). A loop blocked in ppoll is woken by the kernel directly, and the
 // fd is never registered with epoll, so readiness wakes nobody else.
 //
 // shutdown wakes every waiter through an eventfd; the fd itself is closed
