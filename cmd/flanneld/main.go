@@ -107,17 +107,19 @@ func serve(ctx context.Context, o *options, log *slog.Logger) error {
 	}
 	defer closeStore()
 
+	src := lease.NewStoreSource(store, lease.StoreSourceOptions{
+		TTL: o.leaseTTL, RenewMargin: o.renewMarginFor(), Prefix: o.etcdPrefix,
+		OnError: func(error) { m.EtcdError() }, Log: log,
+	})
 	d := daemon.New(daemon.Config{
 		SubnetFile:     o.subnetFile,
-		RenewMargin:    o.renewMarginFor(),
-		LeaseTTL:       o.leaseTTL,
 		IPMasq:         o.ipMasq,
 		FullyRandom:    !o.fullyRandomOff,
 		ForwardRules:   o.iptablesForward,
 		RulesResync:    secs(o.iptablesResync),
 		BlackholeRoute: o.ipBlackholeRoute,
 	}, daemon.Deps{
-		Store:    store,
+		Source:   src,
 		Backends: backends(udpStats),
 		Ext: func(ipv6 bool) (backend.ExtIface, error) {
 			return iface.Lookup(iface.Options{

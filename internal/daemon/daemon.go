@@ -1,7 +1,13 @@
 // Package daemon is flanneld's agent: it waits for a valid network config,
 // leases a subnet, brings up the backend, writes subnet.env, and then keeps
-// the datapath equal to the set of peer leases in etcd until its context
-// ends. It owns every goroutine it starts.
+// the datapath equal to the set of peer leases until its context ends. It
+// knows its lease source (etcd or Kubernetes) and its backends only
+// through their interfaces, and owns every goroutine it starts.
+//
+// The files split it by concern: config.go waits for a usable config,
+// acquire.go leases a subnet and configure.go applies it (backend, rules,
+// subnet.env); feed.go buffers the source's one lease feed, peers.go folds
+// it into the peer set handed to the backend, and loop.go runs it all.
 package daemon
 
 import (
@@ -17,7 +23,6 @@ import (
 	"time"
 
 	"github.com/flannel-go/flannel/internal/backend"
-	"github.com/flannel-go/flannel/internal/backoff"
 	"github.com/flannel-go/flannel/internal/lease"
 	"github.com/flannel-go/flannel/internal/masq"
 	"github.com/flannel-go/flannel/internal/metrics"
@@ -27,10 +32,7 @@ import (
 
 // Config is flanneld's configuration, from flags and FLANNELD_* variables.
 type Config struct {
-	Prefix          string // etcd prefix, for messages that tell the user what to run
 	SubnetFile      string
-	RenewMargin     time.Duration
-	LeaseTTL        time.Duration
 	IPMasq          bool
 	FullyRandom     bool // !--ip-masq-fully-random-disable
 	ForwardRules    bool
@@ -48,7 +50,8 @@ type Rules interface {
 
 // Deps are the daemon's collaborators, injected so tests can fake them.
 type Deps struct {
-	Store    lease.Store
+	// Source is where the config and the leases come from.
+	Source   lease.Source
 	Backends map[string]backend.Factory
 	// Ext chooses the external interface; ipv6 says whether an IPv6
 	// address is needed too.
@@ -71,6 +74,7 @@ type Daemon struct {
 	deps  Deps
 	log   *slog.Logger
 	ready atomic.Bool
+	feed  *feed
 
 	// Set during start-up, then owned by the run loop.
 	net     *netconf.Config
@@ -80,7 +84,7 @@ type Daemon struct {
 	rules   Rules
 	own     lease.Lease
 	mtu     int
-	peers   map[string]lease.Lease // by key; every lease but ours
+	leases  map[string]lease.Lease // by key, every lease in the feed (ours too)
 	applied map[string]lease.Lease // what the backend was last given
 	warned  map[string]string      // key → reason last warned about
 }
@@ -93,13 +97,13 @@ func New(cfg Config, deps Deps) *Daemon {
 	if cfg.ConfigRetryBase == 0 {
 		cfg.ConfigRetryBase = time.Second
 	}
-	if cfg.LeaseTTL == 0 {
-		cfg.LeaseTTL = lease.DefaultTTL
+	if cfg.RulesResync <= 0 {
+		cfg.RulesResync = 5 * time.Second
 	}
 	if deps.Log == nil {
 		deps.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Daemon{cfg: cfg, deps: deps, log: deps.Log}
+	return &Daemon{cfg: cfg, deps: deps, log: deps.Log, feed: newFeed(), leases: map[string]lease.Lease{}}
 }
 
 // Ready reports whether subnet.env has been written (/readyz).
@@ -109,11 +113,38 @@ func (d *Daemon) Ready() bool { return d.ready.Load() }
 // safe to call from Run's goroutine or after Run returned.
 func (d *Daemon) Lease() lease.Lease { return d.own }
 
+// PeerAddrs returns the sorted subnets of the peers the backend was last
+// given (for status output and tests). Only safe to call from Run's
+// goroutine or after Run returned.
+func (d *Daemon) PeerAddrs() []netip.Prefix {
+	out := make([]netip.Prefix, 0, len(d.applied))
+	for _, l := range d.applied {
+		out = append(out, l.Subnet)
+	}
+	slices.SortFunc(out, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
+	return out
+}
+
 // Run starts the daemon and blocks until ctx ends or a fatal error occurs.
 // It leaves the lease, devices, routes, rules and subnet.env in place on
 // return, so a restart resumes without interrupting traffic.
 func (d *Daemon) Run(ctx context.Context) error {
 	start := time.Now()
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+	if err := d.waitConfig(ctx); err != nil {
+		return err
+	}
+	// The one watch of the leases starts before the lease is taken:
+	// acquiring on a full network waits for a removal in it, and Keep
+	// learns of our own lease's fate from it. (Not before the config is
+	// read: with --etcd-api=auto the config decides which keyspace to
+	// watch.)
+	wg.Go(func() { _ = d.deps.Source.Watch(ctx, d.feed.push) })
 	if err := d.setup(ctx); err != nil {
 		return err
 	}
@@ -123,10 +154,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	return d.loop(ctx)
 }
 
+// setup takes the daemon from a usable config to ready: backend, lease,
+// configuration, subnet.env.
 func (d *Daemon) setup(ctx context.Context) error {
-	if err := d.waitConfig(ctx); err != nil {
-		return err
-	}
 	attrs, err := d.be.Init(ctx)
 	if err != nil {
 		return fmt.Errorf("backend %s: init: %w", d.beType, err)
@@ -149,544 +179,4 @@ func (d *Daemon) setup(ctx context.Context) error {
 		d.deps.Notify()
 	}
 	return nil
-}
-
-// waitConfig reads the network config until it exists, parses, names a
-// known backend whose options are valid, and an external interface is
-// found. Each distinct problem is logged once, not on every retry, and
-// nothing is leased or written before all of it is right.
-func (d *Daemon) waitConfig(ctx context.Context) error {
-	var lastProblem string
-	wait := backoff.Backoff{Min: d.cfg.ConfigRetryBase, Max: 5 * time.Second}
-	for {
-		problem, err := d.tryConfig(ctx)
-		if err == nil {
-			return nil
-		}
-		if problem != lastProblem {
-			d.log.Error(problem)
-			lastProblem = problem
-		}
-		if err := backoff.Sleep(ctx, wait.Next()); err != nil {
-			return err
-		}
-	}
-}
-
-func (d *Daemon) tryConfig(ctx context.Context) (string, error) {
-	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	raw, err := d.deps.Store.Config(cctx)
-	cancel()
-	if errors.Is(err, lease.ErrNoConfig) {
-		prefix := d.cfg.Prefix
-		if prefix == "" {
-			prefix = "<prefix>"
-		}
-		return fmt.Sprintf("network config not found in etcd; create it, for example: etcdctl put %s/config %s",
-			prefix, `'{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}'`), err
-	}
-	if err != nil {
-		return fmt.Sprintf("read network config: %v", err), err
-	}
-	nc, err := netconf.Parse(raw)
-	if err != nil {
-		return fmt.Sprintf("invalid network config: %v", err), err
-	}
-	factory, ok := d.deps.Backends[nc.BackendType]
-	if !ok {
-		err := fmt.Errorf("config: Backend.Type %q is not a known backend (known: %s)", nc.BackendType, d.knownBackends())
-		return err.Error(), err
-	}
-	ext, err := d.deps.Ext(nc.EnableIPv6)
-	if err != nil {
-		return fmt.Sprintf("external interface: %v", err), err
-	}
-	be, err := factory(backend.Config{Options: nc.Backend, Network: nc, Ext: ext, Log: d.log})
-	if err != nil {
-		return fmt.Sprintf("invalid network config: backend %s: %v", nc.BackendType, err), err
-	}
-	rules, err := d.deps.NewRules(nc.EnableNFTables)
-	if err != nil {
-		return fmt.Sprintf("traffic rules: %v", err), err
-	}
-	d.net, d.ext, d.be, d.beType, d.rules = nc, ext, be, nc.BackendType, rules
-	return "", nil
-}
-
-func (d *Daemon) knownBackends() string {
-	names := make([]string, 0, len(d.deps.Backends))
-	for n := range d.deps.Backends {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	return fmt.Sprint(names)
-}
-
-// acquire leases a subnet, retrying until it gets one: a full network is
-// reported once and waited out, never a reason to exit.
-func (d *Daemon) acquire(ctx context.Context, attrs lease.Attrs, prev lease.Prev) error {
-	wait := backoff.Backoff{Min: time.Second, Max: 30 * time.Second, Jitter: backoff.UpperHalf}
-	var lastErr string
-	for {
-		l, err := lease.Acquire(ctx, d.deps.Store, d.net, attrs, prev, d.cfg.LeaseTTL, d.log)
-		if err == nil {
-			if d.own.Subnet.IsValid() && d.own.Subnet != l.Subnet {
-				d.log.Warn("subnet changed; containers on the old subnet must be restarted", "old", d.own.Subnet, "new", l.Subnet)
-			}
-			d.own = l
-			d.deps.Metrics.Acquired()
-			d.deps.Metrics.Lease(l.Subnet.String(), l.Attrs.PublicIP.String(), d.beType, l.Expires)
-			return nil
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		msg := err.Error()
-		if errors.Is(err, lease.ErrNoFreeSubnet) {
-			msg = fmt.Sprintf("no free subnet in %s between %s and %s; waiting for one to free up",
-				d.net.Network, d.net.SubnetMin, d.net.SubnetMax)
-		}
-		if msg != lastErr {
-			d.log.Error("acquire lease: " + msg)
-			lastErr = msg
-		}
-		pause := backoff.Sleep
-		if errors.Is(err, lease.ErrNoFreeSubnet) {
-			pause = d.waitFree
-		}
-		if err := pause(ctx, wait.Next()); err != nil {
-			return err
-		}
-	}
-}
-
-// waitFree waits up to max for a subnet to free up on a full network. It
-// returns as soon as a lease is removed (deleted, or expired), so a host
-// waiting for a subnet takes one at once rather than at its next retry,
-// which by then may be half a minute away. The timeout stays as the
-// fallback: for a config change that widens the range, and for a removal
-// just before the listing here.
-func (d *Daemon) waitFree(ctx context.Context, max time.Duration) error {
-	wctx, cancel := context.WithTimeout(ctx, max)
-	defer cancel()
-	if _, rev, err := d.deps.Store.Leases(wctx); err == nil {
-		_ = d.deps.Store.Watch(wctx, rev, func(evs []lease.Event) {
-			for _, e := range evs {
-				if e.Type == lease.Removed {
-					cancel()
-				}
-			}
-		})
-	}
-	<-wctx.Done()
-	return ctx.Err()
-}
-
-// configure applies our lease to the backend and the rules, and writes
-// subnet.env. It runs at start and again if the lease had to be replaced.
-func (d *Daemon) configure(ctx context.Context) error {
-	mtu, err := d.be.Configure(ctx, d.own)
-	if err != nil {
-		return fmt.Errorf("backend %s: configure %s: %w", d.beType, d.own.Subnet, err)
-	}
-	d.mtu = mtu
-	if err := d.rules.RemoveOther(ctx); err != nil {
-		d.log.Warn("remove the other rule implementation's flannel rules", "err", err)
-	}
-	if _, err := d.rules.Apply(ctx, d.wantRules()); err != nil {
-		return fmt.Errorf("traffic rules: %w", err)
-	}
-	env := subnetenv.Env{MTU: mtu, IPMasq: d.cfg.IPMasq}
-	if d.net.EnableIPv4 {
-		env.Network, env.Subnet = d.net.Network, subnetenv.SubnetAddr(d.own.Subnet)
-	}
-	if d.net.EnableIPv6 && d.own.Subnet6.IsValid() {
-		env.IPv6Network, env.IPv6Subnet = d.net.IPv6Network, subnetenv.SubnetAddr(d.own.Subnet6)
-	}
-	if err := subnetenv.Write(d.cfg.SubnetFile, env); err != nil {
-		return fmt.Errorf("write %s: %w", d.cfg.SubnetFile, err)
-	}
-	if d.cfg.BlackholeRoute {
-		if err := ensureBlackhole(d.own); err != nil {
-			d.log.Warn("blackhole route", "err", err)
-		}
-	}
-	return nil
-}
-
-func (d *Daemon) wantRules() masq.Rules {
-	r := masq.Rules{Masq: d.cfg.IPMasq, FullyRandom: d.cfg.FullyRandom, Forward: d.cfg.ForwardRules}
-	if d.net.EnableIPv4 {
-		r.Network, r.Subnet = d.net.Network, d.own.Subnet
-	}
-	if d.net.EnableIPv6 && d.own.Subnet6.IsValid() {
-		r.Network6, r.Subnet6 = d.net.IPv6Network, d.own.Subnet6
-	}
-	return r
-}
-
-// update is what the watcher hands the run loop: a full listing (after
-// start or a compaction) or a batch of changes.
-type update struct {
-	snapshot []lease.Lease
-	reset    bool
-	events   []lease.Event
-}
-
-func (d *Daemon) loop(ctx context.Context) error {
-	ctx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	defer func() {
-		cancel()
-		wg.Wait()
-	}()
-
-	updates := make(chan update, 64)
-	wg.Go(func() { d.watch(ctx, updates) })
-	kernelChanged := make(chan struct{}, 1)
-	if d.deps.WatchKernel != nil {
-		wg.Go(func() { d.watchKernel(ctx, kernelChanged) })
-	}
-
-	// lost carries the lease a Keep lost, so a loss the watch already
-	// handled (and replaced) is recognised as stale and ignored.
-	lost := make(chan lease.Lease, 4)
-	keepCtx, stopKeep := context.WithCancel(ctx)
-	startKeep := func(kctx context.Context, l lease.Lease) {
-		wg.Go(func() {
-			err := lease.Keep(kctx, d.deps.Store, l, d.cfg.RenewMargin, d.log, func(nl lease.Lease) {
-				d.log.Info("lease renewed", "subnet", nl.Subnet, "expires", nl.Expires.Format(time.RFC3339))
-				d.deps.Metrics.Renewed(nl.Expires)
-			})
-			if errors.Is(err, lease.ErrNotFound) {
-				select {
-				case lost <- l:
-				case <-kctx.Done():
-				}
-			}
-		})
-	}
-	startKeep(keepCtx, d.own)
-	// replace gives up our lost lease and its Keep, and leases again.
-	replace := func(why string) error {
-		d.log.Warn(why, "subnet", d.own.Subnet)
-		d.deps.Metrics.LeaseLost()
-		stopKeep()
-		if err := d.reacquire(ctx); err != nil {
-			return err
-		}
-		keepCtx, stopKeep = context.WithCancel(ctx)
-		startKeep(keepCtx, d.own)
-		return nil
-	}
-
-	repair := time.NewTicker(d.cfg.RepairInterval)
-	defer repair.Stop()
-	// A deletion in the kernel schedules a repair shortly after (so one
-	// `ip` command's burst of deletions is one repair), at most once a
-	// second (our own Syncs delete entries too).
-	var repairSoon <-chan time.Time
-	var lastRepair time.Time
-	doRepair := func() {
-		lastRepair = time.Now()
-		if err := d.be.Repair(ctx); err != nil {
-			d.log.Warn("backend repair", "err", err)
-			d.deps.Metrics.RepairFailed()
-		}
-	}
-	resync := d.cfg.RulesResync
-	if resync <= 0 {
-		resync = 5 * time.Second
-	}
-	rulesT := time.NewTicker(resync)
-	defer rulesT.Stop()
-
-	d.peers = map[string]lease.Lease{}
-	for {
-		select {
-		case <-ctx.Done():
-			stopKeep()
-			return nil
-		case u := <-updates:
-			ownLost := d.apply(u)
-			// Drain what else is queued so a burst becomes one Sync.
-			for drained := false; !drained; {
-				select {
-				case u := <-updates:
-					ownLost = d.apply(u) || ownLost
-				default:
-					drained = true
-				}
-			}
-			if ownLost {
-				if err := replace("lease deleted or taken over in etcd; acquiring again"); err != nil {
-					return err
-				}
-			}
-			d.sync(ctx)
-		case l := <-lost:
-			if l.ID != d.own.ID || l.Key() != d.own.Key() {
-				continue // a lease already replaced
-			}
-			if err := replace("lease lost: it expired or was deleted; acquiring again"); err != nil {
-				return err
-			}
-			d.sync(ctx)
-		case <-kernelChanged:
-			if repairSoon == nil {
-				repairSoon = time.After(max(200*time.Millisecond, time.Second-time.Since(lastRepair)))
-			}
-		case <-repairSoon:
-			repairSoon = nil
-			doRepair()
-		case <-repair.C:
-			doRepair()
-		case <-rulesT.C:
-			if changed, err := d.rules.Apply(ctx, d.wantRules()); err != nil {
-				d.log.Warn("traffic rules", "err", err)
-			} else if changed {
-				// masq logs what it repaired.
-				d.deps.Metrics.RulesRepaired()
-			}
-			if d.cfg.BlackholeRoute {
-				if err := ensureBlackhole(d.own); err != nil {
-					d.log.Warn("blackhole route", "err", err)
-				}
-			}
-		}
-	}
-}
-
-// apply folds an update into d.peers; it reports whether our own lease is
-// gone (deleted, or its subnet now advertised by another host).
-func (d *Daemon) apply(u update) (ownLost bool) {
-	ownKey := d.own.Key()
-	if u.reset {
-		d.deps.Metrics.Relist()
-		d.peers = make(map[string]lease.Lease, len(u.snapshot))
-		found := false
-		for _, l := range u.snapshot {
-			if l.Key() == ownKey {
-				found = true
-				ownLost = ownLost || !l.Attrs.PublicIP.IsValid() || l.Attrs.PublicIP != d.own.Attrs.PublicIP
-				continue
-			}
-			d.peers[l.Key()] = l
-		}
-		return ownLost || !found
-	}
-	for _, ev := range u.events {
-		d.deps.Metrics.WatchEvent(ev.Type.String())
-		k := ev.Lease.Key()
-		if k == ownKey {
-			// The last event for our key decides: a delete followed by our
-			// own re-creation in the same batch is not a loss.
-			ownLost = ev.Type == lease.Removed || ev.Lease.Attrs.PublicIP != d.own.Attrs.PublicIP ||
-				(ev.Lease.ID != 0 && d.own.ID != 0 && ev.Lease.ID != d.own.ID)
-			continue
-		}
-		if ev.Type == lease.Removed {
-			delete(d.peers, k)
-		} else {
-			d.peers[k] = ev.Lease
-		}
-	}
-	return ownLost
-}
-
-// reacquire replaces a lost lease, preferring the same subnet, and
-// reconfigures everything if the subnet had to change.
-func (d *Daemon) reacquire(ctx context.Context) error {
-	old := d.own
-	attrs := old.Attrs
-	if err := d.acquire(ctx, attrs, lease.Prev{Subnet: old.Subnet, Subnet6: old.Subnet6}); err != nil {
-		return err
-	}
-	if d.own.Subnet != old.Subnet || d.own.Subnet6 != old.Subnet6 {
-		delete(d.peers, d.own.Key())
-		return d.configure(ctx)
-	}
-	return nil
-}
-
-// sync hands the backend the valid peers, and logs each peer that came or
-// went.
-func (d *Daemon) sync(ctx context.Context) {
-	valid := make([]lease.Lease, 0, len(d.peers))
-	now := make(map[string]lease.Lease, len(d.peers))
-	overlapped := overlaps(d.net.SubnetLen, d.peers)
-	for k, l := range d.peers {
-		reason := checkPeer(d.net, d.own, d.beType, l)
-		if reason == "" {
-			reason = overlapped[k]
-		}
-		if reason != "" {
-			if d.warned[k] != reason {
-				d.log.Warn("ignoring lease", "key", k, "reason", reason)
-				if d.warned == nil {
-					d.warned = map[string]string{}
-				}
-				d.warned[k] = reason
-			}
-			continue
-		}
-		delete(d.warned, k)
-		valid = append(valid, l)
-		now[k] = l
-	}
-	for k := range d.warned {
-		if _, ok := d.peers[k]; !ok {
-			delete(d.warned, k)
-		}
-	}
-	slices.SortFunc(valid, func(a, b lease.Lease) int { return a.Subnet.Addr().Compare(b.Subnet.Addr()) })
-	start := time.Now()
-	err := d.be.Sync(ctx, valid)
-	d.deps.Metrics.Synced(time.Since(start), err)
-	d.deps.Metrics.Peers(len(valid), len(d.peers)-len(valid))
-	if err != nil {
-		d.log.Warn("backend sync", "peers", len(valid), "err", err)
-	}
-	var added, changed, removed []lease.Lease
-	for k, l := range now {
-		if old, ok := d.applied[k]; !ok {
-			added = append(added, l)
-		} else if !old.Attrs.Equal(l.Attrs) {
-			changed = append(changed, l)
-		}
-	}
-	for k, l := range d.applied {
-		if _, ok := now[k]; !ok {
-			removed = append(removed, l)
-		}
-	}
-	// One line per peer event, but a summary for a burst (the first sync
-	// of a large cluster) so the log stays readable.
-	if n := len(added) + len(changed) + len(removed); n > 16 {
-		d.log.Info("peers synced", "peers", len(now), "added", len(added), "changed", len(changed), "removed", len(removed))
-	} else {
-		for _, l := range added {
-			d.log.Info("peer added", "subnet", l.Subnet, "public_ip", l.Attrs.PublicIP)
-		}
-		for _, l := range changed {
-			d.log.Info("peer changed", "subnet", l.Subnet, "public_ip", l.Attrs.PublicIP)
-		}
-		for _, l := range removed {
-			d.log.Info("peer removed", "subnet", l.Subnet, "public_ip", l.Attrs.PublicIP)
-		}
-	}
-	d.applied = now
-}
-
-// checkPeer says why a peer lease must not become a route, or "".
-func checkPeer(nc *netconf.Config, own lease.Lease, beType string, l lease.Lease) string {
-	sn := l.Subnet
-	switch {
-	case !sn.IsValid():
-		return "no IPv4 subnet"
-	case nc.EnableIPv4 && !(nc.Network.Contains(sn.Addr()) && sn.Bits() >= nc.Network.Bits()):
-		return fmt.Sprintf("subnet %s is outside Network %s", sn, nc.Network)
-	case own.Subnet.IsValid() && sn.Overlaps(own.Subnet):
-		return fmt.Sprintf("subnet %s overlaps this host's subnet %s", sn, own.Subnet)
-	case !l.Attrs.PublicIP.IsValid():
-		return "no PublicIP"
-	case nc.EnableIPv4 && nc.Network.Contains(l.Attrs.PublicIP):
-		return fmt.Sprintf("PublicIP %s is inside the overlay Network %s", l.Attrs.PublicIP, nc.Network)
-	case l.Attrs.PublicIP == own.Attrs.PublicIP:
-		return fmt.Sprintf("PublicIP %s is this host's own", l.Attrs.PublicIP)
-	}
-	if l.Subnet6.IsValid() && own.Subnet6.IsValid() && l.Subnet6.Overlaps(own.Subnet6) {
-		return fmt.Sprintf("subnet %s overlaps this host's subnet %s", l.Subnet6, own.Subnet6)
-	}
-	// udp and alloc leases carry no BackendType (as upstream), so only the
-	// typed backends filter by type.
-	if beType != "udp" && beType != "alloc" && l.Attrs.BackendType != beType {
-		return fmt.Sprintf("backend %q, this host runs %q", l.Attrs.BackendType, beType)
-	}
-	return ""
-}
-
-// watch lists and watches leases for the run loop until ctx ends; it
-// re-lists after a compaction and backs off while etcd is unreachable.
-func (d *Daemon) watch(ctx context.Context, out chan<- update) {
-	send := func(u update) bool {
-		select {
-		case out <- u:
-			return true
-		case <-ctx.Done():
-			return false
-		}
-	}
-	wait := backoff.Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second, Jitter: backoff.UpperHalf}
-	failing := false
-	for ctx.Err() == nil {
-		lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		leases, rev, err := d.deps.Store.Leases(lctx)
-		cancel()
-		if err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			d.deps.Metrics.EtcdError()
-			if !failing {
-				d.log.Warn("list leases failed; retrying", "err", err)
-				failing = true
-			}
-			if backoff.Sleep(ctx, wait.Next()) != nil {
-				return
-			}
-			continue
-		}
-		if failing {
-			d.log.Info("lease listing recovered")
-			failing = false
-		}
-		wait.Reset()
-		if !send(update{reset: true, snapshot: leases}) {
-			return
-		}
-		err = d.deps.Store.Watch(ctx, rev, func(evs []lease.Event) { send(update{events: evs}) })
-		if errors.Is(err, lease.ErrCompacted) {
-			d.log.Warn("lease watch fell behind etcd compaction; re-listing")
-			continue
-		}
-		if ctx.Err() == nil && err != nil {
-			d.deps.Metrics.EtcdError()
-			d.log.Warn("lease watch ended; re-listing", "err", err)
-			if backoff.Sleep(ctx, backoff.UpperHalf(time.Second)) != nil {
-				return
-			}
-		}
-	}
-}
-
-// PeerAddrs returns the sorted subnets of the peers the backend was last
-// given (for status output and tests).
-func (d *Daemon) PeerAddrs() []netip.Prefix {
-	out := make([]netip.Prefix, 0, len(d.applied))
-	for _, l := range d.applied {
-		out = append(out, l.Subnet)
-	}
-	slices.SortFunc(out, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
-	return out
-}
-
-// watchKernel runs Deps.WatchKernel until ctx ends, restarting it when the
-// kernel's notifications stop.
-func (d *Daemon) watchKernel(ctx context.Context, changed chan<- struct{}) {
-	kick := func() {
-		select {
-		case changed <- struct{}{}:
-		default:
-		}
-	}
-	for ctx.Err() == nil {
-		if err := d.deps.WatchKernel(ctx, kick); err != nil {
-			d.log.Debug("kernel change notifications; restarting", "err", err)
-			kick() // something may have been missed
-		}
-		if backoff.Sleep(ctx, time.Second) != nil {
-			return
-		}
-	}
 }

@@ -117,10 +117,10 @@ func newHarness(t *testing.T, config string) *harness {
 	}
 	log := slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	h.d = New(Config{
-		Prefix: "/coreos.com/network", SubnetFile: h.env, RenewMargin: time.Minute, IPMasq: true, ForwardRules: true,
+		SubnetFile: h.env, IPMasq: true, ForwardRules: true,
 		ConfigRetryBase: 5 * time.Millisecond, RepairInterval: time.Hour, RulesResync: time.Hour,
 	}, Deps{
-		Store:    h.store,
+		Source:   lease.NewStoreSource(h.store, lease.StoreSourceOptions{Prefix: "/coreos.com/network", RenewMargin: time.Minute}),
 		Backends: map[string]backend.Factory{"vxlan": func(backend.Config) (backend.Backend, error) { return h.be, nil }},
 		Ext: func(bool) (backend.ExtIface, error) {
 			a := netip.MustParseAddr("192.168.0.1")

@@ -33,6 +33,23 @@ type Prev struct{ Subnet, Subnet6 netip.Prefix }
 // ctx ends, on a store error (returned as is, wrapped), or when no subnet is
 // free (an error wrapping ErrNoFreeSubnet): the caller logs and retries.
 func Acquire(ctx context.Context, s Store, cfg *netconf.Config, want Attrs, prev Prev, ttl time.Duration, log *slog.Logger) (Lease, error) {
+	return acquire(ctx, s, listAll(s), cfg, want, prev, ttl, log)
+}
+
+// lister returns the leases Acquire chooses among. fresh asks for a
+// listing newer than the last lost race; a cached view may ignore it only
+// while it is known to be current.
+type lister func(ctx context.Context, fresh bool) ([]Lease, error)
+
+// listAll lists the store on every call.
+func listAll(s Store) lister {
+	return func(ctx context.Context, _ bool) ([]Lease, error) {
+		ls, _, err := s.Leases(ctx)
+		return ls, err
+	}
+}
+
+func acquire(ctx context.Context, s Store, list lister, cfg *netconf.Config, want Attrs, prev Prev, ttl time.Duration, log *slog.Logger) (Lease, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -41,8 +58,8 @@ func Acquire(ctx context.Context, s Store, cfg *netconf.Config, want Attrs, prev
 		return Lease{}, errors.New("lease: acquire: an IPv6-only network cannot be stored (the subnet key needs an IPv4 subnet)")
 	}
 	delay := backoff.Backoff{Min: 20 * time.Millisecond, Max: time.Second, Jitter: backoff.Within10}
-	for {
-		l, err := acquireOnce(ctx, s, cfg, want, prev, ttl, log)
+	for fresh := false; ; fresh = true {
+		l, err := acquireOnce(ctx, s, list, fresh, cfg, want, prev, ttl, log)
 		if err == nil {
 			return l, nil
 		}
@@ -56,8 +73,8 @@ func Acquire(ctx context.Context, s Store, cfg *netconf.Config, want Attrs, prev
 	}
 }
 
-func acquireOnce(ctx context.Context, s Store, cfg *netconf.Config, want Attrs, prev Prev, ttl time.Duration, log *slog.Logger) (Lease, error) {
-	leases, _, err := s.Leases(ctx)
+func acquireOnce(ctx context.Context, s Store, list lister, fresh bool, cfg *netconf.Config, want Attrs, prev Prev, ttl time.Duration, log *slog.Logger) (Lease, error) {
+	leases, err := list(ctx, fresh)
 	if err != nil {
 		return Lease{}, fmt.Errorf("lease: acquire: %w", err)
 	}

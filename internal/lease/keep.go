@@ -5,20 +5,20 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 	"time"
 
 	"github.com/flannel-go/flannel/internal/backoff"
 )
 
-// looker is implemented by stores that can read one lease's expiry
-// (etcdstore.Store.Lookup); Keep uses it when it is given a lease whose
-// expiry is unknown, instead of renewing at once.
+// looker is implemented by stores that can read one lease (with its
+// expiry) by key: etcdstore.Store.Lookup and its v2 counterpart. keep uses
+// it once at the start, so a lease that vanished between Acquire and keep
+// is noticed at once and its expiry is known without renewing.
 type looker interface {
 	Lookup(ctx context.Context, key string) (Lease, error)
 }
 
-// Keep holds on to l until ctx ends (returning ctx.Err()) or the lease is
+// keep holds on to l until ctx ends (returning ctx.Err()) or the lease is
 // lost (returning an error wrapping ErrNotFound), in the manner of etcd's
 // concurrency.Session:
 //
@@ -27,48 +27,57 @@ type looker interface {
 //     a renewal that fails for any reason but ErrNotFound is retried with
 //     backoff up to one minute, for as long as it takes, since etcd keeps
 //     a lease alive across its own outages;
-//   - it watches l's key, so a revoked or deleted lease is noticed at once
-//     rather than at the next renewal. A value that turned to garbage
-//     while the key stayed ours is repaired by renewing at once. If an
-//     operator turns the lease into a reservation for this host, Keep
-//     carries on with the reservation.
+//   - it acts on seen, the states of l's key that the source's one watch
+//     reports, so a revoked or deleted lease is noticed at once rather than
+//     at the next renewal. A value that turned to garbage while the key
+//     stayed ours is repaired by renewing at once. If an operator turns
+//     the lease into a reservation for this host, keep carries on with the
+//     reservation.
 //
-// A reservation (l.ID == 0) needs no renewal; Keep then only watches it.
+// A reservation (l.ID == 0) needs no renewal; keep then only watches it.
 // onRenew, if not nil, is called with the lease after each successful
 // renewal.
-func Keep(ctx context.Context, s Store, l Lease, margin time.Duration, log *slog.Logger, onRenew func(Lease)) error {
+func keep(ctx context.Context, s Store, l Lease, margin time.Duration, log *slog.Logger, onRenew func(Lease), seen <-chan ownState) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	seen := make(chan ownState)
-	var wg sync.WaitGroup
-	wg.Go(func() { watchOwn(ctx, s, l.Key(), seen) })
-	defer func() {
-		cancel()
-		wg.Wait()
-	}()
+	// first is the key's state as read once now; later states come from
+	// the watch through seen.
+	var first *ownState
+	if lk, ok := s.(looker); ok {
+		got, err := lk.Lookup(ctx, l.Key())
+		var bad *BadValueError
+		switch {
+		case err == nil:
+			first = &ownState{present: true, lease: got}
+			if got.ID == l.ID && !got.Expires.IsZero() {
+				l.Expires = got.Expires
+			}
+		case errors.Is(err, ErrNotFound), errors.As(err, &bad):
+			first = &ownState{}
+		}
+	}
 
 	// due is when to renew next; zero for a reservation, which needs no
 	// renewal.
 	var due time.Time
 	if !l.Reserved() {
 		due = time.Now()
-		if lk, ok := s.(looker); ok && l.Expires.IsZero() {
-			got, err := lk.Lookup(ctx, l.Key())
-			if err == nil && got.ID == l.ID && !got.Expires.IsZero() {
-				l.Expires = got.Expires
-			}
-		}
 		if !l.Expires.IsZero() {
 			due = due.Add(renewIn(l.Expires, margin))
 		}
 	}
 	retry := backoff.Backoff{Min: time.Second, Max: time.Minute, Jitter: backoff.Within10}
 	for {
-		st, reported, err := wait(ctx, due, seen)
-		if err != nil {
-			return err
+		var st ownState
+		var reported bool
+		if first != nil {
+			st, reported, first = *first, true, nil
+		} else {
+			var err error
+			if st, reported, err = wait(ctx, due, seen); err != nil {
+				return err
+			}
 		}
 		if reported {
 			switch {
@@ -137,42 +146,4 @@ func renewIn(exp time.Time, margin time.Duration) time.Duration {
 type ownState struct {
 	present bool
 	lease   Lease
-}
-
-// watchOwn reports the state of key on out: once from a listing, then on
-// every change, listing again after a compaction.
-func watchOwn(ctx context.Context, s Store, key string, out chan<- ownState) {
-	send := func(st ownState) {
-		select {
-		case out <- st:
-		case <-ctx.Done():
-		}
-	}
-	delay := backoff.Backoff{Min: time.Second, Max: 30 * time.Second, Jitter: backoff.Within10}
-	for ctx.Err() == nil {
-		leases, rev, err := s.Leases(ctx)
-		if err != nil {
-			// Renewals report store trouble; here we just try again.
-			_ = backoff.Sleep(ctx, delay.Next())
-			continue
-		}
-		delay.Reset()
-		st := ownState{}
-		for _, l := range leases {
-			if l.Key() == key {
-				st = ownState{present: true, lease: l}
-			}
-		}
-		send(st)
-		err = s.Watch(ctx, rev, func(evs []Event) {
-			for _, e := range evs {
-				if e.Lease.Key() == key {
-					send(ownState{present: e.Type == Added, lease: e.Lease})
-				}
-			}
-		})
-		if err != nil && !errors.Is(err, ErrCompacted) {
-			_ = backoff.Sleep(ctx, delay.Next())
-		}
-	}
 }

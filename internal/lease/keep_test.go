@@ -24,11 +24,20 @@ func startKeep(t *testing.T, s lease.Store, l lease.Lease, margin time.Duration)
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	k := &keeper{renewed: make(chan lease.Lease, 100), done: make(chan error, 1), cancel: cancel}
+	// Keep learns of changes to its key from the source's one watch, as
+	// in flanneld.
+	src := lease.NewStoreSource(s, lease.StoreSourceOptions{RenewMargin: margin})
+	watched := make(chan struct{})
 	go func() {
-		k.done <- lease.Keep(ctx, s, l, margin, nil, func(nl lease.Lease) { k.renewed <- nl })
+		defer close(watched)
+		_ = src.Watch(ctx, func(lease.Update) {})
+	}()
+	go func() {
+		k.done <- src.Keep(ctx, l, func(nl lease.Lease) { k.renewed <- nl })
 	}()
 	t.Cleanup(func() {
 		cancel()
+		<-watched
 		select {
 		case <-k.done:
 		case <-time.After(10 * time.Second):

@@ -159,7 +159,7 @@ func TestAcquireRace(t *testing.T) {
 	}
 }
 
-// lease.Keep renews through this store with ttl 0: the lease must keep the
+// Keep (through a StoreSource, as flanneld runs it) renews through this store with ttl 0: the lease must keep the
 // TTL it was created with (etcd v2 does not remember it), outlive it, and
 // Keep must report the loss when an operator deletes the key.
 func TestKeepRenews(t *testing.T) {
@@ -175,8 +175,15 @@ func TestKeepRenews(t *testing.T) {
 	done := make(chan error, 1)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	src := lease.NewStoreSource(s, lease.StoreSourceOptions{RenewMargin: 2 * time.Second, Log: testLog(t)})
+	watched := make(chan struct{})
+	defer func() { cancel(); <-watched }()
 	go func() {
-		done <- lease.Keep(ctx, s, l, 2*time.Second, testLog(t), func(l lease.Lease) { renewed <- l })
+		defer close(watched)
+		_ = src.Watch(ctx, func(lease.Update) {})
+	}()
+	go func() {
+		done <- src.Keep(ctx, l, func(l lease.Lease) { renewed <- l })
 	}()
 	key := s.Prefix() + "/subnets/" + l.Key()
 	deadline := time.After(10 * time.Second)

@@ -1,0 +1,269 @@
+package lease
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/flannel-go/flannel/internal/backoff"
+	"github.com/flannel-go/flannel/internal/netconf"
+)
+
+// StoreSourceOptions configure NewStoreSource.
+type StoreSourceOptions struct {
+	// TTL of new leases; DefaultTTL when zero. optional
+	TTL time.Duration
+	// RenewMargin is how long before expiry Keep renews. optional
+	RenewMargin time.Duration
+	// Prefix is the store's key prefix, for the message that tells a user
+	// how to create a missing config. optional
+	Prefix string
+	// OnError, if not nil, is called for each failed listing or watch of
+	// the leases (the daemon counts them). optional
+	OnError func(error)
+	Log     *slog.Logger // optional
+}
+
+// StoreSource is the Source over a key-value Store (etcd v3 or v2). Its
+// Watch is the one list-and-watch of <prefix>/subnets/ a flanneld holds:
+// it keeps the current set of leases, which Acquire chooses among, and
+// reports changes of this host's key to Keep, so neither lists or watches
+// again.
+type StoreSource struct {
+	store Store
+	opts  StoreSourceOptions
+	log   *slog.Logger
+
+	mu sync.Mutex // guards the fields below
+	// watching counts running Watch calls; while one runs, cur follows
+	// the store and synced is closed once cur is current.
+	watching int
+	synced   chan struct{}
+	cur      map[string]Lease // by key, as last listed and watched
+	ownKey   string           // the key Keep holds; "" when none
+	ownCh    chan ownState    // Keep's inbox: the latest state of ownKey
+}
+
+var _ Source = (*StoreSource)(nil)
+
+// NewStoreSource returns a Source over s.
+func NewStoreSource(s Store, o StoreSourceOptions) *StoreSource {
+	if o.TTL == 0 {
+		o.TTL = DefaultTTL
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	return &StoreSource{store: s, opts: o, log: o.Log, synced: make(chan struct{})}
+}
+
+// Store returns the store the source reads.
+func (src *StoreSource) Store() Store { return src.store }
+
+// noConfigError is ErrNoConfig with what to do about it.
+type noConfigError struct{ hint string }
+
+func (e *noConfigError) Error() string {
+	if e.hint == "" {
+		return "network config not found in etcd"
+	}
+	return "network config not found in etcd; create it, for example: " + e.hint
+}
+
+func (e *noConfigError) Unwrap() error { return ErrNoConfig }
+
+// Config returns the network config; a missing one is an error wrapping
+// ErrNoConfig that says how to create it.
+func (src *StoreSource) Config(ctx context.Context) ([]byte, error) {
+	raw, err := src.store.Config(ctx)
+	if errors.Is(err, ErrNoConfig) {
+		hint := ""
+		if src.opts.Prefix != "" {
+			hint = "etcdctl put " + src.opts.Prefix + "/config " + `'{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}'`
+		}
+		return nil, &noConfigError{hint: hint}
+	}
+	return raw, err
+}
+
+// Watch lists the leases, then watches them until ctx ends; it lists again
+// after a compaction or a lost watch, and backs off while the store is
+// unreachable, saying so once per outage.
+func (src *StoreSource) Watch(ctx context.Context, fn func(Update)) error {
+	src.mu.Lock()
+	src.watching++
+	src.mu.Unlock()
+	defer func() {
+		src.mu.Lock()
+		src.watching--
+		src.unsyncLocked()
+		src.mu.Unlock()
+	}()
+
+	wait := backoff.Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second, Jitter: backoff.UpperHalf}
+	failing := false
+	for ctx.Err() == nil {
+		lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		leases, rev, err := src.store.Leases(lctx)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			src.failed(err)
+			if !failing {
+				src.log.Warn("list leases failed; retrying", "err", err)
+				failing = true
+			}
+			if backoff.Sleep(ctx, wait.Next()) != nil {
+				break
+			}
+			continue
+		}
+		if failing {
+			src.log.Info("lease listing recovered")
+			failing = false
+		}
+		wait.Reset()
+		src.reset(leases)
+		fn(Update{Reset: true, Leases: leases})
+		err = src.store.Watch(ctx, rev, func(evs []Event) {
+			src.apply(evs)
+			fn(Update{Events: evs})
+		})
+		src.mu.Lock()
+		src.unsyncLocked()
+		src.mu.Unlock()
+		if errors.Is(err, ErrCompacted) {
+			src.log.Warn("lease watch fell behind etcd compaction; re-listing")
+			continue
+		}
+		if ctx.Err() == nil && err != nil {
+			src.failed(err)
+			src.log.Warn("lease watch ended; re-listing", "err", err)
+			if backoff.Sleep(ctx, backoff.UpperHalf(time.Second)) != nil {
+				break
+			}
+		}
+	}
+	return ctx.Err()
+}
+
+func (src *StoreSource) failed(err error) {
+	if src.opts.OnError != nil {
+		src.opts.OnError(err)
+	}
+}
+
+// reset replaces the current set with a listing and marks it current.
+func (src *StoreSource) reset(leases []Lease) {
+	src.mu.Lock()
+	defer src.mu.Unlock()
+	src.cur = make(map[string]Lease, len(leases))
+	for _, l := range leases {
+		src.cur[l.Key()] = l
+	}
+	if src.ownCh != nil {
+		l, ok := src.cur[src.ownKey]
+		tell(src.ownCh, ownState{present: ok, lease: l})
+	}
+	select {
+	case <-src.synced:
+	default:
+		close(src.synced)
+	}
+}
+
+// apply folds a batch of watch events into the current set.
+func (src *StoreSource) apply(evs []Event) {
+	src.mu.Lock()
+	defer src.mu.Unlock()
+	for _, e := range evs {
+		k := e.Lease.Key()
+		if e.Type == Removed {
+			delete(src.cur, k)
+		} else {
+			src.cur[k] = e.Lease
+		}
+		if src.ownCh != nil && k == src.ownKey {
+			tell(src.ownCh, ownState{present: e.Type == Added, lease: e.Lease})
+		}
+	}
+}
+
+// unsyncLocked marks the current set as possibly stale.
+func (src *StoreSource) unsyncLocked() {
+	select {
+	case <-src.synced:
+		src.synced = make(chan struct{})
+	default:
+	}
+}
+
+// tell puts st in ch, replacing a state not yet taken: keep only ever
+// needs the latest, and the watch must never block on it.
+func tell(ch chan ownState, st ownState) {
+	select {
+	case ch <- st:
+	default:
+		select {
+		case <-ch:
+		default:
+		}
+		ch <- st // the one producer holds src.mu, so there is room now
+	}
+}
+
+// listCurrent is Acquire's lister: the watched set when the watch is
+// current, else (no watch running, a lost race, or a watch that does not
+// catch up within a few seconds) a listing of its own.
+func (src *StoreSource) listCurrent(ctx context.Context, fresh bool) ([]Lease, error) {
+	src.mu.Lock()
+	watching, synced := src.watching > 0, src.synced
+	src.mu.Unlock()
+	if watching && !fresh {
+		t := time.NewTimer(5 * time.Second)
+		defer t.Stop()
+		select {
+		case <-synced:
+			src.mu.Lock()
+			out := make([]Lease, 0, len(src.cur))
+			for _, l := range src.cur {
+				out = append(out, l)
+			}
+			src.mu.Unlock()
+			return out, nil
+		case <-t.C:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	ls, _, err := src.store.Leases(ctx)
+	return ls, err
+}
+
+// Acquire leases a subnet of nc for this host (see the package function
+// Acquire for the order of preference).
+func (src *StoreSource) Acquire(ctx context.Context, nc *netconf.Config, attrs Attrs, prev Prev) (Lease, error) {
+	return acquire(ctx, src.store, src.listCurrent, nc, attrs, prev, src.opts.TTL, src.log)
+}
+
+// Keep renews l until ctx ends or it is lost. It learns of changes to l's
+// key from Watch; without a Watch running it still renews on time and
+// notices a loss at the next renewal.
+func (src *StoreSource) Keep(ctx context.Context, l Lease, onRenew func(Lease)) error {
+	ch := make(chan ownState, 1)
+	src.mu.Lock()
+	src.ownKey, src.ownCh = l.Key(), ch
+	src.mu.Unlock()
+	defer func() {
+		src.mu.Lock()
+		if src.ownCh == ch {
+			src.ownKey, src.ownCh = "", nil
+		}
+		src.mu.Unlock()
+	}()
+	return keep(ctx, src.store, l, src.opts.RenewMargin, src.log, onRenew, ch)
+}
