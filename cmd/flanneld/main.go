@@ -119,7 +119,7 @@ func serve(ctx context.Context, o *options, log *slog.Logger) error {
 	}, daemon.Deps{
 		Store:    store,
 		Backends: backends(udpStats),
-		Ext: func(ipv6 bool) (backend.ExtIface, error) {
+		Ext: func(ipv6 bool) (iface.ExtIface, error) {
 			return iface.Lookup(iface.Options{
 				Ifaces: o.ifaces, Regexes: o.ifaceRegexes, CanReach: o.ifaceCanReach,
 				PublicIP: o.publicIP, PublicIPv6: o.publicIPv6, IPv6: ipv6,

@@ -7,29 +7,17 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
-	"net/netip"
 
+	"github.com/flannel-go/flannel/internal/iface"
 	"github.com/flannel-go/flannel/internal/lease"
 	"github.com/flannel-go/flannel/internal/netconf"
 )
-
-// ExtIface is the external (underlay) interface flanneld sends through.
-type ExtIface struct {
-	Name  string
-	Index int
-	MTU   int
-
-	IfaceAddr  netip.Addr // IPv4 address on the interface
-	ExtAddr    netip.Addr // IPv4 advertised to peers (--public-ip, else IfaceAddr)
-	IfaceAddr6 netip.Addr // IPv6 counterparts; invalid when IPv6 is off
-	ExtAddr6   netip.Addr
-}
 
 // Config is what a Factory gets to build a backend.
 type Config struct {
 	Options json.RawMessage // the config's Backend object, Type included
 	Network *netconf.Config
-	Ext     ExtIface
+	Ext     iface.ExtIface
 	Log     *slog.Logger
 }
 

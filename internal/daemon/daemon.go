@@ -18,6 +18,7 @@ import (
 
 	"github.com/flannel-go/flannel/internal/backend"
 	"github.com/flannel-go/flannel/internal/backoff"
+	"github.com/flannel-go/flannel/internal/iface"
 	"github.com/flannel-go/flannel/internal/lease"
 	"github.com/flannel-go/flannel/internal/masq"
 	"github.com/flannel-go/flannel/internal/metrics"
@@ -52,7 +53,7 @@ type Deps struct {
 	Backends map[string]backend.Factory
 	// Ext chooses the external interface; ipv6 says whether an IPv6
 	// address is needed too.
-	Ext func(ipv6 bool) (backend.ExtIface, error)
+	Ext func(ipv6 bool) (iface.ExtIface, error)
 	// NewRules returns the rule manager for the config's EnableNFTables.
 	NewRules func(nftables bool) (Rules, error)
 	// Notify is called once subnet.env is written (sd_notify READY=1).
@@ -74,7 +75,7 @@ type Daemon struct {
 
 	// Set during start-up, then owned by the run loop.
 	net     *netconf.Config
-	ext     backend.ExtIface
+	ext     iface.ExtIface
 	be      backend.Backend
 	beType  string
 	rules   Rules

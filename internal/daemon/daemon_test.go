@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/flannel-go/flannel/internal/backend"
+	"github.com/flannel-go/flannel/internal/iface"
 	"github.com/flannel-go/flannel/internal/lease"
 	"github.com/flannel-go/flannel/internal/lease/leasetest"
 	"github.com/flannel-go/flannel/internal/logbuf"
@@ -122,9 +123,9 @@ func newHarness(t *testing.T, config string) *harness {
 	}, Deps{
 		Store:    h.store,
 		Backends: map[string]backend.Factory{"vxlan": func(backend.Config) (backend.Backend, error) { return h.be, nil }},
-		Ext: func(bool) (backend.ExtIface, error) {
+		Ext: func(bool) (iface.ExtIface, error) {
 			a := netip.MustParseAddr("192.168.0.1")
-			return backend.ExtIface{Name: "eth0", Index: 2, MTU: 1500, IfaceAddr: a, ExtAddr: a}, nil
+			return iface.ExtIface{Name: "eth0", Index: 2, MTU: 1500, IfaceAddr: a, ExtAddr: a}, nil
 		},
 		NewRules: func(bool) (Rules, error) { return h.rules, nil },
 		Log:      log,

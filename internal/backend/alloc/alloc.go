@@ -10,6 +10,7 @@ import (
 	"fmt"
 
 	"github.com/flannel-go/flannel/internal/backend"
+	"github.com/flannel-go/flannel/internal/iface"
 	"github.com/flannel-go/flannel/internal/lease"
 )
 
@@ -19,7 +20,7 @@ const Type = "alloc"
 
 // Backend allocates and does nothing else.
 type Backend struct {
-	ext backend.ExtIface
+	ext iface.ExtIface
 }
 
 var _ backend.Backend = (*Backend)(nil)

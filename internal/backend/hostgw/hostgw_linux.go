@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/flannel-go/flannel/internal/backend"
+	"github.com/flannel-go/flannel/internal/iface"
 	"github.com/flannel-go/flannel/internal/lease"
 	"github.com/flannel-go/flannel/internal/route"
 )
@@ -25,7 +26,7 @@ type netlinker interface {
 
 // Backend is the host-gw datapath of one host.
 type Backend struct {
-	ext     backend.ExtIface
+	ext     iface.ExtIface
 	network netip.Prefix
 	log     *slog.Logger
 

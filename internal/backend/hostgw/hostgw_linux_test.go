@@ -13,6 +13,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/flannel-go/flannel/internal/backend"
+	"github.com/flannel-go/flannel/internal/iface"
 	"github.com/flannel-go/flannel/internal/lease"
 	"github.com/flannel-go/flannel/internal/logbuf"
 	"github.com/flannel-go/flannel/internal/netconf"
@@ -276,13 +277,13 @@ func TestOtherBackendsPeersAreIgnoredWithOneWarning(t *testing.T) {
 }
 
 func TestNATIsRejected(t *testing.T) {
-	ext := backend.ExtIface{Name: "eth0", Index: 2, MTU: 1500,
+	ext := iface.ExtIface{Name: "eth0", Index: 2, MTU: 1500,
 		IfaceAddr: netip.MustParseAddr("10.0.2.15"), ExtAddr: netip.MustParseAddr("203.0.113.7")}
 	_, err := New(backend.Config{Network: netConf(), Ext: ext})
 	if err == nil || !strings.Contains(err.Error(), "NAT") || !strings.Contains(err.Error(), "203.0.113.7") {
 		t.Fatalf("New with public IP ≠ interface IP: %v, want an error about NAT naming the public IP", err)
 	}
-	if _, err := New(backend.Config{Options: json.RawMessage(`[`), Network: netConf(), Ext: backend.ExtIface{}}); err == nil {
+	if _, err := New(backend.Config{Options: json.RawMessage(`[`), Network: netConf(), Ext: iface.ExtIface{}}); err == nil {
 		t.Error("New accepted malformed options")
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/flannel-go/flannel/internal/backend"
+	"github.com/flannel-go/flannel/internal/iface"
 	"github.com/flannel-go/flannel/internal/lease"
 )
 
@@ -31,7 +32,7 @@ const tunPattern = "flannel%d"
 // time.
 type Backend struct {
 	log     *slog.Logger
-	ext     backend.ExtIface
+	ext     iface.ExtIface
 	network netip.Prefix
 	port    uint16
 	want    offloadSet

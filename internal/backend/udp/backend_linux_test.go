@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/flannel-go/flannel/internal/backend"
+	"github.com/flannel-go/flannel/internal/iface"
 	"github.com/flannel-go/flannel/internal/netconf"
 )
 
@@ -14,7 +15,7 @@ func TestNewValidates(t *testing.T) {
 		return backend.Config{
 			Options: []byte(`{"Type":"udp","Port":8285}`),
 			Network: &netconf.Config{Network: netip.MustParsePrefix("10.5.0.0/16"), SubnetLen: 24},
-			Ext:     backend.ExtIface{Name: "eth0", MTU: 1500, IfaceAddr: netip.MustParseAddr("192.168.1.5")},
+			Ext:     iface.ExtIface{Name: "eth0", MTU: 1500, IfaceAddr: netip.MustParseAddr("192.168.1.5")},
 		}
 	}
 	b, err := New(good())

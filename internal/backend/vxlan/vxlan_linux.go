@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/flannel-go/flannel/internal/backend"
+	"github.com/flannel-go/flannel/internal/iface"
 	"github.com/flannel-go/flannel/internal/lease"
 	"github.com/flannel-go/flannel/internal/route"
 )
@@ -38,7 +39,7 @@ type netlinker interface {
 // Backend is the vxlan datapath of one host.
 type Backend struct {
 	opts    Options
-	ext     backend.ExtIface
+	ext     iface.ExtIface
 	network netip.Prefix
 	log     *slog.Logger
 

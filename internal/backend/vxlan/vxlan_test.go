@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/flannel-go/flannel/internal/backend"
+	"github.com/flannel-go/flannel/internal/iface"
 	"github.com/flannel-go/flannel/internal/netconf"
 	"github.com/flannel-go/flannel/internal/route"
 )
@@ -67,7 +68,7 @@ func TestParseOptions(t *testing.T) {
 }
 
 func TestNewValidates(t *testing.T) {
-	ext := backend.ExtIface{Name: "eth0", Index: 2, MTU: 1500}
+	ext := iface.ExtIface{Name: "eth0", Index: 2, MTU: 1500}
 	if _, err := New(backend.Config{Options: json.RawMessage(`{"VNI":0}`), Network: netConf(), Ext: ext}); err == nil {
 		t.Error("New accepted VNI 0")
 	}
