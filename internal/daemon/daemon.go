@@ -50,7 +50,7 @@ type Rules interface {
 // Deps are the daemon's collaborators, injected so tests can fake them.
 type Deps struct {
 	Store    lease.Store
-	Backends map[string]backend.Factory
+	Backends map[string]backend.Def
 	// Ext chooses the external interface; ipv6 says whether an IPv6
 	// address is needed too.
 	Ext func(ipv6 bool) (iface.ExtIface, error)
@@ -78,6 +78,7 @@ type Daemon struct {
 	ext     iface.ExtIface
 	be      backend.Backend
 	beType  string
+	beInfo  backend.Info
 	rules   Rules
 	own     lease.Lease
 	mtu     int
@@ -193,7 +194,7 @@ func (d *Daemon) tryConfig(ctx context.Context) (string, error) {
 	if err != nil {
 		return fmt.Sprintf("invalid network config: %v", err), err
 	}
-	factory, ok := d.deps.Backends[nc.BackendType]
+	def, ok := d.deps.Backends[nc.BackendType]
 	if !ok {
 		err := fmt.Errorf("config: Backend.Type %q is not a known backend (known: %s)", nc.BackendType, d.knownBackends())
 		return err.Error(), err
@@ -202,7 +203,7 @@ func (d *Daemon) tryConfig(ctx context.Context) (string, error) {
 	if err != nil {
 		return fmt.Sprintf("external interface: %v", err), err
 	}
-	be, err := factory(backend.Config{Options: nc.Backend, Network: nc, Ext: ext, Log: d.log})
+	be, err := def.New(backend.Config{Options: nc.Backend, Network: nc, Ext: ext, Log: d.log})
 	if err != nil {
 		return fmt.Sprintf("invalid network config: backend %s: %v", nc.BackendType, err), err
 	}
@@ -210,7 +211,7 @@ func (d *Daemon) tryConfig(ctx context.Context) (string, error) {
 	if err != nil {
 		return fmt.Sprintf("traffic rules: %v", err), err
 	}
-	d.net, d.ext, d.be, d.beType, d.rules = nc, ext, be, nc.BackendType, rules
+	d.net, d.ext, d.be, d.beType, d.beInfo, d.rules = nc, ext, be, nc.BackendType, def.Info, rules
 	return "", nil
 }
 
@@ -517,7 +518,7 @@ func (d *Daemon) sync(ctx context.Context) {
 	now := make(map[string]lease.Lease, len(d.peers))
 	overlapped := overlaps(d.net.SubnetLen, d.peers)
 	for k, l := range d.peers {
-		reason := checkPeer(d.net, d.own, d.beType, l)
+		reason := checkPeer(d.net, d.own, d.beInfo, l)
 		if reason == "" {
 			reason = overlapped[k]
 		}
@@ -580,7 +581,7 @@ func (d *Daemon) sync(ctx context.Context) {
 }
 
 // checkPeer says why a peer lease must not become a route, or "".
-func checkPeer(nc *netconf.Config, own lease.Lease, beType string, l lease.Lease) string {
+func checkPeer(nc *netconf.Config, own lease.Lease, be backend.Info, l lease.Lease) string {
 	sn := l.Subnet
 	switch {
 	case !sn.IsValid():
@@ -599,10 +600,10 @@ func checkPeer(nc *netconf.Config, own lease.Lease, beType string, l lease.Lease
 	if l.Subnet6.IsValid() && own.Subnet6.IsValid() && l.Subnet6.Overlaps(own.Subnet6) {
 		return fmt.Sprintf("subnet %s overlaps this host's subnet %s", l.Subnet6, own.Subnet6)
 	}
-	// udp and alloc leases carry no BackendType (as upstream), so only the
-	// typed backends filter by type.
-	if beType != "udp" && beType != "alloc" && l.Attrs.BackendType != beType {
-		return fmt.Sprintf("backend %q, this host runs %q", l.Attrs.BackendType, beType)
+	// The backend's own rules: its type, for backends whose leases carry
+	// one, and whatever else it needs of a lease.
+	if err := be.CheckPeer(l); err != nil {
+		return err.Error()
 	}
 	return ""
 }

@@ -18,6 +18,13 @@ import (
 // BackendType, as upstream's do not.
 const Type = "alloc"
 
+// Info is what the alloc backend states about itself: untyped leases, no
+// device, no encapsulation.
+var Info = backend.Info{
+	Type:   Type,
+	Device: func(opts, ownData json.RawMessage) string { return "" },
+}
+
 // Backend allocates and does nothing else.
 type Backend struct {
 	ext iface.ExtIface

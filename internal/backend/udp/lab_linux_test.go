@@ -132,7 +132,7 @@ func labConfig(h *host, t testing.TB, options string) backend.Config {
 func (l *lab) start(h *host, want offloadSet) {
 	t := l.t
 	t.Helper()
-	b, err := newBackend(labConfig(h, t, `{"Type":"udp"}`), want)
+	b, err := newBackend(labConfig(h, t, `{"Type":"udp"}`), settings{offloads: want, raiseProcs: true})
 	if err != nil {
 		t.Fatal(err)
 	}

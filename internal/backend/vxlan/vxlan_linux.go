@@ -85,7 +85,7 @@ func newBackend(cfg backend.Config, o Options) (backend.Backend, error) {
 		ext:     cfg.Ext,
 		network: cfg.Network.Network,
 		log:     log.With("backend", Type),
-		name:    fmt.Sprintf("flannel.%d", o.VNI),
+		name:    DeviceName(o.VNI),
 		onLink:  map[netip.Addr]bool{},
 		warned:  map[netip.Prefix]string{},
 		decoded: map[netip.Prefix]peerData{},
@@ -129,7 +129,7 @@ func (b *Backend) Init(ctx context.Context) (lease.Attrs, error) {
 	return lease.Attrs{
 		PublicIP:    b.ext.ExtAddr,
 		BackendType: Type,
-		BackendData: encodeBackendData(b.opts.VNI, b.mac),
+		BackendData: LeaseData{VNI: b.opts.VNI, VtepMAC: b.mac}.Encode(),
 	}, nil
 }
 
@@ -291,8 +291,8 @@ func (b *Backend) decode(p lease.Lease) peerData {
 	if ok && d.raw == string(p.Attrs.BackendData) {
 		return d
 	}
-	d = peerData{raw: string(p.Attrs.BackendData)}
-	d.vni, d.mac, d.err = decodeBackendData(p.Attrs.BackendData)
+	ld, err := DecodeLeaseData(p.Attrs.BackendData)
+	d = peerData{raw: string(p.Attrs.BackendData), vni: ld.VNI, mac: ld.VtepMAC, err: err}
 	b.decoded[p.Subnet] = d
 	return d
 }

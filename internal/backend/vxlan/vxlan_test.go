@@ -157,3 +157,14 @@ func FuzzDecodeBackendData(f *testing.F) {
 		}
 	})
 }
+
+// encodeBackendData and decodeBackendData are the codec in the shape the
+// tests above were written against.
+func encodeBackendData(vni int, mac route.MAC) json.RawMessage {
+	return LeaseData{VNI: vni, VtepMAC: mac}.Encode()
+}
+
+func decodeBackendData(raw json.RawMessage) (int, route.MAC, error) {
+	d, err := DecodeLeaseData(raw)
+	return d.VNI, d.VtepMAC, err
+}
