@@ -145,8 +145,12 @@ func (b *Backend) apply() error {
 	return nil
 }
 
-// desired turns the peer leases into routes, skipping (with one warning
-// per peer and problem) the leases this backend cannot use.
+// desired turns the peer leases into routes. The caller checked the
+// peers (Sync's contract); what is checked here protects the kernel all
+// the same: a lease that would make a route this backend cannot express
+// (no IPv4 gateway) or would not recognise as its own after a restart
+// (outside the network, so never removed) is skipped, with one warning
+// per peer and problem.
 func (b *Backend) desired() route.State {
 	var s route.State
 	problems := map[netip.Prefix]string{}
@@ -156,14 +160,10 @@ func (b *Backend) desired() route.State {
 		switch {
 		case !sn.IsValid() || sn == b.own:
 			continue
-		case p.Attrs.BackendType != Type:
-			problem = fmt.Sprintf("backend type %q, not %q", p.Attrs.BackendType, Type)
 		case !b.network.Contains(sn.Addr()) || sn.Bits() < b.network.Bits():
 			problem = fmt.Sprintf("subnet outside network %s", b.network)
 		case !ip.Is4():
 			problem = "no IPv4 PublicIP"
-		case ip == b.ext.IfaceAddr:
-			problem = "PublicIP is this host's own address"
 		default:
 			s.Routes = append(s.Routes, route.Route{Dst: sn, Gw: ip, LinkIndex: b.ext.Index})
 			continue

@@ -214,8 +214,13 @@ func (b *Backend) apply() error {
 	return nil
 }
 
-// desired turns the peer leases into entries, skipping (with one warning
-// per peer and problem) the leases this backend cannot use.
+// desired turns the peer leases into entries. The caller checked the
+// peers (Sync's contract); what is checked here protects the kernel all
+// the same: a lease whose BackendData does not decode, whose VNI is not
+// ours or whose MAC another peer uses, or that would make an entry this
+// backend would not recognise as its own after a restart (outside the
+// network, so never removed) is skipped, with one warning per peer and
+// problem.
 func (b *Backend) desired() route.State {
 	n := len(b.peers)
 	s := route.State{Routes: make([]route.Route, 0, n), Neighs: make([]route.Neigh, 0, n), FDB: make([]route.FDB, 0, n)}
@@ -233,17 +238,11 @@ func (b *Backend) desired() route.State {
 		switch {
 		case !sn.IsValid() || sn == b.own:
 			continue
-		case p.Attrs.BackendType != Type:
-			skip(p, fmt.Sprintf("backend type %q, not %q", p.Attrs.BackendType, Type))
-			continue
 		case !b.network.Contains(sn.Addr()) || sn.Bits() < b.network.Bits():
 			skip(p, fmt.Sprintf("subnet outside network %s", b.network))
 			continue
 		case !p.Attrs.PublicIP.Is4():
 			skip(p, "no IPv4 PublicIP")
-			continue
-		case p.Attrs.PublicIP == b.ext.ExtAddr:
-			skip(p, "PublicIP is this host's own address")
 			continue
 		}
 		d := b.decode(p)
