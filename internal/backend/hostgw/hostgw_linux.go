@@ -183,7 +183,7 @@ func (b *Backend) owns(r route.Route) bool {
 }
 
 func (b *Backend) load() error {
-	routes, err := route.ListRoutes(b.nl, b.owns)
+	routes, err := route.ListRoutes(b.nl, netlink.FAMILY_V4, b.owns)
 	if err != nil {
 		return fmt.Errorf("host-gw: %w", err)
 	}

@@ -319,11 +319,11 @@ func (b *Backend) owns(r route.Route) bool {
 // load replaces the table's record with the owned entries in the kernel.
 func (b *Backend) load() error {
 	idx := b.link.Attrs().Index
-	routes, err := route.ListRoutes(b.nl, b.owns)
+	routes, err := route.ListRoutes(b.nl, netlink.FAMILY_V4, b.owns)
 	if err != nil {
 		return fmt.Errorf("vxlan: %w", err)
 	}
-	neighs, err := route.ListNeighs(b.nl, idx)
+	neighs, err := route.ListNeighs(b.nl, netlink.FAMILY_V4, idx)
 	if err != nil {
 		return fmt.Errorf("vxlan: %w", err)
 	}
