@@ -148,9 +148,9 @@ func (h *host) count(t testing.TB) *countingNL {
 	}
 	t.Cleanup(nh.Close)
 	c := &countingNL{netlinker: nh}
-	applied := h.b.tab.Applied()
-	h.b.nl, h.b.tab = c, route.NewTable(c)
-	h.b.tab.Load(applied)
+	applied := h.b.f.Table.Applied()
+	h.b.nl, h.b.f.Table = c, route.NewTable(c)
+	h.b.f.Table.Load(applied)
 	return c
 }
 

@@ -216,8 +216,8 @@ func (h *host) count(t testing.TB) *countingNL {
 	t.Cleanup(nh.Close)
 	c := &countingNL{netlinker: nh}
 	h.b.nl = c
-	applied := h.b.tab.Applied()
-	h.b.tab = route.NewTable(c)
-	h.b.tab.Load(applied)
+	applied := h.b.f.Table.Applied()
+	h.b.f.Table = route.NewTable(c)
+	h.b.f.Table.Load(applied)
 	return c
 }
