@@ -122,8 +122,7 @@ func newHarness(t *testing.T, config string) *harness {
 		ConfigRetryBase: 5 * time.Millisecond, RepairInterval: time.Hour, RulesResync: time.Hour,
 	}, Deps{
 		Store:    h.store,
-		Backends: map[string]backend.Def{"vxlan": {Info: backend.Info{Type: "vxlan", TypedLeases: true},
-			New: func(backend.Config) (backend.Backend, error) { return h.be, nil }}},
+		Backends: map[string]backend.Def{"vxlan": {Info: backend.Info{Type: "vxlan", TypedLeases: true}, New: func(backend.Config) (backend.Backend, error) { return h.be, nil }}},
 		Ext: func(bool) (iface.ExtIface, error) {
 			a := netip.MustParseAddr("192.168.0.1")
 			return iface.ExtIface{Name: "eth0", Index: 2, MTU: 1500, IfaceAddr: a, ExtAddr: a}, nil

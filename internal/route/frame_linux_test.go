@@ -16,7 +16,9 @@ func TestFrame(t *testing.T) {
 	lb := &logbuf.Buffer{Echo: func(l string) { t.Log(l) }}
 	released := 0
 	// Peers are subnet numbers; odd ones are skipped.
-	even := func(ids []int) []int { return slices.DeleteFunc(slices.Clone(ids), func(id int) bool { return id%2 == 1 }) }
+	even := func(ids []int) []int {
+		return slices.DeleteFunc(slices.Clone(ids), func(id int) bool { return id%2 == 1 })
+	}
 	var f *Frame[int]
 	f = NewFrame("test", lb.Logger(), func(ids []int) State {
 		for _, id := range ids {
