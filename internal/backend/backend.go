@@ -90,7 +90,9 @@ type Backend interface {
 	// Sync makes the datapath forward to exactly these peers: entries for
 	// peers not in the list are removed, missing ones added, changed ones
 	// replaced. It is idempotent and cheap when nothing changed: it diffs
-	// against what it applied, not against a kernel dump.
+	// against what it applied, not against a kernel dump. The caller has
+	// checked the peers (inside the network, not ours, Info.CheckPeer);
+	// a backend still skips, with a warning, a lease it cannot program.
 	Sync(ctx context.Context, peers []lease.Lease) error
 	// Repair re-reads kernel state and restores what was removed behind the
 	// backend's back (a deleted device, a deleted route), then re-applies
