@@ -56,15 +56,16 @@ type Info struct {
 	Device func(opts, ownData json.RawMessage) string
 	// ValidatePeer, optional, says why a peer lease (already of this
 	// type, when TypedLeases) cannot be used by the backend, e.g.
-	// BackendData that does not decode. The daemon calls it before Sync;
-	// Sync still skips what it cannot use, so the kernel is never
-	// programmed from a bad lease.
+	// BackendData that does not decode. It may decode JSON, so a caller
+	// with thousands of peers calls it when a lease changes, not on
+	// every Sync. Sync still skips what it cannot use, so the kernel is
+	// never programmed from a bad lease.
 	ValidatePeer func(lease.Lease) error
 }
 
-// CheckPeer applies a peer lease the backend's own rules: the type check
-// of typed backends, then ValidatePeer. It is what the daemon asks of a
-// backend on top of its generic checks (subnet inside the network, not
+// CheckPeer applies the backend's own rules to a peer lease: the type
+// check of typed backends, then ValidatePeer. It is what a caller asks of
+// a backend on top of the generic checks (subnet inside the network, not
 // ours, a PublicIP that is not ours).
 func (i Info) CheckPeer(l lease.Lease) error {
 	if i.TypedLeases && l.Attrs.BackendType != i.Type {

@@ -600,10 +600,10 @@ func checkPeer(nc *netconf.Config, own lease.Lease, be backend.Info, l lease.Lea
 	if l.Subnet6.IsValid() && own.Subnet6.IsValid() && l.Subnet6.Overlaps(own.Subnet6) {
 		return fmt.Sprintf("subnet %s overlaps this host's subnet %s", l.Subnet6, own.Subnet6)
 	}
-	// The backend's own rules: its type, for backends whose leases carry
-	// one, and whatever else it needs of a lease.
-	if err := be.CheckPeer(l); err != nil {
-		return err.Error()
+	// Only backends whose leases carry a type (not udp and alloc, as
+	// upstream) filter by type.
+	if be.TypedLeases && l.Attrs.BackendType != be.Type {
+		return fmt.Sprintf("backend %q, this host runs %q", l.Attrs.BackendType, be.Type)
 	}
 	return ""
 }

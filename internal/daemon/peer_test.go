@@ -40,11 +40,7 @@ func TestCheckPeer(t *testing.T) {
 		{"udp takes untyped", "udp", peer("10.5.2.0/24", "192.168.0.2", ""), ""},
 		{"alloc takes any", "alloc", peer("10.5.2.0/24", "192.168.0.2", "vxlan"), ""},
 	}
-	// The backends' own facts, without vxlan's BackendData check: these
-	// leases carry none.
-	vx := vxlan.Info
-	vx.ValidatePeer = nil
-	infos := map[string]backend.Info{vxlan.Type: vx, udp.Type: udp.Info, alloc.Type: alloc.Info}
+	infos := map[string]backend.Info{vxlan.Type: vxlan.Info, udp.Type: udp.Info, alloc.Type: alloc.Info}
 	for _, c := range cases {
 		got := checkPeer(nc, own, infos[c.be], c.l)
 		if (c.reason == "") != (got == "") || !strings.Contains(got, c.reason) {
