@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -17,6 +16,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/flannel-go/flannel/internal/backend/vxlan"
 	"github.com/flannel-go/flannel/internal/backoff"
 	"github.com/flannel-go/flannel/internal/lab"
 	"github.com/flannel-go/flannel/internal/lease"
@@ -385,7 +385,7 @@ func fakeLeases(backendType string, own netip.Prefix, n int) []lease.Lease {
 		}
 		if backendType == "vxlan" {
 			mac := route.MAC{0x0e, 0, 0, byte(k >> 16), byte(k >> 8), byte(k)}
-			a.BackendData = fmt.Appendf(nil, `{"VNI":1,"VtepMAC":%q}`, mac)
+			a.BackendData = vxlan.LeaseData{VNI: 1, VtepMAC: mac}.Encode()
 		}
 		out = append(out, lease.Lease{Subnet: sn, Attrs: a})
 	}
@@ -409,16 +409,12 @@ func expectedEntries(backendType string, leases []lease.Lease) (lab.Entries, err
 		if backendType != "vxlan" {
 			continue
 		}
-		var bd struct{ VtepMAC string }
-		if err := json.Unmarshal(l.Attrs.BackendData, &bd); err != nil {
-			return lab.Entries{}, fmt.Errorf("fake lease %s: %w", l.Subnet, err)
-		}
-		mac, err := route.ParseMAC(bd.VtepMAC)
+		d, err := vxlan.DecodeLeaseData(l.Attrs.BackendData)
 		if err != nil {
 			return lab.Entries{}, fmt.Errorf("fake lease %s: %w", l.Subnet, err)
 		}
-		e.Neighs = append(e.Neighs, lab.NeighEntry{IP: l.Subnet.Addr(), MAC: mac})
-		e.FDB = append(e.FDB, lab.FDBEntry{MAC: mac, Dst: l.Attrs.PublicIP})
+		e.Neighs = append(e.Neighs, lab.NeighEntry{IP: l.Subnet.Addr(), MAC: d.VtepMAC})
+		e.FDB = append(e.FDB, lab.FDBEntry{MAC: d.VtepMAC, Dst: l.Attrs.PublicIP})
 	}
 	return e, nil
 }

@@ -57,7 +57,11 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 	log := newLogger(o, stderr)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := serve(ctx, o, log); err != nil {
+	// The udp backend's settings that concern the whole process are
+	// decided here: offloads come from the environment, and the datapath
+	// may take one more P per forwarding loop.
+	udpOpts := udp.Options{Offloads: getenv(udp.OffloadEnv), RaiseGOMAXPROCS: true}
+	if err := serve(ctx, o, udpOpts, log); err != nil {
 		log.Error("exiting", "err", err)
 		return 1
 	}
@@ -77,28 +81,21 @@ func newLogger(o *options, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, hopts))
 }
 
-// backends is every datapath this flanneld can run, by config Type. The
-// udp backend's counters are exported through udpStats.
-func backends(udpStats *metrics.UDPCollector) map[string]backend.Factory {
-	return map[string]backend.Factory{
-		"vxlan":   vxlan.New,
-		"host-gw": hostgw.New,
-		"udp": func(c backend.Config) (backend.Backend, error) {
-			b, err := udp.New(c)
-			if s, ok := b.(metrics.UDPStatser); ok && err == nil {
-				udpStats.Set(s)
-			}
-			return b, err
-		},
-		"alloc": alloc.New,
+// backends is every datapath this flanneld can run, by config Type.
+func backends(udpOpts udp.Options) map[string]backend.Def {
+	return map[string]backend.Def{
+		vxlan.Type:  {Info: vxlan.Info, New: vxlan.New},
+		hostgw.Type: {Info: hostgw.Info, New: hostgw.New},
+		udp.Type:    {Info: udp.Info, New: udpOpts.New},
+		alloc.Type:  {Info: alloc.Info, New: alloc.New},
 	}
 }
 
-func serve(ctx context.Context, o *options, log *slog.Logger) error {
+func serve(ctx context.Context, o *options, udpOpts udp.Options, log *slog.Logger) error {
 	log.Info("starting flanneld", "version", version.Version, "etcd", o.etcdEndpoints, "prefix", o.etcdPrefix)
 	m := metrics.New()
-	udpStats := &metrics.UDPCollector{}
-	if err := m.Register(udpStats); err != nil {
+	udpOpts.Collector = &udp.Collector{}
+	if err := m.Register(udpOpts.Collector); err != nil {
 		return err
 	}
 	store, closeStore, err := openStore(o, log, m)
@@ -120,8 +117,8 @@ func serve(ctx context.Context, o *options, log *slog.Logger) error {
 		BlackholeRoute: o.ipBlackholeRoute,
 	}, daemon.Deps{
 		Source:   src,
-		Backends: backends(udpStats),
-		Ext: func(ipv6 bool) (backend.ExtIface, error) {
+		Backends: backends(udpOpts),
+		Ext: func(ipv6 bool) (iface.ExtIface, error) {
 			return iface.Lookup(iface.Options{
 				Ifaces: o.ifaces, Regexes: o.ifaceRegexes, CanReach: o.ifaceCanReach,
 				PublicIP: o.publicIP, PublicIPv6: o.publicIPv6, IPv6: ipv6,

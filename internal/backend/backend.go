@@ -6,35 +6,76 @@ package backend
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
-	"net/netip"
 
+	"github.com/flannel-go/flannel/internal/iface"
 	"github.com/flannel-go/flannel/internal/lease"
 	"github.com/flannel-go/flannel/internal/netconf"
 )
-
-// ExtIface is the external (underlay) interface flanneld sends through.
-type ExtIface struct {
-	Name  string
-	Index int
-	MTU   int
-
-	IfaceAddr  netip.Addr // IPv4 address on the interface
-	ExtAddr    netip.Addr // IPv4 advertised to peers (--public-ip, else IfaceAddr)
-	IfaceAddr6 netip.Addr // IPv6 counterparts; invalid when IPv6 is off
-	ExtAddr6   netip.Addr
-}
 
 // Config is what a Factory gets to build a backend.
 type Config struct {
 	Options json.RawMessage // the config's Backend object, Type included
 	Network *netconf.Config
-	Ext     ExtIface
+	Ext     iface.ExtIface
 	Log     *slog.Logger
 }
 
 // Factory builds a backend; it validates options but touches no kernel state.
 type Factory func(Config) (Backend, error)
+
+// Def is one backend as flanneld's main offers it to the daemon: its facts
+// and its constructor, listed explicitly by config type, e.g.
+//
+//	map[string]backend.Def{vxlan.Type: {Info: vxlan.Info, New: vxlan.New}, …}
+type Def struct {
+	Info Info
+	New  Factory
+}
+
+// Info is what a backend package states about itself, so that the daemon,
+// flannelctl and the doctor need not know backends by name. Each backend
+// package exports one as its Info variable.
+type Info struct {
+	// Type is the backend's name in the config's Backend.Type.
+	Type string
+	// TypedLeases says whether the backend's leases carry BackendType
+	// (and only then BackendData). udp and alloc leases carry neither, as
+	// upstream writes them, so a peer's type can be checked only when
+	// this is true: a typed backend must ignore leases of another type.
+	TypedLeases bool
+	// Overhead is what the encapsulation adds to each packet on the
+	// underlay, in bytes: the container MTU is the underlay MTU minus it.
+	Overhead int
+	// Device names the overlay device for the config's Backend object
+	// opts and, when not empty, ownData, the BackendData of this host's
+	// own lease, which says what the running flanneld set up and so wins
+	// over opts. It returns "" for backends without a device. It must
+	// accept malformed input (it is used to diagnose broken setups).
+	Device func(opts, ownData json.RawMessage) string
+	// ValidatePeer, optional, says why a peer lease (already of this
+	// type, when TypedLeases) cannot be used by the backend, e.g.
+	// BackendData that does not decode. It may decode JSON, so a caller
+	// with thousands of peers calls it when a lease changes, not on
+	// every Sync. Sync still skips what it cannot use, so the kernel is
+	// never programmed from a bad lease.
+	ValidatePeer func(lease.Lease) error
+}
+
+// CheckPeer applies the backend's own rules to a peer lease: the type
+// check of typed backends, then ValidatePeer. It is what a caller asks of
+// a backend on top of the generic checks (subnet inside the network, not
+// ours, a PublicIP that is not ours).
+func (i Info) CheckPeer(l lease.Lease) error {
+	if i.TypedLeases && l.Attrs.BackendType != i.Type {
+		return fmt.Errorf("backend %q, this host runs %q", l.Attrs.BackendType, i.Type)
+	}
+	if i.ValidatePeer != nil {
+		return i.ValidatePeer(l)
+	}
+	return nil
+}
 
 // Backend is one datapath. The daemon calls Init once, then Configure once
 // with the acquired lease, then Sync after every change to the set of peers
@@ -50,7 +91,9 @@ type Backend interface {
 	// Sync makes the datapath forward to exactly these peers: entries for
 	// peers not in the list are removed, missing ones added, changed ones
 	// replaced. It is idempotent and cheap when nothing changed: it diffs
-	// against what it applied, not against a kernel dump.
+	// against what it applied, not against a kernel dump. The caller has
+	// checked the peers (inside the network, not ours, Info.CheckPeer);
+	// a backend still skips, with a warning, a lease it cannot program.
 	Sync(ctx context.Context, peers []lease.Lease) error
 	// Repair re-reads kernel state and restores what was removed behind the
 	// backend's back (a deleted device, a deleted route), then re-applies

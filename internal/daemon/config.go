@@ -49,7 +49,7 @@ func (d *Daemon) tryConfig(ctx context.Context) (string, error) {
 	if err != nil {
 		return fmt.Sprintf("invalid network config: %v", err), err
 	}
-	factory, ok := d.deps.Backends[nc.BackendType]
+	def, ok := d.deps.Backends[nc.BackendType]
 	if !ok {
 		err := fmt.Errorf("config: Backend.Type %q is not a known backend (known: %s)", nc.BackendType, d.knownBackends())
 		return err.Error(), err
@@ -58,7 +58,7 @@ func (d *Daemon) tryConfig(ctx context.Context) (string, error) {
 	if err != nil {
 		return fmt.Sprintf("external interface: %v", err), err
 	}
-	be, err := factory(backend.Config{Options: nc.Backend, Network: nc, Ext: ext, Log: d.log})
+	be, err := def.New(backend.Config{Options: nc.Backend, Network: nc, Ext: ext, Log: d.log})
 	if err != nil {
 		return fmt.Sprintf("invalid network config: backend %s: %v", nc.BackendType, err), err
 	}
@@ -66,7 +66,7 @@ func (d *Daemon) tryConfig(ctx context.Context) (string, error) {
 	if err != nil {
 		return fmt.Sprintf("traffic rules: %v", err), err
 	}
-	d.net, d.ext, d.be, d.beType, d.rules = nc, ext, be, nc.BackendType, rules
+	d.net, d.ext, d.be, d.beType, d.beInfo, d.rules = nc, ext, be, nc.BackendType, def.Info, rules
 	return "", nil
 }
 

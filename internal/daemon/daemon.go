@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/flannel-go/flannel/internal/backend"
+	"github.com/flannel-go/flannel/internal/iface"
 	"github.com/flannel-go/flannel/internal/lease"
 	"github.com/flannel-go/flannel/internal/masq"
 	"github.com/flannel-go/flannel/internal/metrics"
@@ -52,10 +53,10 @@ type Rules interface {
 type Deps struct {
 	// Source is where the config and the leases come from.
 	Source   lease.Source
-	Backends map[string]backend.Factory
+	Backends map[string]backend.Def
 	// Ext chooses the external interface; ipv6 says whether an IPv6
 	// address is needed too.
-	Ext func(ipv6 bool) (backend.ExtIface, error)
+	Ext func(ipv6 bool) (iface.ExtIface, error)
 	// NewRules returns the rule manager for the config's EnableNFTables.
 	NewRules func(nftables bool) (Rules, error)
 	// Notify is called once subnet.env is written (sd_notify READY=1).
@@ -78,15 +79,17 @@ type Daemon struct {
 
 	// Set during start-up, then owned by the run loop.
 	net     *netconf.Config
-	ext     backend.ExtIface
+	ext     iface.ExtIface
 	be      backend.Backend
 	beType  string
+	beInfo  backend.Info
 	rules   Rules
 	own     lease.Lease
 	mtu     int
 	leases  map[string]lease.Lease // by key, every lease in the feed (ours too)
 	applied map[string]lease.Lease // what the backend was last given
 	warned  map[string]string      // key → reason last warned about
+	vetted  map[string]vetted      // key → the backend's verdict on its value
 }
 
 // New returns a daemon; Run starts it.

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"encoding/json"
 	"log/slog"
 	"net/netip"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/flannel-go/flannel/internal/backend"
+	"github.com/flannel-go/flannel/internal/iface"
 	"github.com/flannel-go/flannel/internal/lease"
 	"github.com/flannel-go/flannel/internal/lease/leasetest"
 	"github.com/flannel-go/flannel/internal/logbuf"
@@ -121,10 +123,10 @@ func newHarness(t *testing.T, config string) *harness {
 		ConfigRetryBase: 5 * time.Millisecond, RepairInterval: time.Hour, RulesResync: time.Hour,
 	}, Deps{
 		Source:   lease.NewStoreSource(h.store, lease.StoreSourceOptions{Prefix: "/coreos.com/network", RenewMargin: time.Minute}),
-		Backends: map[string]backend.Factory{"vxlan": func(backend.Config) (backend.Backend, error) { return h.be, nil }},
-		Ext: func(bool) (backend.ExtIface, error) {
+		Backends: map[string]backend.Def{"vxlan": {Info: backend.Info{Type: "vxlan", TypedLeases: true, ValidatePeer: needsVtepMAC}, New: func(backend.Config) (backend.Backend, error) { return h.be, nil }}},
+		Ext: func(bool) (iface.ExtIface, error) {
 			a := netip.MustParseAddr("192.168.0.1")
-			return backend.ExtIface{Name: "eth0", Index: 2, MTU: 1500, IfaceAddr: a, ExtAddr: a}, nil
+			return iface.ExtIface{Name: "eth0", Index: 2, MTU: 1500, IfaceAddr: a, ExtAddr: a}, nil
 		},
 		NewRules: func(bool) (Rules, error) { return h.rules, nil },
 		Log:      log,
@@ -321,4 +323,38 @@ func TestNoFreeSubnetWaitsInsteadOfExiting(t *testing.T) {
 	if got := h.d.Lease().Subnet.String(); got != "10.5.0.8/30" {
 		t.Errorf("got %s, want the freed 10.5.0.8/30", got)
 	}
+}
+
+// needsVtepMAC stands in for vxlan's BackendData check.
+func needsVtepMAC(l lease.Lease) error {
+	if !strings.Contains(string(l.Attrs.BackendData), "VtepMAC") {
+		return errors.New("BackendData has no VtepMAC")
+	}
+	return nil
+}
+
+// A lease the backend cannot use (Info.ValidatePeer) is ignored with one
+// warning naming it and the backend's reason; once fixed, it is a peer.
+func TestBackendRejectedPeerIsIgnoredUntilFixed(t *testing.T) {
+	h := newHarness(t, goodConfig)
+	defer h.stop()
+	waitUntil(t, "ready", h.d.Ready)
+	ctx := context.Background()
+	bad := peerLease("10.5.202.0/24", "192.168.0.3")
+	bad.Attrs.BackendData = json.RawMessage(`{"VNI":1}`)
+	l, err := h.store.Create(ctx, bad, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "a warning naming the lease and the reason", func() bool {
+		return strings.Contains(h.logs.String(), "10.5.202.0-24") && strings.Contains(h.logs.String(), "no VtepMAC")
+	})
+	if got := h.be.lastPeers(); len(got) != 0 {
+		t.Errorf("peers with only a rejected lease = %v, want none", got)
+	}
+	l.Attrs = peerLease("10.5.202.0/24", "192.168.0.3").Attrs
+	if _, err := h.store.Renew(ctx, l, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the fixed lease in Sync", func() bool { return strings.Join(h.be.lastPeers(), ",") == "10.5.202.0/24" })
 }

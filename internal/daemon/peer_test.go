@@ -5,6 +5,10 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/flannel-go/flannel/internal/backend"
+	"github.com/flannel-go/flannel/internal/backend/alloc"
+	"github.com/flannel-go/flannel/internal/backend/udp"
+	"github.com/flannel-go/flannel/internal/backend/vxlan"
 	"github.com/flannel-go/flannel/internal/lease"
 	"github.com/flannel-go/flannel/internal/netconf"
 )
@@ -36,8 +40,9 @@ func TestCheckPeer(t *testing.T) {
 		{"udp takes untyped", "udp", peer("10.5.2.0/24", "192.168.0.2", ""), ""},
 		{"alloc takes any", "alloc", peer("10.5.2.0/24", "192.168.0.2", "vxlan"), ""},
 	}
+	infos := map[string]backend.Info{vxlan.Type: vxlan.Info, udp.Type: udp.Info, alloc.Type: alloc.Info}
 	for _, c := range cases {
-		got := checkPeer(nc, own, c.be, c.l)
+		got := checkPeer(nc, own, infos[c.be], c.l)
 		if (c.reason == "") != (got == "") || !strings.Contains(got, c.reason) {
 			t.Errorf("%s: checkPeer = %q, want %q", c.name, got, c.reason)
 		}

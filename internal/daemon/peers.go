@@ -1,11 +1,13 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"slices"
 	"time"
 
+	"github.com/flannel-go/flannel/internal/backend"
 	"github.com/flannel-go/flannel/internal/lease"
 	"github.com/flannel-go/flannel/internal/netconf"
 )
@@ -46,9 +48,12 @@ func (d *Daemon) sync(ctx context.Context) {
 	now := make(map[string]lease.Lease, len(peers))
 	overlapped := overlaps(d.net.SubnetLen, peers)
 	for k, l := range peers {
-		reason := checkPeer(d.net, d.own, d.beType, l)
+		reason := checkPeer(d.net, d.own, d.beInfo, l)
 		if reason == "" {
 			reason = overlapped[k]
+		}
+		if reason == "" {
+			reason = d.vet(k, l)
 		}
 		if reason != "" {
 			if d.warned[k] != reason {
@@ -67,6 +72,11 @@ func (d *Daemon) sync(ctx context.Context) {
 	for k := range d.warned {
 		if _, ok := peers[k]; !ok {
 			delete(d.warned, k)
+		}
+	}
+	for k := range d.vetted {
+		if _, ok := peers[k]; !ok {
+			delete(d.vetted, k)
 		}
 	}
 	slices.SortFunc(valid, func(a, b lease.Lease) int { return a.Subnet.Addr().Compare(b.Subnet.Addr()) })
@@ -109,7 +119,7 @@ func (d *Daemon) sync(ctx context.Context) {
 }
 
 // checkPeer says why a peer lease must not become a route, or "".
-func checkPeer(nc *netconf.Config, own lease.Lease, beType string, l lease.Lease) string {
+func checkPeer(nc *netconf.Config, own lease.Lease, be backend.Info, l lease.Lease) string {
 	sn := l.Subnet
 	switch {
 	case !sn.IsValid():
@@ -128,10 +138,44 @@ func checkPeer(nc *netconf.Config, own lease.Lease, beType string, l lease.Lease
 	if l.Subnet6.IsValid() && own.Subnet6.IsValid() && l.Subnet6.Overlaps(own.Subnet6) {
 		return fmt.Sprintf("subnet %s overlaps this host's subnet %s", l.Subnet6, own.Subnet6)
 	}
-	// udp and alloc leases carry no BackendType (as upstream), so only the
-	// typed backends filter by type.
-	if beType != "udp" && beType != "alloc" && l.Attrs.BackendType != beType {
-		return fmt.Sprintf("backend %q, this host runs %q", l.Attrs.BackendType, beType)
+	// Only backends whose leases carry a type (not udp and alloc, as
+	// upstream) filter by type.
+	if be.TypedLeases && l.Attrs.BackendType != be.Type {
+		return fmt.Sprintf("backend %q, this host runs %q", l.Attrs.BackendType, be.Type)
 	}
 	return ""
+}
+
+// vetted is the backend's verdict on one lease value.
+type vetted struct {
+	attrs  lease.Attrs
+	reason string
+}
+
+// vet returns the backend's objection to peer l (Info.ValidatePeer: vxlan
+// decodes its BackendData), asking again only when l's value changed, so
+// a sync of thousands of unchanged peers decodes nothing.
+func (d *Daemon) vet(k string, l lease.Lease) string {
+	if d.beInfo.ValidatePeer == nil {
+		return ""
+	}
+	if v, ok := d.vetted[k]; ok && sameAttrs(v.attrs, l.Attrs) {
+		return v.reason
+	}
+	reason := ""
+	if err := d.beInfo.ValidatePeer(l); err != nil {
+		reason = err.Error()
+	}
+	if d.vetted == nil {
+		d.vetted = map[string]vetted{}
+	}
+	d.vetted[k] = vetted{attrs: l.Attrs, reason: reason}
+	return reason
+}
+
+// sameAttrs compares byte for byte, which is cheaper than Attrs.Equal and
+// errs only towards asking the backend again.
+func sameAttrs(a, b lease.Attrs) bool {
+	return a.PublicIP == b.PublicIP && a.PublicIPv6 == b.PublicIPv6 && a.BackendType == b.BackendType &&
+		bytes.Equal(a.BackendData, b.BackendData) && bytes.Equal(a.BackendV6Data, b.BackendV6Data)
 }

@@ -11,6 +11,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/flannel-go/flannel/internal/backend"
+	"github.com/flannel-go/flannel/internal/backend/alloc"
+	"github.com/flannel-go/flannel/internal/backend/hostgw"
+	"github.com/flannel-go/flannel/internal/backend/udp"
+	"github.com/flannel-go/flannel/internal/backend/vxlan"
 	"github.com/flannel-go/flannel/internal/lease"
 	"github.com/flannel-go/flannel/internal/netconf"
 )
@@ -103,7 +108,7 @@ func roughly(d time.Duration) string {
 
 // backendOf is the backend a host runs: the config's type, which is what
 // every flanneld of the network uses. The lease's type is the fallback
-// (udp and alloc leases carry none).
+// (untyped backends' leases carry none).
 func backendOf(cfg *netconf.Config, own *lease.Lease) string {
 	if cfg != nil && cfg.BackendType != "" {
 		return cfg.BackendType
@@ -114,35 +119,41 @@ func backendOf(cfg *netconf.Config, own *lease.Lease) string {
 	return ""
 }
 
-// DeviceName is the overlay device of a backend: flannel.<VNI> for vxlan
-// (the VNI from the lease, else from the config, else 1), flannel0 for udp
-// and none for host-gw and alloc.
-func DeviceName(backend string, cfg *netconf.Config, own *lease.Lease) string {
-	switch backend {
-	case "vxlan":
-		vni := 1
-		var d struct{ VNI int }
-		if own != nil && json.Unmarshal(own.Attrs.BackendData, &d) == nil && d.VNI > 0 {
-			vni = d.VNI
-		} else if cfg != nil && json.Unmarshal(cfg.Backend, &d) == nil && d.VNI > 0 {
-			vni = d.VNI
-		}
-		return fmt.Sprintf("flannel.%d", vni)
-	case "udp":
-		return "flannel0"
+// backends are the facts of every backend the doctor can diagnose, from
+// the backend packages themselves.
+var backends = map[string]backend.Info{
+	vxlan.Type:  vxlan.Info,
+	hostgw.Type: hostgw.Info,
+	udp.Type:    udp.Info,
+	alloc.Type:  alloc.Info,
+}
+
+// DeviceName is the overlay device of a backend, "" for none or an unknown
+// backend: for vxlan flannel.<VNI>, the VNI from the own lease, else from
+// the config, else 1; flannel0 for udp.
+func DeviceName(name string, cfg *netconf.Config, own *lease.Lease) string {
+	info, ok := backends[name]
+	if !ok || info.Device == nil {
+		return ""
 	}
-	return ""
+	var opts, data json.RawMessage
+	if cfg != nil {
+		opts = cfg.Backend
+	}
+	if own != nil {
+		data = own.Attrs.BackendData
+	}
+	return info.Device(opts, data)
 }
 
 // overhead is what the backend adds to each packet on the underlay.
-func overhead(backend string) int {
-	switch backend {
-	case "vxlan":
-		return 50
-	case "udp":
-		return 28
-	}
-	return 0
+func overhead(name string) int { return backends[name].Overhead }
+
+// typedLeases says whether the backend's leases carry a BackendType; an
+// unknown backend is assumed to be typed, the common case.
+func typedLeases(name string) bool {
+	info, ok := backends[name]
+	return !ok || info.TypedLeases
 }
 
 func (h *host) checkDevice() []Finding {

@@ -19,7 +19,7 @@ func (h *host) peers() []lease.Lease {
 			continue
 		}
 		// A reservation no host has taken yet carries no backend data.
-		if l.Reserved() && l.Attrs.BackendType == "" && len(l.Attrs.BackendData) == 0 && h.backend != "udp" && h.backend != "alloc" {
+		if l.Reserved() && l.Attrs.BackendType == "" && len(l.Attrs.BackendData) == 0 && typedLeases(h.backend) {
 			continue
 		}
 		out = append(out, l)
@@ -50,7 +50,7 @@ func (h *host) checkPeers(ctx context.Context) []Finding {
 	var out []Finding
 	var peers []lease.Lease
 	for _, p := range h.peers() {
-		if h.backend != "udp" && p.Attrs.BackendType != h.backend {
+		if typedLeases(h.backend) && p.Attrs.BackendType != h.backend {
 			out = append(out, warn(c, "run the same backend on every host (the config's Backend.Type), then restart that host's flanneld",
 				"peer %s (%s) announces backend %q, this host runs %q: no route to it", p.Subnet, p.Attrs.PublicIP, p.Attrs.BackendType, h.backend))
 			continue
@@ -85,7 +85,7 @@ func (h *host) checkPeers(ctx context.Context) []Finding {
 			out = append(out, fail(c, h.unreachableFix(p),
 				"peer %s: %s does not answer through the overlay, though the host %s answers on the underlay", p.Subnet, dst, p.Attrs.PublicIP))
 		case p.Reserved():
-			// udp leases carry no backend data, so an untaken
+			// untyped leases carry no backend data, so an untaken
 			// reservation looks like a taken one until probed.
 			out = append(out, skip(c, "peer %s: reserved for %s, which does not answer: not up yet?", p.Subnet, p.Attrs.PublicIP))
 		default:

@@ -1,7 +1,3 @@
-// Package iface chooses the external (underlay) interface flanneld sends
-// through, and the address it advertises to peers, in upstream's order:
-// --iface, then --iface-regex, then --iface-can-reach, else the interface
-// carrying --public-ip, else the interface of the default route.
 package iface
 
 import (
@@ -14,8 +10,6 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
-
-	"github.com/flannel-go/flannel/internal/backend"
 )
 
 // Options are the interface-selection flags.
@@ -30,36 +24,36 @@ type Options struct {
 }
 
 // Lookup returns the external interface for o.
-func Lookup(o Options) (backend.ExtIface, error) {
+func Lookup(o Options) (ExtIface, error) {
 	var pub, pub6 netip.Addr
 	var err error
 	if o.PublicIP != "" {
 		if pub, err = netip.ParseAddr(o.PublicIP); err != nil || !pub.Is4() {
-			return backend.ExtIface{}, fmt.Errorf("--public-ip %q is not an IPv4 address", o.PublicIP)
+			return ExtIface{}, fmt.Errorf("--public-ip %q is not an IPv4 address", o.PublicIP)
 		}
 	}
 	if o.PublicIPv6 != "" {
 		if pub6, err = netip.ParseAddr(o.PublicIPv6); err != nil || !pub6.Is6() {
-			return backend.ExtIface{}, fmt.Errorf("--public-ipv6 %q is not an IPv6 address", o.PublicIPv6)
+			return ExtIface{}, fmt.Errorf("--public-ipv6 %q is not an IPv6 address", o.PublicIPv6)
 		}
 	}
 
 	link, addr, err := choose(o, pub)
 	if err != nil {
-		return backend.ExtIface{}, err
+		return ExtIface{}, err
 	}
 	attrs := link.Attrs()
 	if attrs.MTU == 0 {
-		return backend.ExtIface{}, fmt.Errorf("interface %s has MTU 0", attrs.Name)
+		return ExtIface{}, fmt.Errorf("interface %s has MTU 0", attrs.Name)
 	}
-	ext := backend.ExtIface{Name: attrs.Name, Index: attrs.Index, MTU: attrs.MTU, IfaceAddr: addr, ExtAddr: addr}
+	ext := ExtIface{Name: attrs.Name, Index: attrs.Index, MTU: attrs.MTU, IfaceAddr: addr, ExtAddr: addr}
 	if pub.IsValid() {
 		ext.ExtAddr = pub
 	}
 	if o.IPv6 {
 		a6, err := firstAddr(link, netlink.FAMILY_V6)
 		if err != nil {
-			return backend.ExtIface{}, err
+			return ExtIface{}, err
 		}
 		ext.IfaceAddr6, ext.ExtAddr6 = a6, a6
 		if pub6.IsValid() {

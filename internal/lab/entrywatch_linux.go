@@ -430,7 +430,7 @@ func CountEntries(nsName, dev string, gwIn netip.Prefix) (Counts, error) {
 		}
 		idx = l.Attrs().Index
 	}
-	rs, err := route.ListRoutes(nl, func(r route.Route) bool {
+	rs, err := route.ListRoutes(nl, netlink.FAMILY_V4, func(r route.Route) bool {
 		return r.LinkIndex == idx || (gwIn.IsValid() && gwIn.Contains(r.Gw))
 	})
 	if err != nil {
@@ -440,7 +440,7 @@ func CountEntries(nsName, dev string, gwIn netip.Prefix) (Counts, error) {
 	if idx < 0 {
 		return c, nil
 	}
-	neighs, err := route.ListNeighs(nl, idx)
+	neighs, err := route.ListNeighs(nl, netlink.FAMILY_V4, idx)
 	if err != nil {
 		return Counts{}, err
 	}

@@ -34,12 +34,16 @@ func Dump[T any](list func() ([]T, error)) ([]T, error) {
 	return nil, fmt.Errorf("dump still inconsistent after %d attempts: %w", dumpAttempts, err)
 }
 
-// ListRoutes returns the IPv4 unicast routes of the main table for which
-// keep is true. Multipath and TOS routes are never returned: no backend
-// makes them, so none can own them. Equivalent to: `ip -4 route show table main`.
-func ListRoutes(nl Lister, keep func(Route) bool) ([]Route, error) {
+// ListRoutes returns the unicast routes of family (netlink.FAMILY_V4 or
+// FAMILY_V6) in the main table for which keep is true. Multipath and TOS
+// routes are never returned: no backend makes them, so none can own them.
+// Equivalent to: `ip -4 route show table main` (or -6).
+func ListRoutes(nl Lister, family int, keep func(Route) bool) ([]Route, error) {
+	if err := checkFamily(family); err != nil {
+		return nil, err
+	}
 	nrs, err := Dump(func() ([]netlink.Route, error) {
-		return nl.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+		return nl.RouteListFiltered(family, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("route: list routes: %w", err)
@@ -52,6 +56,15 @@ func ListRoutes(nl Lister, keep func(Route) bool) ([]Route, error) {
 		}
 	}
 	return out, nil
+}
+
+// checkFamily refuses anything but IPv4 and IPv6: netlink's FAMILY_ALL
+// would mix both into one answer, which no caller expects.
+func checkFamily(family int) error {
+	if family != netlink.FAMILY_V4 && family != netlink.FAMILY_V6 {
+		return fmt.Errorf("route: address family %d is neither IPv4 nor IPv6", family)
+	}
+	return nil
 }
 
 func routeFrom(nr netlink.Route) (Route, bool) {
@@ -92,11 +105,15 @@ func prefixFrom(n *net.IPNet) (netip.Prefix, bool) {
 	return netip.PrefixFrom(a, ones).Masked(), true
 }
 
-// ListNeighs returns the permanent IPv4 neighbour entries of a link; the
-// kernel's own (reachable, stale, …) entries are not anyone's to manage.
-// Equivalent to: `ip -4 neigh show dev LINK nud permanent`.
-func ListNeighs(nl Lister, linkIndex int) ([]Neigh, error) {
-	ns, err := Dump(func() ([]netlink.Neigh, error) { return nl.NeighList(linkIndex, netlink.FAMILY_V4) })
+// ListNeighs returns the permanent neighbour entries of family
+// (netlink.FAMILY_V4 or FAMILY_V6) on a link; the kernel's own (reachable,
+// stale, …) entries are not anyone's to manage. Equivalent to:
+// `ip -4 neigh show dev LINK nud permanent` (or -6).
+func ListNeighs(nl Lister, family, linkIndex int) ([]Neigh, error) {
+	if err := checkFamily(family); err != nil {
+		return nil, err
+	}
+	ns, err := Dump(func() ([]netlink.Neigh, error) { return nl.NeighList(linkIndex, family) })
 	if err != nil {
 		return nil, fmt.Errorf("route: list neighbours of link %d: %w", linkIndex, err)
 	}

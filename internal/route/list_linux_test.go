@@ -8,8 +8,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flannel-go/flannel/internal/netnstest"
 	"github.com/vishvananda/netlink"
+
+	"github.com/flannel-go/flannel/internal/netnstest"
 )
 
 // TestListRoundTrip: what Set writes, the List functions read back as
@@ -65,11 +66,11 @@ func TestListRoundTrip(t *testing.T) {
 	}
 
 	inNet := func(r Route) bool { return netip.MustParsePrefix("10.5.0.0/16").Contains(r.Dst.Addr()) }
-	routes, err := ListRoutes(h, inNet)
+	routes, err := ListRoutes(h, netlink.FAMILY_V4, inNet)
 	if err != nil {
 		t.Fatal(err)
 	}
-	neighs, err := ListNeighs(h, dev)
+	neighs, err := ListNeighs(h, netlink.FAMILY_V4, dev)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,6 +98,62 @@ func TestListRoundTrip(t *testing.T) {
 	}
 	if out != exp {
 		t.Errorf("ip route show dev flannel.1:\n%s\nwant\n%s", out, exp)
+	}
+}
+
+// TestListFamily: each listing returns only the family asked for, so an
+// IPv6 datapath can list its own entries next to the IPv4 ones.
+func TestListFamily(t *testing.T) {
+	n := netnstest.New(t, "fbk")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for _, args := range [][]string{
+		{"link", "add", "eth0", "type", "veth", "peer", "name", "eth0p"},
+		{"addr", "add", "192.168.0.1/24", "dev", "eth0"},
+		{"addr", "add", "fd00:1::1/64", "dev", "eth0", "nodad"},
+		{"link", "set", "eth0", "up"},
+		{"link", "set", "eth0p", "up"},
+		{"route", "add", "10.5.2.0/24", "via", "192.168.0.2"},
+		{"-6", "route", "add", "fd00:5:2::/64", "via", "fd00:1::2"},
+		{"neigh", "add", "192.168.0.9", "lladdr", "02:00:00:00:00:09", "dev", "eth0", "nud", "permanent"},
+		{"-6", "neigh", "add", "fd00:1::9", "lladdr", "02:00:00:00:00:69", "dev", "eth0", "nud", "permanent"},
+	} {
+		if _, err := n.Run(ctx, "ip", args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h, err := n.Handle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	eth, err := h.LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx := eth.Attrs().Index
+	withGw := func(r Route) bool { return r.Gw.IsValid() }
+	for _, tc := range []struct {
+		family     int
+		route, nei string
+	}{
+		{netlink.FAMILY_V4, "10.5.2.0/24", "192.168.0.9"},
+		{netlink.FAMILY_V6, "fd00:5:2::/64", "fd00:1::9"},
+	} {
+		routes, err := ListRoutes(h, tc.family, withGw)
+		if err != nil || len(routes) != 1 || routes[0].Dst != netip.MustParsePrefix(tc.route) {
+			t.Errorf("ListRoutes(family %d) = %v, %v; want only %s", tc.family, routes, err, tc.route)
+		}
+		neighs, err := ListNeighs(h, tc.family, idx)
+		if err != nil || len(neighs) != 1 || neighs[0].IP != netip.MustParseAddr(tc.nei) {
+			t.Errorf("ListNeighs(family %d) = %v, %v; want only %s", tc.family, neighs, err, tc.nei)
+		}
+	}
+	if _, err := ListRoutes(h, netlink.FAMILY_ALL, withGw); err == nil {
+		t.Error("ListRoutes accepted FAMILY_ALL")
+	}
+	if _, err := ListNeighs(h, netlink.FAMILY_ALL, idx); err == nil {
+		t.Error("ListNeighs accepted FAMILY_ALL")
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"fmt"
 
 	"github.com/flannel-go/flannel/internal/backend"
+	"github.com/flannel-go/flannel/internal/iface"
 	"github.com/flannel-go/flannel/internal/lease"
 )
 
@@ -17,9 +18,16 @@ import (
 // BackendType, as upstream's do not.
 const Type = "alloc"
 
+// Info is what the alloc backend states about itself: untyped leases, no
+// device, no encapsulation.
+var Info = backend.Info{
+	Type:   Type,
+	Device: func(opts, ownData json.RawMessage) string { return "" },
+}
+
 // Backend allocates and does nothing else.
 type Backend struct {
-	ext backend.ExtIface
+	ext iface.ExtIface
 }
 
 var _ backend.Backend = (*Backend)(nil)

@@ -7,11 +7,12 @@ import (
 	"testing"
 
 	"github.com/flannel-go/flannel/internal/backend"
+	"github.com/flannel-go/flannel/internal/iface"
 	"github.com/flannel-go/flannel/internal/lease"
 )
 
 func TestAlloc(t *testing.T) {
-	ext := backend.ExtIface{Name: "eth0", Index: 2, MTU: 9001,
+	ext := iface.ExtIface{Name: "eth0", Index: 2, MTU: 9001,
 		IfaceAddr: netip.MustParseAddr("10.0.0.5"), ExtAddr: netip.MustParseAddr("203.0.113.5")}
 	b, err := New(backend.Config{Options: json.RawMessage(`{"Type":"alloc"}`), Ext: ext})
 	if err != nil {

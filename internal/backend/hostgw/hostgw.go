@@ -27,6 +27,14 @@ import (
 // Type is the backend's name in the config and in leases.
 const Type = "host-gw"
 
+// Info is what the host-gw backend states about itself: typed leases, no
+// device, no encapsulation.
+var Info = backend.Info{
+	Type:        Type,
+	TypedLeases: true,
+	Device:      func(opts, ownData json.RawMessage) string { return "" },
+}
+
 // New checks that the backend can work on this host; it touches no kernel
 // state. host-gw has no options; unknown keys are ignored, as upstream does.
 func New(cfg backend.Config) (backend.Backend, error) {

@@ -6,12 +6,12 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"slices"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/flannel-go/flannel/internal/backend"
+	"github.com/flannel-go/flannel/internal/iface"
 	"github.com/flannel-go/flannel/internal/lease"
 	"github.com/flannel-go/flannel/internal/route"
 )
@@ -25,18 +25,13 @@ type netlinker interface {
 
 // Backend is the host-gw datapath of one host.
 type Backend struct {
-	ext     backend.ExtIface
+	ext     iface.ExtIface
 	network netip.Prefix
 	log     *slog.Logger
 
-	nl      netlinker
-	closeNL func()
-	closed  bool
-
-	own    netip.Prefix // our lease's subnet; invalid before Configure
-	tab    *route.Table
-	peers  []lease.Lease           // the last Sync's input, which Repair re-applies
-	warned map[netip.Prefix]string // subnet → the problem already logged
+	nl  netlinker
+	f   *route.Frame[lease.Lease] // the Table, the last Sync's peers, Close
+	own netip.Prefix              // our lease's subnet; invalid before Configure
 }
 
 var _ backend.Backend = (*Backend)(nil)
@@ -49,18 +44,19 @@ func newBackend(cfg backend.Config) (backend.Backend, error) {
 	if cfg.Network.EnableIPv6 {
 		log.Warn("host-gw: IPv6 is enabled but only the IPv4 datapath is implemented; IPv6 subnets get no routes")
 	}
-	return &Backend{
+	b := &Backend{
 		ext:     cfg.Ext,
 		network: cfg.Network.Network,
 		log:     log.With("backend", Type),
-		warned:  map[netip.Prefix]string{},
-	}, nil
+	}
+	b.f = route.NewFrame(Type, b.log, b.desired)
+	return b, nil
 }
 
 // Init opens a netlink handle in the calling thread's network namespace
 // (every later call uses that namespace) and loads the routes it owns.
 func (b *Backend) Init(ctx context.Context) (lease.Attrs, error) {
-	if b.closed {
+	if b.f.Closed() {
 		return lease.Attrs{}, errors.New("host-gw: backend is closed")
 	}
 	if !b.ext.IfaceAddr.Is4() || b.ext.Index <= 0 {
@@ -72,9 +68,10 @@ func (b *Backend) Init(ctx context.Context) (lease.Attrs, error) {
 		if err != nil {
 			return lease.Attrs{}, fmt.Errorf("host-gw: netlink handle: %w", err)
 		}
-		b.nl, b.closeNL = h, h.Close
+		b.nl = h
+		b.f.OnClose(h.Close)
 	}
-	b.tab = route.NewTable(b.nl)
+	b.f.Table = route.NewTable(b.nl)
 	if err := b.load(); err != nil {
 		return lease.Attrs{}, err
 	}
@@ -84,7 +81,7 @@ func (b *Backend) Init(ctx context.Context) (lease.Attrs, error) {
 // Configure records our own subnet (never routed to a peer) and returns
 // the external interface's MTU: host-gw adds no header.
 func (b *Backend) Configure(ctx context.Context, own lease.Lease) (int, error) {
-	if err := b.ready(); err != nil {
+	if err := b.f.Ready(); err != nil {
 		return 0, err
 	}
 	b.own = own.Subnet
@@ -93,86 +90,47 @@ func (b *Backend) Configure(ctx context.Context, own lease.Lease) (int, error) {
 
 // Sync makes the owned routes match peers.
 func (b *Backend) Sync(ctx context.Context, peers []lease.Lease) error {
-	if err := b.ready(); err != nil {
-		return err
-	}
-	b.peers = slices.Clone(peers)
-	return b.apply()
+	return b.f.Sync(peers)
 }
 
 // Repair re-reads the owned routes (one dump) and re-applies the last Sync.
 func (b *Backend) Repair(ctx context.Context) error {
-	if err := b.ready(); err != nil {
+	if err := b.f.Ready(); err != nil {
 		return err
 	}
 	if err := b.load(); err != nil {
 		return err
 	}
-	return b.apply()
+	return b.f.Apply()
 }
 
 // Close releases the netlink handle. The routes stay.
-func (b *Backend) Close() error {
-	if b.closeNL != nil {
-		b.closeNL()
-		b.closeNL = nil
-	}
-	b.closed = true
-	return nil
-}
+func (b *Backend) Close() error { return b.f.Close() }
 
-// ready guards against use before Init and after Close: a closed netlink
-// handle would silently fall back to the caller's namespace.
-func (b *Backend) ready() error {
-	switch {
-	case b.closed:
-		return errors.New("host-gw: backend is closed")
-	case b.tab == nil:
-		return errors.New("host-gw: Init has not succeeded")
-	}
-	return nil
-}
-
-func (b *Backend) apply() error {
-	c, err := b.tab.Set(b.desired())
-	if !c.None() {
-		b.log.Debug("host-gw: applied peers", "peers", len(b.peers), "added", c.Added, "removed", c.Removed, "failed", c.Failed)
-	}
-	if err != nil {
-		return fmt.Errorf("host-gw: sync %d peers: %w", len(b.peers), err)
-	}
-	return nil
-}
-
-// desired turns the peer leases into routes, skipping (with one warning
-// per peer and problem) the leases this backend cannot use.
-func (b *Backend) desired() route.State {
+// desired turns the peer leases into routes. The caller checked the
+// peers (Sync's contract); what is checked here protects the kernel all
+// the same: a lease that would make a route this backend cannot express
+// (no IPv4 gateway) or would not recognise as its own after a restart
+// (outside the network, so never removed) is skipped, with one warning
+// per peer and problem.
+func (b *Backend) desired(peers []lease.Lease) route.State {
 	var s route.State
-	problems := map[netip.Prefix]string{}
-	for _, p := range b.peers {
+	for _, p := range peers {
 		sn, ip := p.Subnet, p.Attrs.PublicIP
 		var problem string
 		switch {
 		case !sn.IsValid() || sn == b.own:
 			continue
-		case p.Attrs.BackendType != Type:
-			problem = fmt.Sprintf("backend type %q, not %q", p.Attrs.BackendType, Type)
 		case !b.network.Contains(sn.Addr()) || sn.Bits() < b.network.Bits():
 			problem = fmt.Sprintf("subnet outside network %s", b.network)
 		case !ip.Is4():
 			problem = "no IPv4 PublicIP"
-		case ip == b.ext.IfaceAddr:
-			problem = "PublicIP is this host's own address"
 		default:
 			s.Routes = append(s.Routes, route.Route{Dst: sn, Gw: ip, LinkIndex: b.ext.Index})
 			continue
 		}
-		problems[sn] = problem
-		if b.warned[sn] != problem {
-			b.log.Warn("host-gw: ignoring peer", "key", p.Key(), "subnet", sn, "public_ip", ip, "reason", problem)
-		}
+		b.f.Skip(sn, problem, "key", p.Key(), "public_ip", ip)
 	}
-	b.warned = problems
 	return s
 }
 
@@ -182,10 +140,10 @@ func (b *Backend) owns(r route.Route) bool {
 }
 
 func (b *Backend) load() error {
-	routes, err := route.ListRoutes(b.nl, b.owns)
+	routes, err := route.ListRoutes(b.nl, netlink.FAMILY_V4, b.owns)
 	if err != nil {
 		return fmt.Errorf("host-gw: %w", err)
 	}
-	b.tab.Load(route.State{Routes: routes})
+	b.f.Table.Load(route.State{Routes: routes})
 	return nil
 }

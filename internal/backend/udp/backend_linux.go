@@ -17,11 +17,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/flannel-go/flannel/internal/backend"
+	"github.com/flannel-go/flannel/internal/iface"
 	"github.com/flannel-go/flannel/internal/lease"
 )
-
-// encapOverhead is what a packet grows by on the wire: IPv4 and UDP headers.
-const encapOverhead = 20 + 8
 
 // tunPattern is upstream's device name pattern.
 const tunPattern = "flannel%d"
@@ -31,10 +29,11 @@ const tunPattern = "flannel%d"
 // time.
 type Backend struct {
 	log     *slog.Logger
-	ext     backend.ExtIface
+	ext     iface.ExtIface
 	network netip.Prefix
 	port    uint16
 	want    offloadSet
+	procs   bool // may raise GOMAXPROCS while forwarding
 
 	sh       shared
 	out, in  counters
@@ -52,16 +51,30 @@ type Backend struct {
 
 var _ backend.Backend = (*Backend)(nil)
 
-// New validates the configuration; it touches no kernel state.
-func New(cfg backend.Config) (backend.Backend, error) {
-	want, err := parseOffloads(os.Getenv(offloadEnv))
+// New validates the configuration; it touches no kernel state. It is a
+// backend.Factory.
+func (o Options) New(cfg backend.Config) (backend.Backend, error) {
+	want, err := parseOffloads(o.Offloads)
 	if err != nil {
 		return nil, err
 	}
-	return newBackend(cfg, want)
+	b, err := newBackend(cfg, settings{offloads: want, raiseProcs: o.RaiseGOMAXPROCS})
+	if err != nil {
+		return nil, err
+	}
+	if o.Collector != nil {
+		o.Collector.set(b.Stats)
+	}
+	return b, nil
 }
 
-func newBackend(cfg backend.Config, want offloadSet) (*Backend, error) {
+// settings are the process-wide Options, parsed.
+type settings struct {
+	offloads   offloadSet
+	raiseProcs bool
+}
+
+func newBackend(cfg backend.Config, set settings) (*Backend, error) {
 	port, err := parsePort(cfg.Options)
 	if err != nil {
 		return nil, err
@@ -84,11 +97,12 @@ func newBackend(cfg backend.Config, want offloadSet) (*Backend, error) {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	return &Backend{
-		log:     log.With("backend", "udp"),
+		log:     log.With("backend", Type),
 		ext:     ext,
 		network: cfg.Network.Network.Masked(),
 		port:    port,
-		want:    want,
+		want:    set.offloads,
+		procs:   set.raiseProcs,
 		nsh:     -1,
 	}, nil
 }
@@ -145,7 +159,7 @@ func (b *Backend) open(ctx context.Context) error {
 	}
 	b.ifaceIdx = link.Attrs().Index
 	b.ifname.Store(&tun.name)
-	dp := startDatapath(tun, sock, &b.sh, &b.out, &b.in, b.log)
+	dp := startDatapath(tun, sock, &b.sh, &b.out, &b.in, b.log, b.procs)
 	b.dp.Store(dp)
 	o := dp.offloads()
 	b.log.Info("forwarding", "device", tun.name, "listen", addr,

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/flannel-go/flannel/internal/backend"
+	"github.com/flannel-go/flannel/internal/iface"
 	"github.com/flannel-go/flannel/internal/netconf"
 )
 
@@ -14,10 +15,10 @@ func TestNewValidates(t *testing.T) {
 		return backend.Config{
 			Options: []byte(`{"Type":"udp","Port":8285}`),
 			Network: &netconf.Config{Network: netip.MustParsePrefix("10.5.0.0/16"), SubnetLen: 24},
-			Ext:     backend.ExtIface{Name: "eth0", MTU: 1500, IfaceAddr: netip.MustParseAddr("192.168.1.5")},
+			Ext:     iface.ExtIface{Name: "eth0", MTU: 1500, IfaceAddr: netip.MustParseAddr("192.168.1.5")},
 		}
 	}
-	b, err := New(good())
+	b, err := Options{}.New(good())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,12 +38,11 @@ func TestNewValidates(t *testing.T) {
 	} {
 		c := good()
 		tc.mutate(&c)
-		if _, err := New(c); err == nil || !strings.Contains(err.Error(), tc.want) {
+		if _, err := (Options{}).New(c); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: New = %v; want an error about %s", tc.name, err, tc.want)
 		}
 	}
-	t.Setenv(offloadEnv, "bogus")
-	if _, err := New(good()); err == nil {
-		t.Errorf("New accepted %s=bogus", offloadEnv)
+	if _, err := (Options{Offloads: "bogus"}).New(good()); err == nil {
+		t.Errorf("New accepted %s=bogus", OffloadEnv)
 	}
 }

@@ -9,6 +9,6 @@ import (
 )
 
 // New fails: the udp backend needs Linux TUN devices.
-func New(cfg backend.Config) (backend.Backend, error) {
+func (o Options) New(cfg backend.Config) (backend.Backend, error) {
 	return nil, errors.New("udp: backend requires Linux")
 }

@@ -31,6 +31,7 @@ type datapath struct {
 	sock *udpSock
 	log  *slog.Logger
 
+	procs   bool        // raised GOMAXPROCS by loops at start
 	gso     atomic.Bool // mirrors the outbound's switch, for Stats
 	closing atomic.Bool
 
@@ -39,8 +40,8 @@ type datapath struct {
 	err error // why a loop stopped early; guarded by mu
 }
 
-func startDatapath(tun *tunDev, sock *udpSock, sh *shared, out, in *counters, log *slog.Logger) *datapath {
-	d := &datapath{tun: tun, sock: sock, log: log}
+func startDatapath(tun *tunDev, sock *udpSock, sh *shared, out, in *counters, log *slog.Logger, procs bool) *datapath {
+	d := &datapath{tun: tun, sock: sock, log: log, procs: procs}
 	d.gso.Store(sock.gso)
 
 	o := &outbound{sh: sh, stats: out, vnet: tun.vnet, gso: sock.gso}
@@ -55,7 +56,9 @@ func startDatapath(tun *tunDev, sock *udpSock, sh *shared, out, in *counters, lo
 	ib.log = log
 	r := newReceiver(sock.conn(), ib, in, rxBatch)
 
-	addProcs(loops)
+	if procs {
+		addProcs(loops)
+	}
 	d.wg.Add(loops)
 	go func() {
 		defer d.wg.Done()
@@ -75,12 +78,8 @@ const loops = 2
 
 var procsMu sync.Mutex
 
-// addProcs raises GOMAXPROCS by n (or lowers it, n < 0). Each forwarding
-// loop has a thread of its own that holds a P while it sleeps in ppoll;
-// without a P to spare for each, the runtime takes Ps away from the sleeping
-// loops whenever another goroutine wakes, and the loops then wait for one
-// to come back (measured: a third more context switches and a fifth less
-// throughput on a 2-CPU machine).
+// addProcs raises GOMAXPROCS by n (or lowers it, n < 0), when the process
+// allows it (Options.RaiseGOMAXPROCS says why).
 func addProcs(n int) {
 	procsMu.Lock()
 	defer procsMu.Unlock()
@@ -149,7 +148,9 @@ func (d *datapath) close() error {
 	d.tun.shutdown()
 	d.sock.shutdown()
 	d.wg.Wait()
-	addProcs(-loops)
+	if d.procs {
+		addProcs(-loops)
+	}
 	return errors.Join(d.tun.Close(), d.sock.Close())
 }
 

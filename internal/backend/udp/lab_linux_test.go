@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/flannel-go/flannel/internal/backend"
+	"github.com/flannel-go/flannel/internal/iface"
 	"github.com/flannel-go/flannel/internal/lease"
 	"github.com/flannel-go/flannel/internal/netconf"
 	"github.com/flannel-go/flannel/internal/netnstest"
@@ -121,7 +122,7 @@ func labConfig(h *host, t testing.TB, options string) backend.Config {
 	return backend.Config{
 		Options: []byte(options),
 		Network: &netconf.Config{EnableIPv4: true, Network: netip.MustParsePrefix("10.77.0.0/16"), SubnetLen: 24, BackendType: "udp"},
-		Ext:     backend.ExtIface{Name: "eth0", MTU: 1500, IfaceAddr: h.underlay, ExtAddr: h.underlay},
+		Ext:     iface.ExtIface{Name: "eth0", MTU: 1500, IfaceAddr: h.underlay, ExtAddr: h.underlay},
 		Log:     testLogger(t),
 	}
 }
@@ -131,7 +132,7 @@ func labConfig(h *host, t testing.TB, options string) backend.Config {
 func (l *lab) start(h *host, want offloadSet) {
 	t := l.t
 	t.Helper()
-	b, err := newBackend(labConfig(h, t, `{"Type":"udp"}`), want)
+	b, err := newBackend(labConfig(h, t, `{"Type":"udp"}`), settings{offloads: want, raiseProcs: true})
 	if err != nil {
 		t.Fatal(err)
 	}

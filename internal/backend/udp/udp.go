@@ -40,8 +40,9 @@
 // otherwise drop them as martians), IPv6 is off on it, and datagrams from
 // peers are only delivered to our own subnet and never from it.
 //
-// The environment variable FLANNEL_UDP_OFFLOAD selects offloads for tests
-// and benchmarks: "on" (the default) or "" uses all the kernel supports,
+// The environment variable FLANNEL_UDP_OFFLOAD, which flanneld's main reads
+// into Options.Offloads, selects offloads for tests and benchmarks: "on"
+// (the default) or "" uses all the kernel supports,
 // "off" none (plain TUN, one datagram per packet, still batched by
 // sendmmsg/recvmmsg), or a comma-separated list of those to use out of
 // "tun" (virtio-net headers: TSO reads, coalesced writes), "gso" and "gro".

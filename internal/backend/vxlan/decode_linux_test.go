@@ -28,12 +28,12 @@ func TestBackendDataChangesReachTheKernel(t *testing.T) {
 		}
 	}
 	show := func() string {
-		return a.ip(t, "-4", "neigh", "show", "dev", "flannel.1") +
-			a.ip(t, "-4", "route", "show", "dev", "flannel.1")
+		return a.IP(t, "-4", "neigh", "show", "dev", "flannel.1") +
+			a.IP(t, "-4", "route", "show", "dev", "flannel.1")
 	}
 	sync := func(ls ...lease.Lease) {
 		t.Helper()
-		if err := a.b.Sync(t.Context(), ls); err != nil {
+		if err := a.B.Sync(t.Context(), ls); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -55,7 +55,7 @@ func TestBackendDataChangesReachTheKernel(t *testing.T) {
 		l.Subnet = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 5, byte(10 + i), 0}), 24)
 		sync(l)
 	}
-	if n := len(a.b.decoded); n > 2*1+64 {
+	if n := len(a.B.decoded); n > 2*1+64 {
 		t.Errorf("%d decoded BackendData values kept for 1 peer after churn", n)
 	}
 }

@@ -1,12 +1,10 @@
 package vxlan
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -14,45 +12,23 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/flannel-go/flannel/internal/backend"
-	"github.com/flannel-go/flannel/internal/lease"
-	"github.com/flannel-go/flannel/internal/logbuf"
+	"github.com/flannel-go/flannel/internal/iface"
 	"github.com/flannel-go/flannel/internal/netnstest"
-	"github.com/flannel-go/flannel/internal/ns"
 	"github.com/flannel-go/flannel/internal/route"
 	"github.com/flannel-go/flannel/internal/route/routetest"
 )
 
-func newLog(t testing.TB) (*slog.Logger, *logbuf.Buffer) {
-	lb := &logbuf.Buffer{Echo: func(l string) { t.Log(l) }}
-	return lb.Logger(), lb
-}
-
-// host is one flannel host of a lab: the namespace, its subnet, a
-// container behind it and its backend.
+// host is one host of a lab running the vxlan backend.
 type host struct {
-	*routetest.Host
-	subnet  netip.Prefix
-	ctr     *ns.NS
-	ctrAddr netip.Addr
-	b       *Backend
-	attrs   lease.Attrs
-	mtu     int // what Configure returned
-	logs    *logbuf.Buffer
+	*routetest.Node[*Backend]
 }
 
-// newHosts builds n hosts on one segment: host i (from 1) has underlay
-// 192.168.100.i/24, subnet 10.5.i.0/24 and a container at 10.5.i.2.
+// newHosts builds n hosts on one segment (see routetest.NewNodes).
 func newHosts(t *testing.T, n int) []*host {
 	netnstest.SkipUnlessModule(t, "vxlan")
-	lab := routetest.NewLab(t, "fbk")
 	var hs []*host
-	for i := 1; i <= n; i++ {
-		h := &host{
-			Host:   lab.AddHost(netip.MustParsePrefix(fmt.Sprintf("192.168.100.%d/24", i))),
-			subnet: netip.MustParsePrefix(fmt.Sprintf("10.5.%d.0/24", i)),
-		}
-		h.ctr, h.ctrAddr = h.AddContainer(h.subnet)
-		hs = append(hs, h)
+	for _, nd := range routetest.NewNodes[*Backend](t, "fbk", n) {
+		hs = append(hs, &host{nd})
 	}
 	return hs
 }
@@ -61,51 +37,23 @@ func newHosts(t *testing.T, n int) []*host {
 // Configure inside the host's namespace.
 func (h *host) start(t testing.TB, opts string) {
 	t.Helper()
-	log, lb := newLog(t)
-	bb, err := New(backend.Config{Options: json.RawMessage(opts), Network: netConf(), Ext: h.Ext, Log: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.b, h.logs = bb.(*Backend), lb
-	t.Cleanup(func() { _ = h.b.Close() })
-	if err := h.NS.Do(func() error {
-		var err error
-		if h.attrs, err = h.b.Init(context.Background()); err != nil {
-			return err
+	h.Start(t, func(ext iface.ExtIface, log *slog.Logger) (*Backend, error) {
+		b, err := New(backend.Config{Options: json.RawMessage(opts), Network: netConf(), Ext: ext, Log: log})
+		if err != nil {
+			return nil, err
 		}
-		h.mtu, err = h.b.Configure(context.Background(), h.lease())
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func (h *host) lease() lease.Lease { return lease.Lease{Subnet: h.subnet, Attrs: h.attrs} }
-
-func (h *host) sync(t testing.TB, peers ...*host) {
-	t.Helper()
-	var ls []lease.Lease
-	for _, p := range peers {
-		ls = append(ls, p.lease())
-	}
-	if err := h.b.Sync(context.Background(), ls); err != nil {
-		t.Fatal(err)
-	}
+		return b.(*Backend), nil
+	})
 }
 
 // mac is the VTEP MAC the host advertises.
 func (h *host) mac(t testing.TB) string {
 	t.Helper()
 	var d struct{ VtepMAC string }
-	if err := json.Unmarshal(h.attrs.BackendData, &d); err != nil {
+	if err := json.Unmarshal(h.Attrs.BackendData, &d); err != nil {
 		t.Fatal(err)
 	}
 	return d.VtepMAC
-}
-
-func (h *host) ip(t testing.TB, args ...string) string {
-	t.Helper()
-	return routetest.Run(t, h.NS, "ip", args...)
 }
 
 // sortedLines normalises command output whose order is the kernel's hash
@@ -123,8 +71,8 @@ func sortedLines(s string) string {
 // flannel device of h.
 func (h *host) entries(t testing.TB) string {
 	t.Helper()
-	routes := sortedLines(h.ip(t, "-4", "route", "show", "dev", "flannel.1"))
-	neigh := sortedLines(h.ip(t, "-4", "neigh", "show", "dev", "flannel.1"))
+	routes := sortedLines(h.IP(t, "-4", "route", "show", "dev", "flannel.1"))
+	neigh := sortedLines(h.IP(t, "-4", "neigh", "show", "dev", "flannel.1"))
 	fdb := sortedLines(routetest.Run(t, h.NS, "bridge", "fdb", "show", "dev", "flannel.1"))
 	return "routes:\n" + routes + "\nneigh:\n" + neigh + "\nfdb:\n" + fdb
 }
@@ -133,8 +81,8 @@ func (h *host) entries(t testing.TB) string {
 func wantEntries(t testing.TB, ps ...*host) string {
 	var routes, neigh, fdb []string
 	for _, p := range ps {
-		gw := p.subnet.Addr()
-		routes = append(routes, fmt.Sprintf("%s via %s onlink", p.subnet, gw))
+		gw := p.Subnet.Addr()
+		routes = append(routes, fmt.Sprintf("%s via %s onlink", p.Subnet, gw))
 		neigh = append(neigh, fmt.Sprintf("%s lladdr %s PERMANENT", gw, p.mac(t)))
 		fdb = append(fdb, fmt.Sprintf("%s dst %s self permanent", p.mac(t), p.Ext.ExtAddr))
 	}
@@ -142,14 +90,6 @@ func wantEntries(t testing.TB, ps ...*host) string {
 	slices.Sort(neigh)
 	slices.Sort(fdb)
 	return "routes:\n" + strings.Join(routes, "\n") + "\nneigh:\n" + strings.Join(neigh, "\n") + "\nfdb:\n" + strings.Join(fdb, "\n")
-}
-
-// ping checks container-to-container traffic from h to each of ps.
-func (h *host) ping(t testing.TB, ps ...*host) {
-	t.Helper()
-	for _, p := range ps {
-		routetest.MustPing(t, h.ctr, h.ctrAddr, p.ctrAddr)
-	}
 }
 
 // countingNL counts the calls that change kernel state.
@@ -215,9 +155,9 @@ func (h *host) count(t testing.TB) *countingNL {
 	}
 	t.Cleanup(nh.Close)
 	c := &countingNL{netlinker: nh}
-	h.b.nl = c
-	applied := h.b.tab.Applied()
-	h.b.tab = route.NewTable(c)
-	h.b.tab.Load(applied)
+	h.B.nl = c
+	applied := h.B.f.Table.Applied()
+	h.B.f.Table = route.NewTable(c)
+	h.B.f.Table.Load(applied)
 	return c
 }

@@ -39,6 +39,7 @@ import (
 	"reflect"
 
 	"github.com/flannel-go/flannel/internal/backend"
+	"github.com/flannel-go/flannel/internal/lease"
 	"github.com/flannel-go/flannel/internal/route"
 )
 
@@ -102,43 +103,77 @@ func kindOf(t reflect.Type) string {
 	return t.String()
 }
 
-// backendData is the lease's BackendData; field names and order are
+// LeaseData is the BackendData of a vxlan lease: the VNI and the MAC of
+// the host's VTEP, which peers put in their neighbour and FDB entries.
+type LeaseData struct {
+	VNI     int
+	VtepMAC route.MAC
+}
+
+// wireLeaseData is LeaseData on the wire; field names and order are
 // upstream's: {"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}.
-type backendData struct {
+type wireLeaseData struct {
 	VNI     int    `json:"VNI"`
 	VtepMAC string `json:"VtepMAC"`
 }
 
-func encodeBackendData(vni int, mac route.MAC) json.RawMessage {
-	b, err := json.Marshal(backendData{VNI: vni, VtepMAC: mac.String()})
+// Encode returns d in upstream's format.
+func (d LeaseData) Encode() json.RawMessage {
+	b, err := json.Marshal(wireLeaseData{VNI: d.VNI, VtepMAC: d.VtepMAC.String()})
 	if err != nil {
 		panic(err) // an int and a string always marshal
 	}
 	return b
 }
 
-// decodeBackendData reads a peer's BackendData. The MAC must be a unicast
+// DecodeLeaseData reads a lease's BackendData. The MAC must be a unicast
 // Ethernet address: a group or zero MAC in an FDB entry would flood or
 // black-hole the peer's traffic.
-func decodeBackendData(raw json.RawMessage) (vni int, mac route.MAC, err error) {
+func DecodeLeaseData(raw json.RawMessage) (LeaseData, error) {
 	if len(raw) == 0 {
-		return 0, mac, errors.New("no BackendData")
+		return LeaseData{}, errors.New("no BackendData")
 	}
-	var d backendData
-	if err := json.Unmarshal(raw, &d); err != nil {
-		return 0, mac, fmt.Errorf("BackendData: %w", err)
+	var w wireLeaseData
+	if err := json.Unmarshal(raw, &w); err != nil {
+		return LeaseData{}, fmt.Errorf("BackendData: %w", err)
 	}
-	if d.VNI < 1 || d.VNI > maxVNI {
-		return 0, mac, fmt.Errorf("BackendData: VNI %d is out of range 1..%d", d.VNI, maxVNI)
+	if w.VNI < 1 || w.VNI > maxVNI {
+		return LeaseData{}, fmt.Errorf("BackendData: VNI %d is out of range 1..%d", w.VNI, maxVNI)
 	}
-	mac, err = route.ParseMAC(d.VtepMAC)
+	mac, err := route.ParseMAC(w.VtepMAC)
 	if err != nil {
-		return 0, mac, fmt.Errorf("BackendData: VtepMAC %q: %w", d.VtepMAC, err)
+		return LeaseData{}, fmt.Errorf("BackendData: VtepMAC %q: %w", w.VtepMAC, err)
 	}
 	if !mac.IsUnicast() {
-		return 0, route.MAC{}, fmt.Errorf("BackendData: VtepMAC %s is not a unicast address", mac)
+		return LeaseData{}, fmt.Errorf("BackendData: VtepMAC %s is not a unicast address", mac)
 	}
-	return d.VNI, mac, nil
+	return LeaseData{VNI: w.VNI, VtepMAC: mac}, nil
+}
+
+// Info is what the vxlan backend states about itself.
+var Info = backend.Info{
+	Type:         Type,
+	TypedLeases:  true,
+	Overhead:     overhead,
+	Device:       device,
+	ValidatePeer: func(l lease.Lease) error { _, err := DecodeLeaseData(l.Attrs.BackendData); return err },
+}
+
+// DeviceName is the device of VNI vni: flannel.<VNI>, as upstream.
+func DeviceName(vni int) string { return fmt.Sprintf("flannel.%d", vni) }
+
+// device is Info.Device: the VNI of our lease, else of the options, else
+// the default 1. Options are read leniently: a diagnosis of a config that
+// New would refuse still needs the device the config names.
+func device(opts, ownData json.RawMessage) string {
+	var d struct{ VNI int }
+	if json.Unmarshal(ownData, &d) == nil && d.VNI > 0 {
+		return DeviceName(d.VNI)
+	}
+	if json.Unmarshal(opts, &d) == nil && d.VNI > 0 {
+		return DeviceName(d.VNI)
+	}
+	return DeviceName(1)
 }
 
 // New validates the options; it touches no kernel state.

@@ -8,12 +8,12 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"slices"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/flannel-go/flannel/internal/backend"
+	"github.com/flannel-go/flannel/internal/iface"
 	"github.com/flannel-go/flannel/internal/lease"
 	"github.com/flannel-go/flannel/internal/route"
 )
@@ -38,23 +38,19 @@ type netlinker interface {
 // Backend is the vxlan datapath of one host.
 type Backend struct {
 	opts    Options
-	ext     backend.ExtIface
+	ext     iface.ExtIface
 	network netip.Prefix
 	log     *slog.Logger
 
-	nl      netlinker
-	closeNL func()
-	closed  bool
+	nl netlinker
+	f  *route.Frame[lease.Lease] // the Table, the last Sync's peers, Close
 
 	name   string // flannel.<VNI>
 	mtu    int    // the device's MTU, reported to containers
 	mac    route.MAC
 	link   netlink.Link // index valid until the device is recreated
 	own    netip.Prefix // our lease's subnet; invalid before Configure
-	tab    *route.Table
-	peers  []lease.Lease // the last Sync's input, which Repair re-applies
 	onLink map[netip.Addr]bool
-	warned map[netip.Prefix]string // subnet → the problem already logged
 	// decoded caches each peer's BackendData by subnet. Every Sync sees
 	// every peer, and decoding thousands of unchanged JSON values each
 	// time was about half the cost of a Sync at 5,000 peers.
@@ -79,23 +75,24 @@ func newBackend(cfg backend.Config, o Options) (backend.Backend, error) {
 	if cfg.Network.EnableIPv6 {
 		log.Warn("vxlan: IPv6 is enabled but only the IPv4 datapath is implemented; IPv6 subnets get no routes")
 	}
-	return &Backend{
+	b := &Backend{
 		opts:    o,
 		ext:     cfg.Ext,
 		network: cfg.Network.Network,
 		log:     log.With("backend", Type),
-		name:    fmt.Sprintf("flannel.%d", o.VNI),
+		name:    DeviceName(o.VNI),
 		onLink:  map[netip.Addr]bool{},
-		warned:  map[netip.Prefix]string{},
 		decoded: map[netip.Prefix]peerData{},
-	}, nil
+	}
+	b.f = route.NewFrame(Type, b.log, b.desired)
+	return b, nil
 }
 
 // Init opens a netlink handle in the calling thread's network namespace
 // (every later call uses that namespace), creates or adopts the device and
 // loads the entries it owns.
 func (b *Backend) Init(ctx context.Context) (lease.Attrs, error) {
-	if b.closed {
+	if b.f.Closed() {
 		return lease.Attrs{}, errors.New("vxlan: backend is closed")
 	}
 	if !b.ext.IfaceAddr.Is4() || !b.ext.ExtAddr.Is4() || b.ext.Index <= 0 {
@@ -116,25 +113,26 @@ func (b *Backend) Init(ctx context.Context) (lease.Attrs, error) {
 		if err != nil {
 			return lease.Attrs{}, fmt.Errorf("vxlan: netlink handle: %w", err)
 		}
-		b.nl, b.closeNL = h, h.Close
+		b.nl = h
+		b.f.OnClose(h.Close)
 	}
 	if err := b.ensureDevice(false); err != nil {
 		return lease.Attrs{}, err
 	}
-	b.tab = route.NewTable(b.nl)
+	b.f.Table = route.NewTable(b.nl)
 	if err := b.load(); err != nil {
 		return lease.Attrs{}, err
 	}
 	return lease.Attrs{
 		PublicIP:    b.ext.ExtAddr,
 		BackendType: Type,
-		BackendData: encodeBackendData(b.opts.VNI, b.mac),
+		BackendData: LeaseData{VNI: b.opts.VNI, VtepMAC: b.mac}.Encode(),
 	}, nil
 }
 
 // Configure puts <subnet address>/32 on the device and returns its MTU.
 func (b *Backend) Configure(ctx context.Context, own lease.Lease) (int, error) {
-	if err := b.ready(); err != nil {
+	if err := b.f.Ready(); err != nil {
 		return 0, err
 	}
 	if !own.Subnet.IsValid() || !b.network.Contains(own.Subnet.Addr()) {
@@ -149,18 +147,14 @@ func (b *Backend) Configure(ctx context.Context, own lease.Lease) (int, error) {
 
 // Sync makes the neighbour, FDB and route entries match peers.
 func (b *Backend) Sync(ctx context.Context, peers []lease.Lease) error {
-	if err := b.ready(); err != nil {
-		return err
-	}
-	b.peers = slices.Clone(peers)
-	return b.apply()
+	return b.f.Sync(peers)
 }
 
 // Repair restores the device (same MAC, address, MTU, up), re-reads the
 // owned entries and re-applies the last Sync. Its cost is one link lookup
 // and one dump each of addresses, routes, neighbours and FDB entries.
 func (b *Backend) Repair(ctx context.Context) error {
-	if err := b.ready(); err != nil {
+	if err := b.f.Ready(); err != nil {
 		return err
 	}
 	if err := b.ensureDevice(true); err != nil {
@@ -176,73 +170,37 @@ func (b *Backend) Repair(ctx context.Context) error {
 	if err := b.load(); err != nil {
 		return err
 	}
-	return b.apply()
+	return b.f.Apply()
 }
 
 // Close releases the netlink handle. The device and entries stay.
-func (b *Backend) Close() error {
-	if b.closeNL != nil {
-		b.closeNL()
-		b.closeNL = nil
-	}
-	b.closed = true
-	return nil
-}
+func (b *Backend) Close() error { return b.f.Close() }
 
-// ready guards against use before Init and after Close: a closed netlink
-// handle would silently fall back to the caller's namespace.
-func (b *Backend) ready() error {
-	switch {
-	case b.closed:
-		return errors.New("vxlan: backend is closed")
-	case b.tab == nil:
-		return errors.New("vxlan: Init has not succeeded")
-	}
-	return nil
-}
-
-func (b *Backend) apply() error {
-	want := b.desired()
-	c, err := b.tab.Set(want)
-	if !c.None() {
-		b.log.Debug("vxlan: applied peers", "peers", len(b.peers), "added", c.Added, "removed", c.Removed, "failed", c.Failed)
-	}
-	if err != nil {
-		return fmt.Errorf("vxlan: sync %d peers: %w", len(b.peers), err)
-	}
-	return nil
-}
-
-// desired turns the peer leases into entries, skipping (with one warning
-// per peer and problem) the leases this backend cannot use.
-func (b *Backend) desired() route.State {
-	n := len(b.peers)
+// desired turns the peer leases into entries. The caller checked the
+// peers (Sync's contract); what is checked here protects the kernel all
+// the same: a lease whose BackendData does not decode, whose VNI is not
+// ours or whose MAC another peer uses, or that would make an entry this
+// backend would not recognise as its own after a restart (outside the
+// network, so never removed) is skipped, with one warning per peer and
+// problem.
+func (b *Backend) desired(peers []lease.Lease) route.State {
+	n := len(peers)
 	s := route.State{Routes: make([]route.Route, 0, n), Neighs: make([]route.Neigh, 0, n), FDB: make([]route.FDB, 0, n)}
 	idx := b.link.Attrs().Index
-	problems := map[netip.Prefix]string{}
 	macOwner := make(map[route.MAC]netip.Prefix, n)
 	skip := func(p lease.Lease, problem string) {
-		problems[p.Subnet] = problem
-		if b.warned[p.Subnet] != problem {
-			b.log.Warn("vxlan: skipping peer", "key", p.Key(), "subnet", p.Subnet, "public_ip", p.Attrs.PublicIP, "reason", problem)
-		}
+		b.f.Skip(p.Subnet, problem, "key", p.Key(), "public_ip", p.Attrs.PublicIP)
 	}
-	for _, p := range b.peers {
+	for _, p := range peers {
 		sn := p.Subnet
 		switch {
 		case !sn.IsValid() || sn == b.own:
-			continue
-		case p.Attrs.BackendType != Type:
-			skip(p, fmt.Sprintf("backend type %q, not %q", p.Attrs.BackendType, Type))
 			continue
 		case !b.network.Contains(sn.Addr()) || sn.Bits() < b.network.Bits():
 			skip(p, fmt.Sprintf("subnet outside network %s", b.network))
 			continue
 		case !p.Attrs.PublicIP.Is4():
 			skip(p, "no IPv4 PublicIP")
-			continue
-		case p.Attrs.PublicIP == b.ext.ExtAddr:
-			skip(p, "PublicIP is this host's own address")
 			continue
 		}
 		d := b.decode(p)
@@ -268,12 +226,11 @@ func (b *Backend) desired() route.State {
 		s.FDB = append(s.FDB, route.FDB{MAC: mac, Dst: p.Attrs.PublicIP, LinkIndex: idx})
 		s.Routes = append(s.Routes, route.Route{Dst: sn, Gw: sn.Addr(), LinkIndex: idx, OnLink: true})
 	}
-	b.warned = problems
 	// Departed peers' entries are dropped once they outnumber the
 	// present ones, which keeps the pruning cost off every Sync.
 	if len(b.decoded) > 2*n+64 {
 		keep := make(map[netip.Prefix]peerData, n)
-		for _, p := range b.peers {
+		for _, p := range peers {
 			if d, ok := b.decoded[p.Subnet]; ok {
 				keep[p.Subnet] = d
 			}
@@ -290,8 +247,8 @@ func (b *Backend) decode(p lease.Lease) peerData {
 	if ok && d.raw == string(p.Attrs.BackendData) {
 		return d
 	}
-	d = peerData{raw: string(p.Attrs.BackendData)}
-	d.vni, d.mac, d.err = decodeBackendData(p.Attrs.BackendData)
+	ld, err := DecodeLeaseData(p.Attrs.BackendData)
+	d = peerData{raw: string(p.Attrs.BackendData), vni: ld.VNI, mac: ld.VtepMAC, err: err}
 	b.decoded[p.Subnet] = d
 	return d
 }
@@ -319,11 +276,11 @@ func (b *Backend) owns(r route.Route) bool {
 // load replaces the table's record with the owned entries in the kernel.
 func (b *Backend) load() error {
 	idx := b.link.Attrs().Index
-	routes, err := route.ListRoutes(b.nl, b.owns)
+	routes, err := route.ListRoutes(b.nl, netlink.FAMILY_V4, b.owns)
 	if err != nil {
 		return fmt.Errorf("vxlan: %w", err)
 	}
-	neighs, err := route.ListNeighs(b.nl, idx)
+	neighs, err := route.ListNeighs(b.nl, netlink.FAMILY_V4, idx)
 	if err != nil {
 		return fmt.Errorf("vxlan: %w", err)
 	}
@@ -331,7 +288,7 @@ func (b *Backend) load() error {
 	if err != nil {
 		return fmt.Errorf("vxlan: %w", err)
 	}
-	b.tab.Load(route.State{Routes: routes, Neighs: neighs, FDB: fdb})
+	b.f.Table.Load(route.State{Routes: routes, Neighs: neighs, FDB: fdb})
 	return nil
 }
 

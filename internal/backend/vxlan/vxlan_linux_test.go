@@ -20,7 +20,7 @@ var linkRE = regexp.MustCompile(`^(\d+): flannel\.1: .* link/ether ([0-9a-f:]{17
 
 func (h *host) link(t testing.TB) (index, mac string) {
 	t.Helper()
-	out := h.ip(t, "-o", "link", "show", "flannel.1")
+	out := h.IP(t, "-o", "link", "show", "flannel.1")
 	m := linkRE.FindStringSubmatch(out)
 	if m == nil {
 		t.Fatalf("cannot parse %q", out)
@@ -34,67 +34,67 @@ func TestTrafficAndEntries(t *testing.T) {
 	for _, h := range hs {
 		h.start(t, `{"Type":"vxlan"}`)
 	}
-	a.sync(t, b, c)
-	b.sync(t, a, c)
-	c.sync(t, a, b)
+	a.Sync(t, b, c)
+	b.Sync(t, a, c)
+	c.Sync(t, a, b)
 
 	// The lease: upstream's exact BackendData, with the device's real MAC.
 	_, mac := a.link(t)
-	if a.attrs.BackendType != "vxlan" || a.attrs.PublicIP != netip.MustParseAddr("192.168.100.1") {
-		t.Errorf("attrs = %+v", a.attrs)
+	if a.Attrs.BackendType != "vxlan" || a.Attrs.PublicIP != netip.MustParseAddr("192.168.100.1") {
+		t.Errorf("attrs = %+v", a.Attrs)
 	}
-	if got, want := string(a.attrs.BackendData), fmt.Sprintf(`{"VNI":1,"VtepMAC":"%s"}`, mac); got != want {
+	if got, want := string(a.Attrs.BackendData), fmt.Sprintf(`{"VNI":1,"VtepMAC":"%s"}`, mac); got != want {
 		t.Errorf("BackendData = %s, want %s", got, want)
 	}
 	if hw, err := net.ParseMAC(mac); err != nil || hw[0]&2 == 0 || hw[0]&1 != 0 {
 		t.Errorf("MAC %s is not a locally administered unicast address", mac)
 	}
 
-	if a.mtu != 1450 {
-		t.Errorf("Configure returned MTU %d, want 1450 (eth0's 1500 − 50)", a.mtu)
+	if a.MTU != 1450 {
+		t.Errorf("Configure returned MTU %d, want 1450 (eth0's 1500 − 50)", a.MTU)
 	}
-	dev := a.ip(t, "-d", "link", "show", "flannel.1")
+	dev := a.IP(t, "-d", "link", "show", "flannel.1")
 	for _, want := range []string{"mtu 1450", "vxlan id 1 local 192.168.100.1 dev eth0", "dstport 8472", "nolearning", ",UP,"} {
 		if !strings.Contains(dev, want) {
 			t.Errorf("ip -d link show flannel.1 lacks %q:\n%s", want, dev)
 		}
 	}
-	if addr := a.ip(t, "-4", "-o", "addr", "show", "dev", "flannel.1"); !strings.Contains(addr, "inet 10.5.1.0/32 ") || strings.Count(addr, "inet ") != 1 {
+	if addr := a.IP(t, "-4", "-o", "addr", "show", "dev", "flannel.1"); !strings.Contains(addr, "inet 10.5.1.0/32 ") || strings.Count(addr, "inet ") != 1 {
 		t.Errorf("addresses of flannel.1: %s", addr)
 	}
 	if got, want := a.entries(t), wantEntries(t, b, c); got != want {
 		t.Errorf("host a shows\n%s\nwant\n%s", got, want)
 	}
-	a.ping(t, b, c)
-	b.ping(t, c)
-	c.ping(t, a)
+	a.Ping(t, b, c)
+	b.Ping(t, c)
+	c.Ping(t, a)
 
 	// Nothing changed: nothing is written.
 	cnt := a.count(t)
-	a.sync(t, b, c)
+	a.Sync(t, b, c)
 	if len(cnt.changes) != 0 {
 		t.Errorf("second Sync with the same peers made changes: %q", cnt.changes)
 	}
 
 	// c leaves: its route, neighbour and FDB entry go, b's stay.
-	a.sync(t, b)
+	a.Sync(t, b)
 	if len(cnt.changes) != 3 {
 		t.Errorf("removing one peer made %d changes, want 3: %q", len(cnt.changes), cnt.changes)
 	}
 	if got, want := a.entries(t), wantEntries(t, b); got != want {
 		t.Errorf("after c left, host a shows\n%s\nwant\n%s", got, want)
 	}
-	a.ping(t, b)
-	routetest.MustNotPing(t, a.ctr, a.ctrAddr, c.ctrAddr)
+	a.Ping(t, b)
+	routetest.MustNotPing(t, a.Ctr, a.CtrAddr, c.CtrAddr)
 }
 
 func TestMTUOption(t *testing.T) {
 	a := newHosts(t, 1)[0]
 	a.start(t, `{"Type":"vxlan","MTU":1400,"VNI":7,"Port":4789}`)
-	if a.mtu != 1350 {
-		t.Errorf("Configure returned MTU %d, want 1350", a.mtu)
+	if a.MTU != 1350 {
+		t.Errorf("Configure returned MTU %d, want 1350", a.MTU)
 	}
-	dev := a.ip(t, "-d", "link", "show", "flannel.7")
+	dev := a.IP(t, "-d", "link", "show", "flannel.7")
 	for _, want := range []string{"mtu 1350", "vxlan id 7 ", "dstport 4789"} {
 		if !strings.Contains(dev, want) {
 			t.Errorf("ip -d link show flannel.7 lacks %q:\n%s", want, dev)
@@ -108,9 +108,9 @@ func TestRestartAdoptsDeviceAndRemovesStalePeers(t *testing.T) {
 	for _, h := range hs {
 		h.start(t, `{"Type":"vxlan"}`)
 	}
-	a.sync(t, b, c)
-	b.sync(t, a)
-	a.ping(t, b)
+	a.Sync(t, b, c)
+	b.Sync(t, a)
+	a.Ping(t, b)
 
 	// Routes that are not the backend's: outside the network on its
 	// device, inside the network on another device, on the external
@@ -121,21 +121,21 @@ func TestRestartAdoptsDeviceAndRemovesStalePeers(t *testing.T) {
 		{"10.5.201.0/24", "dev", "eth0"},
 	}
 	for _, r := range foreign {
-		a.ip(t, append([]string{"route", "add"}, r...)...)
+		a.IP(t, append([]string{"route", "add"}, r...)...)
 	}
 	foreignShown := func() string {
 		var s []string
 		for _, r := range foreign {
-			s = append(s, strings.TrimSpace(a.ip(t, "-4", "route", "show", r[0])))
+			s = append(s, strings.TrimSpace(a.IP(t, "-4", "route", "show", r[0])))
 		}
 		return strings.Join(s, "\n")
 	}
 	foreignBefore := foreignShown()
 	idx, mac := a.link(t)
-	oldAttrs := a.attrs
+	oldAttrs := a.Attrs
 
 	// flanneld on a restarts; c leaves while it is down.
-	if err := a.b.Close(); err != nil {
+	if err := a.B.Close(); err != nil {
 		t.Fatal(err)
 	}
 	a.start(t, `{"Type":"vxlan"}`)
@@ -143,17 +143,17 @@ func TestRestartAdoptsDeviceAndRemovesStalePeers(t *testing.T) {
 	if idx2 != idx || mac2 != mac {
 		t.Errorf("device after restart: index %s mac %s, want index %s mac %s (adopted)", idx2, mac2, idx, mac)
 	}
-	if !a.attrs.Equal(oldAttrs) {
-		t.Errorf("attrs after restart %+v, want %+v", a.attrs, oldAttrs)
+	if !a.Attrs.Equal(oldAttrs) {
+		t.Errorf("attrs after restart %+v, want %+v", a.Attrs, oldAttrs)
 	}
-	if !slices.ContainsFunc(a.logs.Take(), func(l string) bool { return strings.Contains(l, "adopting existing device") }) {
+	if !slices.ContainsFunc(a.Logs.Take(), func(l string) bool { return strings.Contains(l, "adopting existing device") }) {
 		t.Error("no log line about adopting the device")
 	}
 	// Traffic never stopped: the entries were still there before Sync.
-	a.ping(t, b)
+	a.Ping(t, b)
 
 	cnt := a.count(t)
-	a.sync(t, b)
+	a.Sync(t, b)
 	want := strings.Replace(wantEntries(t, b), "\nneigh:", "\n192.0.2.0/24 scope link\nneigh:", 1)
 	if got := a.entries(t); got != want {
 		t.Errorf("after restart, host a shows\n%s\nwant\n%s", got, want)
@@ -164,21 +164,21 @@ func TestRestartAdoptsDeviceAndRemovesStalePeers(t *testing.T) {
 	if got := foreignShown(); got != foreignBefore {
 		t.Errorf("foreign routes changed:\n%s\nwant\n%s", got, foreignBefore)
 	}
-	a.ping(t, b)
+	a.Ping(t, b)
 }
 
 func TestIncompatibleDeviceIsReplaced(t *testing.T) {
 	a := newHosts(t, 1)[0]
-	a.ip(t, "link", "add", "flannel.1", "type", "vxlan", "id", "1", "dev", "eth0", "local", "192.168.100.1", "dstport", "4789")
+	a.IP(t, "link", "add", "flannel.1", "type", "vxlan", "id", "1", "dev", "eth0", "local", "192.168.100.1", "dstport", "4789")
 	idx, _ := a.link(t)
 	a.start(t, `{"Type":"vxlan"}`)
 	if idx2, _ := a.link(t); idx2 == idx {
 		t.Error("incompatible device was kept")
 	}
-	if dev := a.ip(t, "-d", "link", "show", "flannel.1"); !strings.Contains(dev, "dstport 8472") {
+	if dev := a.IP(t, "-d", "link", "show", "flannel.1"); !strings.Contains(dev, "dstport 8472") {
 		t.Errorf("replacement device: %s", dev)
 	}
-	if !slices.ContainsFunc(a.logs.Take(), func(l string) bool { return strings.Contains(l, "port 4789, want 8472") }) {
+	if !slices.ContainsFunc(a.Logs.Take(), func(l string) bool { return strings.Contains(l, "port 4789, want 8472") }) {
 		t.Error("no log line saying why the device was replaced")
 	}
 }
@@ -188,14 +188,14 @@ func TestRepair(t *testing.T) {
 	a, b := hs[0], hs[1]
 	a.start(t, `{"Type":"vxlan"}`)
 	b.start(t, `{"Type":"vxlan"}`)
-	a.sync(t, b)
-	b.sync(t, a)
-	a.ping(t, b)
+	a.Sync(t, b)
+	b.Sync(t, a)
+	a.Ping(t, b)
 	_, mac := a.link(t)
 	want := wantEntries(t, b)
 	repair := func() {
 		t.Helper()
-		if err := a.b.Repair(context.Background()); err != nil {
+		if err := a.B.Repair(context.Background()); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -208,50 +208,50 @@ func TestRepair(t *testing.T) {
 	}
 
 	t.Run("device deleted", func(t *testing.T) {
-		a.ip(t, "link", "del", "flannel.1")
-		routetest.MustNotPing(t, a.ctr, a.ctrAddr, b.ctrAddr)
+		a.IP(t, "link", "del", "flannel.1")
+		routetest.MustNotPing(t, a.Ctr, a.CtrAddr, b.CtrAddr)
 		repair()
 		if _, mac2 := a.link(t); mac2 != mac {
 			t.Errorf("recreated device has MAC %s, want %s", mac2, mac)
 		}
-		if addr := a.ip(t, "-4", "-o", "addr", "show", "dev", "flannel.1"); !strings.Contains(addr, "inet 10.5.1.0/32 ") {
+		if addr := a.IP(t, "-4", "-o", "addr", "show", "dev", "flannel.1"); !strings.Contains(addr, "inet 10.5.1.0/32 ") {
 			t.Errorf("recreated device lacks its address: %s", addr)
 		}
 		if got := a.entries(t); got != want {
 			t.Errorf("after repair host a shows\n%s\nwant\n%s", got, want)
 		}
-		a.ping(t, b)
+		a.Ping(t, b)
 	})
 	t.Run("route deleted", func(t *testing.T) {
-		a.ip(t, "route", "del", "10.5.2.0/24")
+		a.IP(t, "route", "del", "10.5.2.0/24")
 		repair()
 		if got := a.entries(t); got != want {
 			t.Errorf("after repair host a shows\n%s\nwant\n%s", got, want)
 		}
-		a.ping(t, b)
+		a.Ping(t, b)
 	})
 	t.Run("neighbour and fdb deleted", func(t *testing.T) {
-		a.ip(t, "neigh", "del", "10.5.2.0", "dev", "flannel.1")
+		a.IP(t, "neigh", "del", "10.5.2.0", "dev", "flannel.1")
 		routetest.Run(t, a.NS, "bridge", "fdb", "del", b.mac(t), "dev", "flannel.1", "dst", "192.168.100.2", "self")
 		repair()
 		if got := a.entries(t); got != want {
 			t.Errorf("after repair host a shows\n%s\nwant\n%s", got, want)
 		}
-		a.ping(t, b)
+		a.Ping(t, b)
 	})
 	t.Run("MAC changed and device down", func(t *testing.T) {
-		a.ip(t, "link", "set", "flannel.1", "down", "address", "02:11:22:33:44:55")
+		a.IP(t, "link", "set", "flannel.1", "down", "address", "02:11:22:33:44:55")
 		repair()
 		if _, mac2 := a.link(t); mac2 != mac {
 			t.Errorf("MAC after repair %s, want %s", mac2, mac)
 		}
-		if dev := a.ip(t, "link", "show", "flannel.1"); !strings.Contains(dev, ",UP,") {
+		if dev := a.IP(t, "link", "show", "flannel.1"); !strings.Contains(dev, ",UP,") {
 			t.Errorf("device not up after repair: %s", dev)
 		}
 		if got := a.entries(t); got != want {
 			t.Errorf("after repair host a shows\n%s\nwant\n%s", got, want)
 		}
-		a.ping(t, b)
+		a.Ping(t, b)
 	})
 }
 
@@ -260,20 +260,20 @@ func TestPeerMACChange(t *testing.T) {
 	a, b := hs[0], hs[1]
 	a.start(t, `{"Type":"vxlan"}`)
 	b.start(t, `{"Type":"vxlan"}`)
-	a.sync(t, b)
-	b.sync(t, a)
-	a.ping(t, b)
+	a.Sync(t, b)
+	b.Sync(t, a)
+	a.Ping(t, b)
 	oldMAC := b.mac(t)
 
 	// b reboots: its device and MAC are new.
-	_ = b.b.Close()
-	b.ip(t, "link", "del", "flannel.1")
+	_ = b.B.Close()
+	b.IP(t, "link", "del", "flannel.1")
 	b.start(t, `{"Type":"vxlan"}`)
-	b.sync(t, a)
+	b.Sync(t, a)
 	if b.mac(t) == oldMAC {
 		t.Fatal("recreated device kept its MAC; the test needs a new one")
 	}
-	a.sync(t, b)
+	a.Sync(t, b)
 	got := a.entries(t)
 	if want := wantEntries(t, b); got != want {
 		t.Errorf("host a shows\n%s\nwant\n%s", got, want)
@@ -281,7 +281,7 @@ func TestPeerMACChange(t *testing.T) {
 	if strings.Contains(got, oldMAC) {
 		t.Errorf("old MAC %s still present:\n%s", oldMAC, got)
 	}
-	a.ping(t, b)
+	a.Ping(t, b)
 }
 
 func TestDirectRouting(t *testing.T) {
@@ -289,7 +289,7 @@ func TestDirectRouting(t *testing.T) {
 	a, b, c := hs[0], hs[1], hs[2]
 	// a reaches c's underlay address only through b, so c is not on-link
 	// for a; every other pair is.
-	a.ip(t, "route", "add", "192.168.100.3/32", "via", "192.168.100.2")
+	a.IP(t, "route", "add", "192.168.100.3/32", "via", "192.168.100.2")
 	for _, k := range []string{"all", "eth0"} {
 		routetest.Sysctl(t, a.NS, "net/ipv4/conf/"+k+"/accept_redirects", "0")
 		routetest.Sysctl(t, b.NS, "net/ipv4/conf/"+k+"/send_redirects", "0")
@@ -297,38 +297,38 @@ func TestDirectRouting(t *testing.T) {
 	for _, h := range hs {
 		h.start(t, `{"Type":"vxlan","DirectRouting":true}`)
 	}
-	a.sync(t, b, c)
-	b.sync(t, a, c)
-	c.sync(t, a, b)
+	a.Sync(t, b, c)
+	b.Sync(t, a, c)
+	c.Sync(t, a, b)
 
-	if got := strings.TrimSpace(a.ip(t, "-4", "route", "show", "10.5.2.0/24")); got != "10.5.2.0/24 via 192.168.100.2 dev eth0" {
+	if got := strings.TrimSpace(a.IP(t, "-4", "route", "show", "10.5.2.0/24")); got != "10.5.2.0/24 via 192.168.100.2 dev eth0" {
 		t.Errorf("a's route to b: %q, want a direct route", got)
 	}
 	if got, want := a.entries(t), wantEntries(t, c); got != want {
 		t.Errorf("a's vxlan entries\n%s\nwant only c's\n%s", got, want)
 	}
-	if got := strings.TrimSpace(c.ip(t, "-4", "route", "show", "10.5.1.0/24")); got != "10.5.1.0/24 via 192.168.100.1 dev eth0" {
+	if got := strings.TrimSpace(c.IP(t, "-4", "route", "show", "10.5.1.0/24")); got != "10.5.1.0/24 via 192.168.100.1 dev eth0" {
 		t.Errorf("c's route to a: %q, want a direct route", got)
 	}
 	if got, want := c.entries(t), wantEntries(t); got != want {
 		t.Errorf("c's vxlan entries\n%s\nwant none\n%s", got, want)
 	}
-	a.ping(t, b, c)
-	c.ping(t, a, b)
+	a.Ping(t, b, c)
+	c.Ping(t, a, b)
 
 	// The detour goes away; Repair looks the path up again and c becomes
 	// a direct peer, its vxlan entries removed.
-	a.ip(t, "route", "del", "192.168.100.3/32")
-	if err := a.b.Repair(context.Background()); err != nil {
+	a.IP(t, "route", "del", "192.168.100.3/32")
+	if err := a.B.Repair(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if got := strings.TrimSpace(a.ip(t, "-4", "route", "show", "10.5.3.0/24")); got != "10.5.3.0/24 via 192.168.100.3 dev eth0" {
+	if got := strings.TrimSpace(a.IP(t, "-4", "route", "show", "10.5.3.0/24")); got != "10.5.3.0/24 via 192.168.100.3 dev eth0" {
 		t.Errorf("a's route to c: %q, want a direct route", got)
 	}
 	if got, want := a.entries(t), wantEntries(t); got != want {
 		t.Errorf("a's vxlan entries\n%s\nwant none\n%s", got, want)
 	}
-	a.ping(t, c)
+	a.Ping(t, c)
 }
 
 func TestUnusablePeersAreSkippedWithOneWarning(t *testing.T) {
@@ -352,16 +352,16 @@ func TestUnusablePeersAreSkippedWithOneWarning(t *testing.T) {
 		mk("10.5.8.0/24", "vxlan", `{"VNI":1,"VtepMAC":"02:00:00:00:00:02"}`), // good's MAC
 		mk("10.5.9.0/24", "vxlan", ""),
 	}
-	peers := append([]lease.Lease{good, a.lease()}, bad...)
-	a.logs.Take()
-	if err := a.b.Sync(context.Background(), peers); err != nil {
+	peers := append([]lease.Lease{good, a.Lease()}, bad...)
+	a.Logs.Take()
+	if err := a.B.Sync(context.Background(), peers); err != nil {
 		t.Fatal(err)
 	}
 	want := "routes:\n10.5.2.0/24 via 10.5.2.0 onlink\nneigh:\n10.5.2.0 lladdr 02:00:00:00:00:02 PERMANENT\nfdb:\n02:00:00:00:00:02 dst 192.168.100.9 self permanent"
 	if got := a.entries(t); got != want {
 		t.Errorf("host shows\n%s\nwant only the good peer\n%s", got, want)
 	}
-	logs := a.logs.Take()
+	logs := a.Logs.Take()
 	for _, p := range bad {
 		if !slices.ContainsFunc(logs, func(l string) bool {
 			return strings.Contains(l, "level=WARN") && strings.Contains(l, "subnet="+p.Subnet.String())
@@ -372,10 +372,10 @@ func TestUnusablePeersAreSkippedWithOneWarning(t *testing.T) {
 	if slices.ContainsFunc(logs, func(l string) bool { return strings.Contains(l, "subnet=10.5.1.0/24") }) {
 		t.Error("own lease warned about")
 	}
-	if err := a.b.Sync(context.Background(), peers); err != nil {
+	if err := a.B.Sync(context.Background(), peers); err != nil {
 		t.Fatal(err)
 	}
-	for _, l := range a.logs.Take() {
+	for _, l := range a.Logs.Take() {
 		if strings.Contains(l, "level=WARN") {
 			t.Errorf("repeated warning: %s", l)
 		}
@@ -385,16 +385,16 @@ func TestUnusablePeersAreSkippedWithOneWarning(t *testing.T) {
 func TestUseAfterClose(t *testing.T) {
 	a := newHosts(t, 1)[0]
 	a.start(t, `{"Type":"vxlan"}`)
-	if err := a.b.Close(); err != nil {
+	if err := a.B.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.b.Sync(context.Background(), nil); err == nil || !strings.Contains(err.Error(), "closed") {
+	if err := a.B.Sync(context.Background(), nil); err == nil || !strings.Contains(err.Error(), "closed") {
 		t.Errorf("Sync after Close: %v, want an error", err)
 	}
-	if err := a.b.Repair(context.Background()); err == nil {
+	if err := a.B.Repair(context.Background()); err == nil {
 		t.Error("Repair after Close succeeded")
 	}
-	if _, err := a.b.Init(context.Background()); err == nil {
+	if _, err := a.B.Init(context.Background()); err == nil {
 		t.Error("Init after Close succeeded")
 	}
 }

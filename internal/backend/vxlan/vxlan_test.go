@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/flannel-go/flannel/internal/backend"
+	"github.com/flannel-go/flannel/internal/iface"
+	"github.com/flannel-go/flannel/internal/lease"
 	"github.com/flannel-go/flannel/internal/netconf"
 	"github.com/flannel-go/flannel/internal/route"
 )
@@ -67,7 +69,7 @@ func TestParseOptions(t *testing.T) {
 }
 
 func TestNewValidates(t *testing.T) {
-	ext := backend.ExtIface{Name: "eth0", Index: 2, MTU: 1500}
+	ext := iface.ExtIface{Name: "eth0", Index: 2, MTU: 1500}
 	if _, err := New(backend.Config{Options: json.RawMessage(`{"VNI":0}`), Network: netConf(), Ext: ext}); err == nil {
 		t.Error("New accepted VNI 0")
 	}
@@ -155,4 +157,45 @@ func FuzzDecodeBackendData(f *testing.F) {
 			t.Fatalf("round trip of %d %v: %d %v %v", vni, mac, vni2, mac2, err)
 		}
 	})
+}
+
+// encodeBackendData and decodeBackendData are the codec in the shape the
+// tests above were written against.
+func encodeBackendData(vni int, mac route.MAC) json.RawMessage {
+	return LeaseData{VNI: vni, VtepMAC: mac}.Encode()
+}
+
+func decodeBackendData(raw json.RawMessage) (int, route.MAC, error) {
+	d, err := DecodeLeaseData(raw)
+	return d.VNI, d.VtepMAC, err
+}
+
+func TestInfo(t *testing.T) {
+	l := func(typ, data string) lease.Lease {
+		return lease.Lease{Subnet: netip.MustParsePrefix("10.5.9.0/24"), Attrs: lease.Attrs{
+			PublicIP: netip.MustParseAddr("192.168.100.9"), BackendType: typ, BackendData: json.RawMessage(data)}}
+	}
+	good := `{"VNI":1,"VtepMAC":"02:00:00:00:00:09"}`
+	if err := Info.CheckPeer(l(Type, good)); err != nil {
+		t.Errorf("CheckPeer(good lease) = %v", err)
+	}
+	for _, bad := range []lease.Lease{l("host-gw", good), l(Type, ""), l(Type, `{"VNI":1,"VtepMAC":"01:00:5e:00:00:01"}`)} {
+		if err := Info.CheckPeer(bad); err == nil {
+			t.Errorf("CheckPeer accepted %s %s", bad.Attrs.BackendType, bad.Attrs.BackendData)
+		}
+	}
+	for _, tc := range []struct{ opts, own, want string }{
+		{``, ``, "flannel.1"},
+		{`{"Type":"vxlan","VNI":7}`, ``, "flannel.7"},
+		{`{"VNI":7,"Port":"bad"}`, ``, "flannel.7"},
+		{`{"VNI":7}`, `{"VNI":9,"VtepMAC":"02:00:00:00:00:09"}`, "flannel.9"},
+		{`[`, `{"VNI":0}`, "flannel.1"},
+	} {
+		if got := Info.Device(json.RawMessage(tc.opts), json.RawMessage(tc.own)); got != tc.want {
+			t.Errorf("Device(%s, %s) = %q, want %q", tc.opts, tc.own, got, tc.want)
+		}
+	}
+	if Info.Overhead != 50 || !Info.TypedLeases {
+		t.Errorf("Info = %+v: want overhead 50 and typed leases", Info)
+	}
 }

@@ -18,7 +18,7 @@ import (
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
 
-	"github.com/flannel-go/flannel/internal/backend"
+	"github.com/flannel-go/flannel/internal/iface"
 	"github.com/flannel-go/flannel/internal/netnstest"
 	"github.com/flannel-go/flannel/internal/ns"
 )
@@ -43,7 +43,7 @@ func NewLab(t testing.TB, prefix string) *Lab {
 // Host is a namespace with eth0 on the lab's segment, forwarding on.
 type Host struct {
 	NS  *ns.NS
-	Ext backend.ExtIface // eth0, IfaceAddr = ExtAddr = the underlay address
+	Ext iface.ExtIface // eth0, IfaceAddr = ExtAddr = the underlay address
 	t   testing.TB
 	lab *Lab
 }
@@ -69,7 +69,7 @@ func (l *Lab) AddHost(addr netip.Prefix) *Host {
 	if err != nil {
 		l.t.Fatal(err)
 	}
-	h.Ext = backend.ExtIface{
+	h.Ext = iface.ExtIface{
 		Name:      "eth0",
 		Index:     eth.Attrs().Index,
 		MTU:       eth.Attrs().MTU,
