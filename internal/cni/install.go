@@ -125,4 +125,3 @@ func same(path string, b []byte, mode fs.FileMode) bool {
 	have, err := io.ReadAll(f)
 	return err == nil && bytes.Equal(have, b)
 }
-
