@@ -13,6 +13,8 @@ all: build
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/flanneld ./cmd/flanneld
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/flannelctl ./cmd/flannelctl
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/flannel ./cmd/flannel
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/install-cni ./cmd/install-cni
 
 # The local lab: 3 hosts in network namespaces, a real etcd, one flanneld
 # each, a container each, and a ping matrix; then it tears itself down.
