@@ -9,11 +9,13 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"net"
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
 	cniversion "github.com/containernetworking/cni/pkg/version"
 
 	"github.com/flannel-go/flannel/internal/subnetenv"
@@ -255,7 +257,7 @@ func checkConfig(saved []byte, conf *NetConf) (string, []byte, error) {
 		return "", nil, errors.New("flannel: saved configuration has no type")
 	}
 	if conf.PrevResult != nil {
-		m["prevResult"] = conf.PrevResult
+		m["prevResult"] = withRouteGateways(conf.PrevResult, conf.CNIVersion)
 	}
 	if conf.CNIVersion != "" {
 		m["cniVersion"] = conf.CNIVersion
@@ -265,4 +267,62 @@ func checkConfig(saved []byte, conf *NetConf) (string, []byte, error) {
 		return "", nil, fmt.Errorf("flannel: render CHECK configuration: %w", err)
 	}
 	return typ, b, nil
+}
+
+// withRouteGateways returns prev with each route that has no gateway given
+// the first gateway of its family among the result's IPs: the gateway the
+// delegate installed it through (a route without "gw" goes via the
+// interface's gateway). CHECK then asks for exactly the route the kernel
+// has; bridge and ptp up to plugins v1.2 look for a route without a
+// gateway and fail on every flannel pod otherwise (containernetworking/
+// plugins#886). If prev cannot be read it is returned as it is, for the
+// delegate to judge.
+func withRouteGateways(prev json.RawMessage, cniVersion string) json.RawMessage {
+	if cniVersion == "" {
+		return prev
+	}
+	r, err := cniversion.NewResult(cniVersion, prev)
+	if err != nil {
+		return prev
+	}
+	res, err := current.NewResultFromResult(r)
+	if err != nil {
+		return prev
+	}
+	var v4gw, v6gw net.IP
+	for _, ip := range res.IPs {
+		switch {
+		case ip.Gateway == nil:
+		case ip.Gateway.To4() != nil && v4gw == nil:
+			v4gw = ip.Gateway
+		case ip.Gateway.To4() == nil && v6gw == nil:
+			v6gw = ip.Gateway
+		}
+	}
+	changed := false
+	for _, rt := range res.Routes {
+		if rt == nil || rt.GW != nil {
+			continue
+		}
+		gw := v6gw
+		if rt.Dst.IP.To4() != nil {
+			gw = v4gw
+		}
+		if gw != nil {
+			rt.GW = gw
+			changed = true
+		}
+	}
+	if !changed {
+		return prev
+	}
+	out, err := res.GetAsVersion(cniVersion)
+	if err != nil {
+		return prev
+	}
+	b, err := json.Marshal(out)
+	if err != nil {
+		return prev
+	}
+	return b
 }

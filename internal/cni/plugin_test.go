@@ -336,3 +336,44 @@ func TestVersions(t *testing.T) {
 		t.Errorf("Versions = %v, want %v", got, want)
 	}
 }
+
+// CHECK asks for the routes as the delegate installed them: a route
+// without a gateway goes via the interface's gateway of its family
+// (containernetworking/plugins#886).
+func TestCheckFillsRouteGateways(t *testing.T) {
+	tests := []struct{ version, prev, wantRoutes string }{
+		{"1.0.0",
+			`{"cniVersion":"1.0.0","ips":[{"address":"10.1.17.2/24","gateway":"10.1.17.1"},{"address":"fc00::2/64","gateway":"fc00::1"}],
+			  "routes":[{"dst":"10.1.0.0/16"},{"dst":"fc00::/48"},{"dst":"10.96.0.0/12","gw":"10.1.17.20"}]}`,
+			`[{"dst":"10.1.0.0/16","gw":"10.1.17.1"},{"dst":"fc00::/48","gw":"fc00::1"},{"dst":"10.96.0.0/12","gw":"10.1.17.20"}]`},
+		{"0.4.0",
+			`{"cniVersion":"0.4.0","ips":[{"version":"4","address":"10.1.17.2/24","gateway":"10.1.17.1"}],"routes":[{"dst":"10.1.0.0/16"}]}`,
+			`[{"dst":"10.1.0.0/16","gw":"10.1.17.1"}]`},
+		// nothing to fill: passed on as the runtime sent it
+		{"1.0.0", `{"cniVersion":"1.0.0","ips":[{"address":"10.1.17.2/24"}],"routes":[{"dst":"10.1.0.0/16"}]}`,
+			`[{"dst":"10.1.0.0/16"}]`},
+	}
+	for _, tt := range tests {
+		f := newFixture(t)
+		f.writeEnv(t, envV4)
+		ctx := context.Background()
+		if err := f.plugin.Add(ctx, f.args("c1", tt.version, "")); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.plugin.Check(ctx, f.args("c1", tt.version, `, "prevResult": `+tt.prev)); err != nil {
+			t.Fatalf("CHECK: %v", err)
+		}
+		var got struct {
+			PrevResult struct {
+				CNIVersion string          `json:"cniVersion"`
+				Routes     json.RawMessage `json:"routes"`
+			} `json:"prevResult"`
+		}
+		if err := json.Unmarshal(f.exec.calls[len(f.exec.calls)-1].stdin, &got); err != nil {
+			t.Fatal(err)
+		}
+		if string(got.PrevResult.Routes) != tt.wantRoutes || got.PrevResult.CNIVersion != tt.version {
+			t.Errorf("%s: delegate's prevResult %s routes %s, want %s", tt.version, got.PrevResult.CNIVersion, got.PrevResult.Routes, tt.wantRoutes)
+		}
+	}
+}
