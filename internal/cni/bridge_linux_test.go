@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -50,9 +49,11 @@ func skipUnlessPlugins(t *testing.T) {
 // a directory removed after the test, and returns that directory.
 func buildPlugin(t *testing.T) string {
 	t.Helper()
+	// go test does not always run with the toolchain on PATH; the
+	// project's documented place is the fallback.
 	goBin, err := exec.LookPath("go")
 	if err != nil {
-		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
+		goBin = "/usr/local/go/bin/go"
 	}
 	dir := t.TempDir()
 	cmd := exec.Command(goBin, "build", "-o", filepath.Join(dir, "flannel"), "github.com/flannel-go/flannel/cmd/flannel")
