@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -103,9 +102,11 @@ func TestImage(t *testing.T) {
 // version, as `make build` does.
 func buildCommands(t *testing.T, dir, version string, names ...string) {
 	t.Helper()
+	// go test does not always run with the toolchain on PATH; the
+	// project's documented place is the fallback.
 	goBin, err := exec.LookPath("go")
 	if err != nil {
-		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
+		goBin = "/usr/local/go/bin/go"
 	}
 	for _, n := range names {
 		cmd := exec.Command(goBin, "build", "-trimpath",
