@@ -10,6 +10,8 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
+	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/invoke"
@@ -133,7 +135,8 @@ func (p *Plugin) removeState(dataDir, containerID string) error {
 }
 
 // Check runs the delegate's CHECK with the configuration ADD saved and the
-// runtime's cached result (the delegate needs it to know what to check).
+// runtime's cached result (the delegate needs it to know what to check),
+// after checking that the pod's subnet is still the node's.
 func (p *Plugin) Check(ctx context.Context, args *skel.CmdArgs) error {
 	conf, err := parseConf(args.StdinData)
 	if err != nil {
@@ -151,6 +154,15 @@ func (p *Plugin) Check(ctx context.Context, args *skel.CmdArgs) error {
 	typ, checkConf, err := checkConfig(saved, conf)
 	if err != nil {
 		return types.NewError(types.ErrInternal, err.Error(), "")
+	}
+	// A pod left in a subnet the node no longer owns is unreachable from
+	// other nodes however healthy its veth is. Without a usable
+	// subnet.env (flanneld restarting) there is nothing to compare with.
+	if env, terr := loadSubnetEnv(conf.SubnetFile, types.ErrTryAgainLater); terr == nil {
+		if err := sameSubnets(saved, env); err != nil {
+			return types.NewError(types.ErrInternal, fmt.Sprintf("flannel: container %s: %v", args.ContainerID, err),
+				"flanneld holds a different lease than when the pod was created (subnet.env changed); recreate the pod")
+		}
 	}
 	if err := invoke.DelegateCheck(ctx, typ, checkConf, p.exec); err != nil {
 		return delegateError(typ, "CHECK", err)
@@ -325,4 +337,36 @@ func withRouteGateways(prev json.RawMessage, cniVersion string) json.RawMessage 
 		return prev
 	}
 	return b
+}
+
+// sameSubnets checks that the ranges the saved configuration gave the pod
+// are this node's subnets in env.
+func sameSubnets(saved []byte, env subnetenv.Full) error {
+	var c struct {
+		IPAM struct {
+			Ranges [][]struct {
+				Subnet string `json:"subnet"`
+			} `json:"ranges"`
+		} `json:"ipam"`
+	}
+	if err := json.Unmarshal(saved, &c); err != nil {
+		return fmt.Errorf("parse saved configuration: %w", err)
+	}
+	var had []string
+	for _, r := range c.IPAM.Ranges {
+		for _, s := range r {
+			had = append(had, s.Subnet)
+		}
+	}
+	var now []string
+	for _, sn := range []netip.Prefix{env.Subnet, env.IPv6Subnet} {
+		if sn.IsValid() {
+			now = append(now, sn.Masked().String())
+		}
+	}
+	if !slices.Equal(had, now) {
+		return fmt.Errorf("set up in subnet %s, but this node's subnet is now %s",
+			strings.Join(had, ", "), strings.Join(now, ", "))
+	}
+	return nil
 }

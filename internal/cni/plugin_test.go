@@ -377,3 +377,30 @@ func TestCheckFillsRouteGateways(t *testing.T) {
 		}
 	}
 }
+
+// After flanneld takes a new lease, CHECK reports the pod as stranded in
+// the old subnet; with subnet.env briefly gone it only asks the delegate.
+func TestCheckSubnetChanged(t *testing.T) {
+	f := newFixture(t)
+	f.writeEnv(t, envV4)
+	ctx := context.Background()
+	if err := f.plugin.Add(ctx, f.args("c1", "1.0.0", "")); err != nil {
+		t.Fatal(err)
+	}
+	f.writeEnv(t, envDual) // same IPv4 lease, IPv6 added
+	if err := f.plugin.Check(ctx, f.args("c1", "1.0.0", "")); err == nil || !strings.Contains(err.Error(), "10.1.17.0/24, fc00::/64") {
+		t.Errorf("CHECK after an IPv6 subnet was added: %v", err)
+	}
+	f.writeEnv(t, envKube)
+	err := f.plugin.Check(ctx, f.args("c1", "1.0.0", ""))
+	if te := cniError(t, err); !strings.Contains(te.Msg, "set up in subnet 10.1.17.0/24, but this node's subnet is now 10.244.1.0/24") ||
+		!strings.Contains(te.Details, "recreate the pod") {
+		t.Errorf("CHECK after a new lease: %+v", te)
+	}
+	if err := os.Remove(f.subnetFile); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.plugin.Check(ctx, f.args("c1", "1.0.0", "")); err != nil {
+		t.Errorf("CHECK without subnet.env: %v", err)
+	}
+}
