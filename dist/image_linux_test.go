@@ -221,7 +221,11 @@ func (d *dockerd) stop(t *testing.T) {
 	_ = syscall.Kill(-pid, syscall.SIGKILL)
 	<-d.done
 	// runc removed each container's cgroup (--rm); the parent is ours.
+	// (cgroup v1: one per hierarchy; v2: one.)
 	dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", d.cgroupParent))
+	if _, err := os.Stat(filepath.Join("/sys/fs/cgroup", d.cgroupParent)); err == nil {
+		dirs = append(dirs, filepath.Join("/sys/fs/cgroup", d.cgroupParent))
+	}
 	for _, cg := range dirs {
 		if err := os.Remove(cg); err != nil {
 			t.Errorf("cleanup: %v", err)
