@@ -71,7 +71,7 @@ type fixture struct {
 	plugin                   *cni.Plugin
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t testing.TB) *fixture {
 	dir := t.TempDir()
 	f := &fixture{
 		dir:        dir,
@@ -90,7 +90,7 @@ func (f *fixture) args(id, version string, extra string) *skel.CmdArgs {
 	return &skel.CmdArgs{ContainerID: id, Netns: "/var/run/netns/x", IfName: "eth0", StdinData: []byte(conf)}
 }
 
-func (f *fixture) writeEnv(t *testing.T, s string) {
+func (f *fixture) writeEnv(t testing.TB, s string) {
 	t.Helper()
 	if err := os.WriteFile(f.subnetFile, []byte(s), 0o644); err != nil {
 		t.Fatal(err)
@@ -403,4 +403,42 @@ func TestCheckSubnetChanged(t *testing.T) {
 	if err := f.plugin.Check(ctx, f.args("c1", "1.0.0", "")); err != nil {
 		t.Errorf("CHECK without subnet.env: %v", err)
 	}
+}
+
+// FuzzCheck feeds CHECK arbitrary runtime input (the configuration with
+// its prevResult) against a saved configuration: no panic, and the
+// delegate always gets a JSON object.
+func FuzzCheck(f *testing.F) {
+	for _, s := range []string{
+		`{"cniVersion":"1.0.0","name":"cbr0","prevResult":{"cniVersion":"1.0.0","ips":[{"address":"10.1.17.2/24","gateway":"10.1.17.1"}],"routes":[{"dst":"10.1.0.0/16"}]}}`,
+		`{"cniVersion":"0.4.0","prevResult":{"cniVersion":"0.4.0","ips":[{"version":"4","address":"10.1.17.2/24","gateway":"10.1.17.1"}],"routes":[{"dst":"::/0"}]}}`,
+		`{"cniVersion":"1.1.0","prevResult":{"routes":[null]}}`,
+		`{"cniVersion":"9.9.9","prevResult":[]}`,
+	} {
+		f.Add([]byte(s))
+	}
+	// One fixture for every input: CHECK changes no state, and a file
+	// system per input would make the target too slow to explore.
+	fx := newFixture(f)
+	fx.writeEnv(f, envV4)
+	if err := cni.SaveState(fx.dataDir, "c1", []byte(`{"cniVersion":"1.0.0","name":"cbr0","type":"bridge","ipam":{"ranges":[[{"subnet":"10.1.17.0/24"}]]}}`)); err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		fx.exec.calls = nil
+		var m map[string]json.RawMessage
+		if json.Unmarshal(b, &m) != nil {
+			return
+		}
+		m["subnetFile"], _ = json.Marshal(fx.subnetFile)
+		m["dataDir"], _ = json.Marshal(fx.dataDir)
+		stdin, _ := json.Marshal(m)
+		if err := fx.plugin.Check(context.Background(), &skel.CmdArgs{ContainerID: "c1", StdinData: stdin}); err != nil {
+			return
+		}
+		var got map[string]any
+		if err := json.Unmarshal(fx.exec.calls[0].stdin, &got); err != nil {
+			t.Fatalf("delegate got %s: %v", fx.exec.calls[0].stdin, err)
+		}
+	})
 }
