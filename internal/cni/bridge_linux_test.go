@@ -355,3 +355,73 @@ func writeFile(t *testing.T, path, s string) {
 		t.Fatal(err)
 	}
 }
+
+// TestRealBridgeDualStack: with FLANNEL_IPV6_* the pods get an address of
+// each family from host-local and routes to both flannel networks, and
+// reach each other over both.
+func TestRealBridgeDualStack(t *testing.T) {
+	skipUnlessPlugins(t)
+	binDir := buildPlugin(t)
+	host := netnstest.New(t, "cnih")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	subnetFile := filepath.Join(dir, "subnet.env")
+	writeFile(t, subnetFile, "FLANNEL_NETWORK=10.67.0.0/16\nFLANNEL_SUBNET=10.67.3.1/24\n"+
+		"FLANNEL_IPV6_NETWORK=fd67::/48\nFLANNEL_IPV6_SUBNET=fd67:0:0:3::1/64\nFLANNEL_MTU=1400\nFLANNEL_IPMASQ=true\n")
+	conf := fmt.Appendf(nil, `{"cniVersion": "1.0.0", "name": "flannel-dual", "type": "flannel",
+		"subnetFile": %q, "dataDir": %q, "ipam": {"dataDir": %q}}`, subnetFile, filepath.Join(dir, "flannel"), filepath.Join(dir, "host-local"))
+	r := &runtimeEnv{host: host, binDir: binDir, cniPath: debianCNI + string(os.PathListSeparator) + binDir}
+
+	var pods []*ns.NS
+	var addrs [][]netip.Addr
+	for i := range 2 {
+		pod := netnstest.New(t, "cnip")
+		id := fmt.Sprintf("dual%d", i)
+		res := r.call(ctx, t, "ADD", id, netnsPath(pod), conf)
+		if res.err != nil {
+			t.Fatalf("ADD %s: %v", id, res.err)
+		}
+		result, err := current.NewResult(res.stdout)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []netip.Addr
+		for _, ip := range result.(*current.Result).IPs {
+			a, _ := netip.AddrFromSlice(ip.Address.IP)
+			got = append(got, a.Unmap())
+		}
+		if len(got) != 2 || !netip.MustParsePrefix("10.67.3.0/24").Contains(got[0]) || !netip.MustParsePrefix("fd67:0:0:3::/64").Contains(got[1]) {
+			t.Fatalf("ADD %s: addresses %v, want one in 10.67.3.0/24 and one in fd67:0:0:3::/64", id, got)
+		}
+		h, err := pod.Handle()
+		if err != nil {
+			t.Fatal(err)
+		}
+		routes, err := h.RouteList(nil, netlink.FAMILY_ALL)
+		h.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rs []string
+		for _, rt := range routes {
+			rs = append(rs, fmt.Sprintf("%v via %v", rt.Dst, rt.Gw))
+		}
+		for _, want := range []string{"10.67.0.0/16 via 10.67.3.1", "fd67::/48 via fd67:0:0:3::1"} {
+			if !slices.Contains(rs, want) {
+				t.Errorf("%s routes %q lack %q", id, rs, want)
+			}
+		}
+		pods, addrs = append(pods, pod), append(addrs, got)
+	}
+	for _, dst := range addrs[1] {
+		if out, err := pods[0].Run(ctx, "ping", "-c", "1", "-W", "5", dst.String()); err != nil {
+			t.Errorf("pod 0 → %s: %v\n%s", dst, err, out)
+		}
+	}
+	for i := range pods {
+		if res := r.call(ctx, t, "DEL", fmt.Sprintf("dual%d", i), netnsPath(pods[i]), conf); res.err != nil {
+			t.Errorf("DEL dual%d: %v", i, res.err)
+		}
+	}
+}
