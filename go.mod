@@ -3,6 +3,7 @@ module github.com/flannel-go/flannel
 go 1.26.8
 
 require (
+	github.com/containernetworking/cni v1.3.1
 	github.com/coreos/go-systemd/v22 v22.7.0
 	github.com/google/go-cmp v0.7.0
 	github.com/google/nftables v0.3.0

@@ -36,6 +36,7 @@ func newInstaller(t *testing.T) *installer {
 	// 0600 on purpose: install must set the mode, not copy it.
 	writeFile(t, filepath.Join(work, "bin", "flanneld"), "#!/bin/sh\necho fake flanneld v1\n", 0o600)
 	writeFile(t, filepath.Join(work, "bin", "flannelctl"), "#!/bin/sh\necho fake flannelctl v1\n", 0o600)
+	writeFile(t, filepath.Join(work, "bin", "flannel"), "#!/bin/sh\necho fake flannel CNI plugin v1\n", 0o600)
 	writeFile(t, filepath.Join(work, "test.mk"), "include "+mk+"\n", 0o644)
 	return &installer{work: work}
 }
@@ -50,7 +51,7 @@ func (in *installer) make(t *testing.T, vars ...string) (string, error) {
 		name, _, _ := strings.Cut(kv, "=")
 		switch name {
 		case "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEFILES", "DESTDIR", "PREFIX", "BINDIR",
-			"LIBEXECDIR", "SYSTEMDUNITDIR", "SYSCONFDIR", "INSTALL", "FLANNEL_BIN":
+			"LIBEXECDIR", "SYSTEMDUNITDIR", "SYSCONFDIR", "INSTALL", "FLANNEL_BIN", "CNIBINDIR":
 			continue
 		}
 		cmd.Env = append(cmd.Env, kv)
@@ -142,6 +143,7 @@ func TestInstallPrefixUsr(t *testing.T) {
 	checkTree(t, got, map[string]file{
 		"/usr/bin/flanneld":                                 {0o755, "#!/bin/sh\necho fake flanneld v1\n"},
 		"/usr/bin/flannelctl":                               {0o755, "#!/bin/sh\necho fake flannelctl v1\n"},
+		"/opt/cni/bin/flannel":                              {0o755, "#!/bin/sh\necho fake flannel CNI plugin v1\n"},
 		"/usr/libexec/flannel/mk-docker-opts.sh":            {0o755, readFile(t, "mk-docker-opts.sh")},
 		"/usr/lib/systemd/system/flanneld.service":          {0o644, ""},
 		"/etc/systemd/system/docker.service.d/flannel.conf": {0o644, readFile(t, "docker-flannel.conf")},
@@ -332,4 +334,25 @@ func readFile(t *testing.T, path string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// The CNI plugin goes where runtimes look for plugins, whatever PREFIX is;
+// CNIBINDIR moves it (e.g. k3s's /var/lib/rancher/k3s/data/current/bin).
+func TestInstallCNIBinDir(t *testing.T) {
+	in := newInstaller(t)
+	dest := t.TempDir()
+	in.install(t, "DESTDIR="+dest, "PREFIX=/opt/flannel", "CNIBINDIR=/usr/libexec/cni")
+	got := tree(t, dest)
+	if g := got["/usr/libexec/cni/flannel"]; g.mode != 0o755 || !strings.Contains(g.data, "fake flannel CNI plugin") {
+		t.Errorf("CNI plugin not installed in CNIBINDIR: %v", slices.Sorted(maps.Keys(got)))
+	}
+	if _, ok := got["/opt/cni/bin/flannel"]; ok {
+		t.Errorf("CNI plugin installed in /opt/cni/bin despite CNIBINDIR")
+	}
+	if out, err := in.make(t, "uninstall", "DESTDIR="+dest, "PREFIX=/opt/flannel", "CNIBINDIR=/usr/libexec/cni"); err != nil {
+		t.Fatalf("make uninstall: %v\n%s", err, out)
+	}
+	if _, ok := tree(t, dest)["/usr/libexec/cni/flannel"]; ok {
+		t.Errorf("uninstall left the CNI plugin")
+	}
 }

@@ -5,6 +5,8 @@
 #
 # What goes where (P = $(DESTDIR)$(PREFIX), E = $(DESTDIR)$(SYSCONFDIR)):
 #   P/bin/flanneld, P/bin/flannelctl                    0755  from bin/ (make build)
+#   $(DESTDIR)$(CNIBINDIR)/flannel                      0755  the CNI plugin (CNIBINDIR=/opt/cni/bin,
+#                                                             where runtimes look, whatever PREFIX)
 #   P/libexec/flannel/mk-docker-opts.sh                 0755  upstream's image has it at /opt/bin
 #   P/lib/systemd/system/flanneld.service               0644  paths rewritten to PREFIX/SYSCONFDIR
 #   E/systemd/system/docker.service.d/flannel.conf      0644  only if absent
@@ -28,6 +30,7 @@ BINDIR         ?= $(PREFIX)/bin
 LIBEXECDIR     ?= $(PREFIX)/libexec
 SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
 SYSCONFDIR     ?= /etc
+CNIBINDIR      ?= /opt/cni/bin
 INSTALL        ?= install
 # Where `make build` put the binaries, relative to make's directory.
 FLANNEL_BIN    ?= bin
@@ -48,12 +51,13 @@ endef
 .PHONY: install uninstall
 
 install:
-	@for f in $(FLANNEL_BIN)/flanneld $(FLANNEL_BIN)/flannelctl; do \
+	@for f in $(FLANNEL_BIN)/flanneld $(FLANNEL_BIN)/flannelctl $(FLANNEL_BIN)/flannel; do \
 		[ -f "$$f" ] || { echo "install: $$f not found: run 'make build' first (as yourself, not root)" >&2; exit 1; }; \
 	done
 	$(INSTALL) -d '$(DESTDIR)$(BINDIR)' '$(DESTDIR)$(LIBEXECDIR)/flannel' '$(DESTDIR)$(SYSTEMDUNITDIR)' \
-		'$(DESTDIR)$(flannel_dropin_dir)' '$(DESTDIR)$(SYSCONFDIR)/sysconfig'
+		'$(DESTDIR)$(flannel_dropin_dir)' '$(DESTDIR)$(SYSCONFDIR)/sysconfig' '$(DESTDIR)$(CNIBINDIR)'
 	$(INSTALL) -m 0755 $(FLANNEL_BIN)/flanneld $(FLANNEL_BIN)/flannelctl '$(DESTDIR)$(BINDIR)/'
+	$(INSTALL) -m 0755 $(FLANNEL_BIN)/flannel '$(DESTDIR)$(CNIBINDIR)/flannel'
 	$(INSTALL) -m 0755 '$(flannel_dist)/mk-docker-opts.sh' '$(DESTDIR)$(LIBEXECDIR)/flannel/mk-docker-opts.sh'
 	sed -e 's|/usr/local/bin/|$(BINDIR)/|g' \
 		-e 's|/usr/local/libexec/|$(LIBEXECDIR)/|g' \
@@ -71,6 +75,7 @@ install:
 uninstall:
 	rm -f '$(DESTDIR)$(BINDIR)/flanneld' '$(DESTDIR)$(BINDIR)/flannelctl' \
 		'$(DESTDIR)$(LIBEXECDIR)/flannel/mk-docker-opts.sh' \
+		'$(DESTDIR)$(CNIBINDIR)/flannel' \
 		'$(DESTDIR)$(SYSTEMDUNITDIR)/flanneld.service' \
 		'$(DESTDIR)$(flannel_dropin_dir)/flannel.conf'
 	rmdir '$(DESTDIR)$(LIBEXECDIR)/flannel' 2>/dev/null || true

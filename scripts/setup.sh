@@ -26,6 +26,8 @@ if [ "${1:-}" = "--test" ]; then
   check python3 python3
   check dockerd docker.io
   check busybox busybox-static
+  # bridge, host-local, portmap, … in /usr/lib/cni: the CNI plugin's delegates
+  [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
 fi
 
 if [ ${#need[@]} -gt 0 ]; then

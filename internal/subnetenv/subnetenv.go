@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -129,17 +130,9 @@ func Write(path string, e Env) (err error) {
 // Read reads and parses the file at path. A missing file gives an error
 // matching fs.ErrNotExist: the normal case on a host's first start.
 func Read(path string) (Env, error) {
-	f, err := os.Open(path)
+	b, err := readFile(path)
 	if err != nil {
-		return Env{}, fmt.Errorf("subnetenv: %w", err)
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxSize+1))
-	if err != nil {
-		return Env{}, fmt.Errorf("subnetenv: read %s: %w", path, err)
-	}
-	if len(b) > maxSize {
-		return Env{}, fmt.Errorf("subnetenv: %s is larger than %d bytes; not a subnet.env file", path, maxSize)
+		return Env{}, err
 	}
 	e, err := Parse(b)
 	if err != nil {
@@ -148,36 +141,119 @@ func Read(path string) (Env, error) {
 	return e, nil
 }
 
+// ReadFull is Read for a reader that needs Full (the CNI plugin).
+func ReadFull(path string) (Full, error) {
+	b, err := readFile(path)
+	if err != nil {
+		return Full{}, err
+	}
+	f, err := ParseFull(b)
+	if err != nil {
+		return Full{}, fmt.Errorf("%w (in %s)", err, path)
+	}
+	return f, nil
+}
+
+func readFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("subnetenv: %w", err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("subnetenv: read %s: %w", path, err)
+	}
+	if len(b) > maxSize {
+		return nil, fmt.Errorf("subnetenv: %s is larger than %d bytes; not a subnet.env file", path, maxSize)
+	}
+	return b, nil
+}
+
 // Parse parses subnet.env content. It accepts what people write by hand:
 // comments, blank lines, "export ", quotes, CRLF line ends, "KEY: value".
 // Unknown keys are ignored and a repeated key's last value wins. Missing
-// keys leave their field zero.
+// keys leave their field zero. A list of networks is an error: flanneld
+// has one network per family.
 func Parse(b []byte) (Env, error) {
+	f, err := parse(b, false)
+	return f.Env, err
+}
+
+// Full is subnet.env as the CNI plugin reads it, which needs two things Env
+// does not say: every network of a comma-separated FLANNEL_NETWORK or
+// FLANNEL_IPV6_NETWORK (flanneld releases with MultiClusterCIDR wrote
+// lists, and upstream's plugin routes pods to each of them), and which keys
+// are absent, because the plugin refuses a file without FLANNEL_MTU or
+// FLANNEL_IPMASQ rather than guess a value.
+type Full struct {
+	Env // Network and IPv6Network are the first of their lists
+	// Networks and IPv6Networks list every entry in file order, duplicates
+	// dropped.
+	Networks     []netip.Prefix
+	IPv6Networks []netip.Prefix
+	// Missing names the keys the plugin requires that are absent or empty,
+	// in upstream's order and grouping: "FLANNEL_NETWORK" and
+	// "FLANNEL_IPV6_NETWORK" when neither network is set, likewise the
+	// subnets, then "FLANNEL_MTU" and "FLANNEL_IPMASQ".
+	Missing []string
+}
+
+// ParseFull is Parse that accepts lists of networks and reports missing
+// keys; see Full.
+func ParseFull(b []byte) (Full, error) {
+	return parse(b, true)
+}
+
+func parse(b []byte, lists bool) (Full, error) {
 	vars, err := parseLines(b)
 	if err != nil {
-		return Env{}, err
+		return Full{}, err
 	}
-	var e Env
+	var f Full
+	seen := map[string]bool{}
 	for _, kv := range vars {
 		switch kv.key {
 		case keyNetwork:
-			e.Network, err = parsePrefix(kv, false, true)
+			f.Networks, err = parsePrefixes(kv, false, true, lists)
+			f.Network = first(f.Networks)
 		case keySubnet:
-			e.Subnet, err = parsePrefix(kv, false, false)
+			f.Subnet, err = parsePrefix(kv, false, false)
 		case keyIPv6Network:
-			e.IPv6Network, err = parsePrefix(kv, true, true)
+			f.IPv6Networks, err = parsePrefixes(kv, true, true, lists)
+			f.IPv6Network = first(f.IPv6Networks)
 		case keyIPv6Subnet:
-			e.IPv6Subnet, err = parsePrefix(kv, true, false)
+			f.IPv6Subnet, err = parsePrefix(kv, true, false)
 		case keyMTU:
-			e.MTU, err = parseMTU(kv)
+			f.MTU, err = parseMTU(kv)
 		case keyIPMasq:
-			e.IPMasq, err = parseBool(kv)
+			f.IPMasq, err = parseBool(kv)
 		}
 		if err != nil {
-			return Env{}, err
+			return Full{}, err
+		}
+		// A later empty value unsets the key, as it does the field.
+		seen[kv.key] = kv.value != ""
+	}
+	if !f.Network.IsValid() && !f.IPv6Network.IsValid() {
+		f.Missing = append(f.Missing, keyNetwork, keyIPv6Network)
+	}
+	if !f.Subnet.IsValid() && !f.IPv6Subnet.IsValid() {
+		f.Missing = append(f.Missing, keySubnet, keyIPv6Subnet)
+	}
+	for _, k := range []string{keyMTU, keyIPMasq} {
+		if !seen[k] {
+			f.Missing = append(f.Missing, k)
 		}
 	}
-	return e, nil
+	return f, nil
+}
+
+func first(ps []netip.Prefix) netip.Prefix {
+	if len(ps) == 0 {
+		return netip.Prefix{}
+	}
+	return ps[0]
 }
 
 type keyValue struct {
@@ -200,34 +276,40 @@ func quote(s string) string {
 }
 
 func parsePrefix(kv keyValue, v6, network bool) (netip.Prefix, error) {
-	// Upstream still accepts a comma-separated list (a MultiClusterCIDR
-	// leftover) and treats more than one entry as an error.
-	var s string
+	ps, err := parsePrefixes(kv, v6, network, false)
+	return first(ps), err
+}
+
+// parsePrefixes parses a value that upstream still accepts as a
+// comma-separated list (a MultiClusterCIDR leftover); unless lists is set,
+// more than one entry is an error, as it is for upstream's flanneld.
+// Duplicates are dropped.
+func parsePrefixes(kv keyValue, v6, network, lists bool) ([]netip.Prefix, error) {
+	fam := "IPv4"
+	if v6 {
+		fam = "IPv6"
+	}
+	var out []netip.Prefix
 	for _, part := range strings.Split(kv.value, ",") {
 		part = strings.TrimSpace(part)
 		if part == "" {
 			continue
 		}
-		if s != "" {
-			return netip.Prefix{}, kv.errorf("lists more than one CIDR; flannel supports one")
+		if len(out) > 0 && !lists {
+			return nil, kv.errorf("lists more than one CIDR; flannel supports one")
 		}
-		s = part
+		p, err := netip.ParsePrefix(part)
+		if err != nil || p.Addr().Is6() != v6 || p.Addr().Is4In6() {
+			return nil, kv.errorf("not an %s CIDR", fam)
+		}
+		if network && p.Masked() != p {
+			return nil, kv.errorf("has host bits set; the network address is %s", p.Masked())
+		}
+		if !slices.Contains(out, p) {
+			out = append(out, p)
+		}
 	}
-	if s == "" {
-		return netip.Prefix{}, nil
-	}
-	fam := "IPv4"
-	if v6 {
-		fam = "IPv6"
-	}
-	p, err := netip.ParsePrefix(s)
-	if err != nil || p.Addr().Is6() != v6 || p.Addr().Is4In6() {
-		return netip.Prefix{}, kv.errorf("not an %s CIDR", fam)
-	}
-	if network && p.Masked() != p {
-		return netip.Prefix{}, kv.errorf("has host bits set; the network address is %s", p.Masked())
-	}
-	return p, nil
+	return out, nil
 }
 
 func parseMTU(kv keyValue) (int, error) {
