@@ -35,7 +35,7 @@ func (l *Lab) LeaseKV(ls lease.Lease) (key, value string, err error) {
 	if err != nil {
 		return "", "", fmt.Errorf("lab: encode lease %s: %w", ls.Key(), err)
 	}
-	return l.Prefix + "/subnets/" + ls.Key(), string(v), nil
+	return lease.KeyPath(l.Prefix, ls.Key()), string(v), nil
 }
 
 // PutLeases writes leases in transactions of up to 128 puts (etcd's default

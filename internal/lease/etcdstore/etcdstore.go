@@ -135,7 +135,7 @@ func New(o Options) (*Store, error) {
 		cli:       cli,
 		log:       log,
 		prefix:    prefix,
-		subnets:   prefix + "/subnets/",
+		subnets:   lease.SubnetsDir(prefix),
 		endpoints: strings.Join(o.Endpoints, ","),
 		timeout:   timeout,
 		connErrs:  errs,

@@ -18,7 +18,7 @@ import (
 func (s *Store) Config(ctx context.Context) ([]byte, error) {
 	ctx, cancel := s.reqCtx(ctx)
 	defer cancel()
-	key := s.prefix + "/config"
+	key := lease.ConfigKey(s.prefix)
 	r, err := s.cli.Get(ctx, key)
 	if err != nil {
 		return nil, s.fail("get "+key, err)
@@ -33,7 +33,7 @@ func (s *Store) Config(ctx context.Context) ([]byte, error) {
 func (s *Store) PutConfig(ctx context.Context, cfg []byte) error {
 	ctx, cancel := s.reqCtx(ctx)
 	defer cancel()
-	key := s.prefix + "/config"
+	key := lease.ConfigKey(s.prefix)
 	if _, err := s.cli.Put(ctx, key, string(cfg)); err != nil {
 		return s.fail("put "+key, err)
 	}

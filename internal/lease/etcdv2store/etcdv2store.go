@@ -151,7 +151,7 @@ func New(o Options) (*Store, error) {
 		},
 		log:     log,
 		prefix:  prefix,
-		subnets: path.Join(prefix, "subnets"),
+		subnets: strings.TrimSuffix(lease.SubnetsDir(prefix), "/"),
 		stop:    stop,
 		ttls:    make(map[int64]time.Duration),
 	}, nil
