@@ -221,6 +221,39 @@ func (s *Store) Revoke(ctx context.Context, l lease.Lease) error {
 	return fmt.Errorf("etcdv2store: revoke %s: key changed by someone else %d times in a row", key, casAttempts)
 }
 
+// Reserve turns l into a reservation: while l's key is still the
+// incarnation l.ID names, it is rewritten with l.Attrs and no TTL (a v2
+// write without ttl clears it) by compare-and-swap, so the key never
+// disappears and keeps its createdIndex. lease.ErrNotFound when the key
+// is gone or re-created.
+func (s *Store) Reserve(ctx context.Context, l lease.Lease) (lease.Lease, error) {
+	key := lease.KeyPath(s.prefix, l.Key())
+	val, err := json.Marshal(l.Attrs)
+	if err != nil {
+		return lease.Lease{}, fmt.Errorf("etcdv2store: encode %s: %w", key, err)
+	}
+	for range casAttempts {
+		cur, err := s.owned(ctx, "reserve", key, l.ID)
+		if err != nil {
+			return lease.Lease{}, err
+		}
+		form := url.Values{"value": {string(val)}, "prevIndex": {strconv.FormatInt(cur.ModifiedIndex, 10)}}
+		_, err = s.c.do(ctx, request{method: http.MethodPut, key: key, form: form})
+		switch {
+		case isCode(err, codeCompareFailed):
+			continue
+		case isCode(err, codeKeyNotFound):
+			return lease.Lease{}, fmt.Errorf("etcdv2store: reserve %s: %w", key, lease.ErrNotFound)
+		case err != nil:
+			return lease.Lease{}, fail("reserve "+key, err)
+		}
+		s.rememberTTL(l.ID, 0)
+		l.ID, l.Expires = 0, time.Time{}
+		return l, nil
+	}
+	return lease.Lease{}, fmt.Errorf("etcdv2store: reserve %s: key changed by someone else %d times in a row", key, casAttempts)
+}
+
 // owned reads key and checks that it is the incarnation id names: for a
 // lease, a key with a TTL created at index id; for a reservation (id 0),
 // a key without a TTL.
