@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flannel-go/flannel/internal/etcdconf"
 	"github.com/flannel-go/flannel/internal/etcdtest"
 	"github.com/flannel-go/flannel/internal/lease"
 	"github.com/flannel-go/flannel/internal/lease/etcdv2store"
@@ -569,7 +570,7 @@ func TestTLS(t *testing.T) {
 	e := startEtcd(t, etcdOpts{CertFile: f.ServerCert, KeyFile: f.ServerKey, ClientCA: f.CA, Probe: probe})
 
 	t.Run("client cert", func(t *testing.T) {
-		s := newStore(t, etcdv2store.Options{Endpoints: []string{e.URL}, CertFile: f.ClientCert, KeyFile: f.ClientKey, CAFile: f.CA})
+		s := newStore(t, etcdv2store.Options{Endpoints: []string{e.URL}, TLS: tlsFiles(t, f.ClientCert, f.ClientKey, f.CA)})
 		_, rev, err := s.Leases(ctxT(t))
 		if err != nil {
 			t.Fatal(err)
@@ -589,8 +590,8 @@ func TestTLS(t *testing.T) {
 		name string
 		o    etcdv2store.Options
 	}{
-		{"wrong CA", etcdv2store.Options{CertFile: f.ClientCert, KeyFile: f.ClientKey, CAFile: etcdtest.WriteTLS(t).CA}},
-		{"no client cert", etcdv2store.Options{CAFile: f.CA}},
+		{"wrong CA", etcdv2store.Options{TLS: tlsFiles(t, f.ClientCert, f.ClientKey, etcdtest.WriteTLS(t).CA)}},
+		{"no client cert", etcdv2store.Options{TLS: tlsFiles(t, "", "", f.CA)}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.o.Endpoints = []string{e.URL}
@@ -676,7 +677,6 @@ func TestAuth(t *testing.T) {
 }
 
 func TestNewErrors(t *testing.T) {
-	f := etcdtest.WriteTLS(t)
 	for _, tc := range []struct {
 		name string
 		o    etcdv2store.Options
@@ -685,11 +685,6 @@ func TestNewErrors(t *testing.T) {
 		{"no endpoints", etcdv2store.Options{}, "no etcd endpoints"},
 		{"not a URL", etcdv2store.Options{Endpoints: []string{"127.0.0.1:2379"}}, "not an http:// or https:// URL"},
 		{"unix socket", etcdv2store.Options{Endpoints: []string{"unix:///run/etcd.sock"}}, "not an http:// or https:// URL"},
-		{"mixed schemes", etcdv2store.Options{Endpoints: []string{"https://a:1", "http://b:1"}}, "mix https and plain http"},
-		{"missing cert", etcdv2store.Options{Endpoints: []string{"https://127.0.0.1:1"}, CertFile: "/nonexistent/c.pem", KeyFile: f.ClientKey}, "/nonexistent/c.pem"},
-		{"cert without key", etcdv2store.Options{Endpoints: []string{"https://127.0.0.1:1"}, CertFile: f.ClientCert}, "both a cert file and a key file"},
-		{"missing CA", etcdv2store.Options{Endpoints: []string{"https://127.0.0.1:1"}, CAFile: "/nonexistent/ca.pem"}, "/nonexistent/ca.pem"},
-		{"CA not PEM", etcdv2store.Options{Endpoints: []string{"https://127.0.0.1:1"}, CAFile: f.ClientKey}, "no PEM certificate"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s, err := etcdv2store.New(tc.o)
@@ -704,10 +699,12 @@ func TestNewErrors(t *testing.T) {
 	}
 }
 
-func TestPlainHTTPWarnsOnce(t *testing.T) {
-	var buf logbuf.Buffer
-	newStore(t, etcdv2store.Options{Endpoints: []string{"http://127.0.0.1:1"}, Log: bufLog(&buf)})
-	if n := strings.Count(buf.String(), "not encrypted"); n != 1 {
-		t.Fatalf("%d plain-http warnings, want 1:\n%s", n, buf.String())
+// tlsFiles is the TLS config etcdconf builds from the --etcd-*file flags.
+func tlsFiles(t testing.TB, cert, key, ca string) *tls.Config {
+	t.Helper()
+	tc, err := etcdconf.TLSFiles(cert, key, ca)
+	if err != nil {
+		t.Fatal(err)
 	}
+	return tc
 }
