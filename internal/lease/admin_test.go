@@ -40,7 +40,9 @@ func TestFormatLeft(t *testing.T) {
 	}
 }
 
-func attrs(ip string) lease.Attrs { return lease.Attrs{PublicIP: netip.MustParseAddr(ip), BackendType: "vxlan"} }
+func attrs(ip string) lease.Attrs {
+	return lease.Attrs{PublicIP: netip.MustParseAddr(ip), BackendType: "vxlan"}
+}
 
 func TestListAndFind(t *testing.T) {
 	ctx := context.Background()
@@ -79,7 +81,7 @@ func TestReserveSubnet(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct {
-		sn, ip string
+		sn, ip  string
 		overlap bool
 	}{
 		{"10.5.9.0/24", "192.168.1.20", false}, // beyond SubnetMax
