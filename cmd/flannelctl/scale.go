@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -20,7 +19,6 @@ import (
 	"github.com/flannel-go/flannel/internal/backoff"
 	"github.com/flannel-go/flannel/internal/lab"
 	"github.com/flannel-go/flannel/internal/lease"
-	"github.com/flannel-go/flannel/internal/route"
 )
 
 // Targets of the scale benchmark (issue 4).
@@ -28,13 +26,6 @@ const (
 	targetSync    = 5 * time.Second
 	targetRSS     = 60 << 20
 	targetLatency = 100 * time.Millisecond
-)
-
-// The scale lab's overlay is a /8 of /24s, so 65,000 hosts fit, and the
-// fake peers' public addresses are a /16 made on-link on the host's eth0.
-var (
-	scaleNetwork = netip.MustParsePrefix("10.0.0.0/8")
-	scaleUnder   = netip.MustParsePrefix("172.20.0.0/16")
 )
 
 // labScale measures one real flanneld against thousands of fake peers: the
@@ -72,7 +63,7 @@ func labScale(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	s := &scaleRun{out: stdout, backend: *backendType, peers: *peers, newLeases: *newLeases, interval: *interval}
 	_ = lab.Down(*id)
-	cfg := fmt.Sprintf(`{"Network":%q,"SubnetLen":24,"Backend":{"Type":%q}}`, scaleNetwork, *backendType)
+	cfg := fmt.Sprintf(`{"Network":%q,"SubnetLen":24,"Backend":{"Type":%q}}`, lab.ScaleNetwork, *backendType)
 	fmt.Fprintf(stdout, "building lab %s: 1 host, config %s\n", *id, cfg)
 	s.lab, err = lab.Up(ctx, lab.Options{ID: *id, Hosts: 1, Config: cfg, Flanneld: bin, EtcdCmd: etcdCmd})
 	if err != nil {
@@ -148,11 +139,11 @@ func (s *scaleRun) run(ctx context.Context) error {
 	if err := s.lab.DeleteLink(h, "flannel.1"); err != nil {
 		return err
 	}
-	if err := s.lab.AddOnLinkRoute(h, scaleUnder); err != nil {
+	if err := s.lab.AddOnLinkRoute(h, lab.ScaleUnderlay); err != nil {
 		return err
 	}
 
-	all := fakeLeases(s.backend, own, s.peers+s.newLeases)
+	all := lab.FakeLeases(s.backend, own, s.peers+s.newLeases)
 	initial, later := all[:s.peers], all[s.peers:]
 	cli, err := s.lab.Etcd()
 	if err != nil {
@@ -177,7 +168,7 @@ func (s *scaleRun) run(ctx context.Context) error {
 		return err
 	}
 	defer w.Close()
-	expect, err := expectedEntries(s.backend, initial)
+	expect, err := lab.ExpectedEntries(s.backend, initial)
 	if err != nil {
 		return err
 	}
@@ -226,7 +217,7 @@ func (s *scaleRun) measureSync(ctx context.Context, w *lab.EntryWatch) error {
 	s.reqSync = s.reqSync.Sub(req0)
 	dev, gwIn := "flannel.1", netip.Prefix{}
 	if s.backend == "host-gw" {
-		dev, gwIn = "", scaleUnder
+		dev, gwIn = "", lab.ScaleUnderlay
 	}
 	if s.have, err = lab.CountEntries(h.NS, dev, gwIn); err != nil {
 		return err
@@ -266,7 +257,7 @@ func (s *scaleRun) measureNew(ctx context.Context, w *lab.EntryWatch, cli *clien
 			return fmt.Errorf("put new lease %d: %w", i+1, err)
 		}
 		put := time.Now()
-		r := routeOf(s.backend, l)
+		r := lab.RouteOf(s.backend, l)
 		at, err := w.WaitRoute(ctx, r.Dst, r.Gw, 10*time.Second, pid)
 		if err != nil {
 			return fmt.Errorf("route of new lease %s: %w", l.Subnet, err)
@@ -364,61 +355,4 @@ func methods(r lab.EtcdRequests) string {
 func percentile(ds []time.Duration, p int) time.Duration {
 	i := (len(ds)*p + 99) / 100
 	return ds[max(i-1, 0)]
-}
-
-// fakeLeases returns n leases of distinct /24s in scaleNetwork (never own)
-// with distinct public addresses in scaleUnder and, for vxlan, distinct
-// VTEP MACs, in upstream's value format.
-func fakeLeases(backendType string, own netip.Prefix, n int) []lease.Lease {
-	out := make([]lease.Lease, 0, n)
-	base := scaleNetwork.Addr().As4()
-	under := scaleUnder.Addr().As4()
-	for i := 1; len(out) < n; i++ {
-		sn := netip.PrefixFrom(netip.AddrFrom4([4]byte{base[0], byte(i >> 8), byte(i), 0}), 24)
-		if sn == own {
-			continue
-		}
-		k := len(out) + 1
-		a := lease.Attrs{
-			PublicIP:    netip.AddrFrom4([4]byte{under[0], under[1], byte(k >> 8), byte(k)}),
-			BackendType: backendType,
-		}
-		if backendType == "vxlan" {
-			mac := route.MAC{0x0e, 0, 0, byte(k >> 16), byte(k >> 8), byte(k)}
-			a.BackendData = fmt.Appendf(nil, `{"VNI":1,"VtepMAC":%q}`, mac)
-		}
-		out = append(out, lease.Lease{Subnet: sn, Attrs: a})
-	}
-	return out
-}
-
-// routeOf is the route the backend makes for a peer.
-func routeOf(backendType string, l lease.Lease) lab.RouteEntry {
-	if backendType == "host-gw" {
-		return lab.RouteEntry{Dst: l.Subnet, Gw: l.Attrs.PublicIP}
-	}
-	return lab.RouteEntry{Dst: l.Subnet, Gw: l.Subnet.Addr()}
-}
-
-// expectedEntries is what the backend must program for leases: a route
-// each and, for vxlan, the neighbour and FDB entry the route relies on.
-func expectedEntries(backendType string, leases []lease.Lease) (lab.Entries, error) {
-	var e lab.Entries
-	for _, l := range leases {
-		e.Routes = append(e.Routes, routeOf(backendType, l))
-		if backendType != "vxlan" {
-			continue
-		}
-		var bd struct{ VtepMAC string }
-		if err := json.Unmarshal(l.Attrs.BackendData, &bd); err != nil {
-			return lab.Entries{}, fmt.Errorf("fake lease %s: %w", l.Subnet, err)
-		}
-		mac, err := route.ParseMAC(bd.VtepMAC)
-		if err != nil {
-			return lab.Entries{}, fmt.Errorf("fake lease %s: %w", l.Subnet, err)
-		}
-		e.Neighs = append(e.Neighs, lab.NeighEntry{IP: l.Subnet.Addr(), MAC: mac})
-		e.FDB = append(e.FDB, lab.FDBEntry{MAC: mac, Dst: l.Attrs.PublicIP})
-	}
-	return e, nil
 }
