@@ -181,14 +181,14 @@ func TestLeases(t *testing.T) {
 	}
 
 	// A hand-written bad entry is named on stderr and left out.
-	if _, err := s.Client().Put(ctx, s.Prefix()+"/subnets/10.5.3.7-24", `{"PublicIP":"192.168.1.13"}`); err != nil {
+	if _, err := s.Client().Put(ctx, lease.KeyPath(s.Prefix(), "10.5.3.7-24"), `{"PublicIP":"192.168.1.13"}`); err != nil {
 		t.Fatal(err)
 	}
 	_, errOut, err := c.run("", "leases", "list")
 	if err != nil || !strings.Contains(errOut, "skipping bad subnet entry") || !strings.Contains(errOut, "10.5.3.7-24") || strings.Contains(errOut, "plain http") {
 		t.Errorf("bad entry: err %v, stderr %q", err, errOut)
 	}
-	if _, err := s.Client().Delete(ctx, s.Prefix()+"/subnets/10.5.3.7-24"); err != nil {
+	if _, err := s.Client().Delete(ctx, lease.KeyPath(s.Prefix(), "10.5.3.7-24")); err != nil {
 		t.Fatal(err)
 	}
 
@@ -315,7 +315,7 @@ func mustLeases(t *testing.T, s lease.AdminStore) []lease.Lease {
 
 func mustGet(t *testing.T, s *etcdstore.Store, key string) *mvccKV {
 	t.Helper()
-	r, err := s.Client().Get(context.Background(), s.Prefix()+"/subnets/"+key)
+	r, err := s.Client().Get(context.Background(), lease.KeyPath(s.Prefix(), key))
 	if err != nil || len(r.Kvs) != 1 {
 		t.Fatalf("get %s: %v (%d keys)", key, err, len(r.Kvs))
 	}

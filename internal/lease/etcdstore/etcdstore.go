@@ -67,7 +67,7 @@ type Store struct {
 	cli       *clientv3.Client
 	log       *slog.Logger
 	prefix    string // without trailing slash
-	subnets   string // prefix + "/subnets/"
+	subnets   string // lease.SubnetsDir(prefix)
 	endpoints string // for error messages
 	timeout   time.Duration
 	connErrs  *connErrors

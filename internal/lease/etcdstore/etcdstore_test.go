@@ -30,7 +30,7 @@ func (s testStore) Compact(ctx context.Context, rev int64) error {
 }
 
 func (s testStore) PutRaw(ctx context.Context, key string, value []byte) error {
-	_, err := s.Client().Put(ctx, s.Prefix()+"/subnets/"+key, string(value))
+	_, err := s.Client().Put(ctx, lease.KeyPath(s.Prefix(), key), string(value))
 	return err
 }
 
@@ -109,7 +109,7 @@ func TestUpstreamLayout(t *testing.T) {
 func TestReservationKeepsNoTTL(t *testing.T) {
 	eps := etcdtest.StartEtcd(t)
 	s := newStore(t, etcdstore.Options{Endpoints: eps})
-	key := s.Prefix() + "/subnets/10.5.7.0-24"
+	key := lease.KeyPath(s.Prefix(), "10.5.7.0-24")
 	if _, err := s.Client().Put(ctxT(t), key, `{"PublicIP":"192.168.1.7"}`); err != nil {
 		t.Fatal(err)
 	}
@@ -167,7 +167,7 @@ func TestBadEntriesWarnOncePerKey(t *testing.T) {
 	var buf logbuf.Buffer
 	s := newStore(t, etcdstore.Options{Endpoints: eps, Log: bufLog(&buf)})
 	for k, v := range map[string]string{"10.5.11.0-24": "garbage", "bogus": `{"PublicIP":"1.2.3.4"}`, "10.5.12.0-24": `{"PublicIP":"1.2.3.4"}`} {
-		if _, err := s.Client().Put(ctxT(t), s.Prefix()+"/subnets/"+k, v); err != nil {
+		if _, err := s.Client().Put(ctxT(t), lease.KeyPath(s.Prefix(), k), v); err != nil {
 			t.Fatal(err)
 		}
 	}

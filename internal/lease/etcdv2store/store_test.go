@@ -179,7 +179,7 @@ func TestKeepRenews(t *testing.T) {
 	go func() {
 		done <- lease.Keep(ctx, s, l, 2*time.Second, testLog(t), func(l lease.Lease) { renewed <- l })
 	}()
-	key := s.Prefix() + "/subnets/" + l.Key()
+	key := lease.KeyPath(s.Prefix(), l.Key())
 	deadline := time.After(10 * time.Second)
 	for time.Now().Before(l.Expires.Add(time.Second)) {
 		select {
@@ -221,7 +221,7 @@ func TestOwnKeyDeleted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	key := s.Prefix() + "/subnets/" + l.Key()
+	key := lease.KeyPath(s.Prefix(), l.Key())
 	raw.must(t, http.MethodDelete, "/v2/keys"+key, nil)
 	if _, err := s.Renew(ctxT(t), l, time.Hour); !errors.Is(err, lease.ErrNotFound) {
 		t.Fatalf("Renew of deleted key: %v, want ErrNotFound", err)
@@ -248,7 +248,7 @@ func TestOperatorReservation(t *testing.T) {
 	e := startEtcd(t, etcdOpts{})
 	raw := newRaw(e.URL)
 	s := newStore(t, etcdv2store.Options{Endpoints: []string{e.URL}})
-	key := s.Prefix() + "/subnets/10.5.7.0-24"
+	key := lease.KeyPath(s.Prefix(), "10.5.7.0-24")
 	raw.must(t, http.MethodPut, "/v2/keys"+key, url.Values{"value": {`{"PublicIP":"192.168.1.7"}`}})
 	ls, _, err := s.Leases(ctxT(t))
 	if err != nil || len(ls) != 1 || !ls[0].Reserved() || !ls[0].Expires.IsZero() {
@@ -410,7 +410,7 @@ func TestBadEntriesWarnOncePerKey(t *testing.T) {
 	s := newStore(t, etcdv2store.Options{Endpoints: []string{e.URL}, Log: bufLog(&buf)})
 	for k, v := range map[string]string{"10.5.11.0-24": "garbage", "bogus": `{"PublicIP":"1.2.3.4"}`,
 		"10.5.12.0-24": `{"PublicIP":"1.2.3.4"}`, "adir/10.5.13.0-24": `{"PublicIP":"1.2.3.4"}`} {
-		raw.must(t, http.MethodPut, "/v2/keys"+s.Prefix()+"/subnets/"+k, url.Values{"value": {v}})
+		raw.must(t, http.MethodPut, "/v2/keys"+lease.KeyPath(s.Prefix(), k), url.Values{"value": {v}})
 	}
 	ls, _, err := s.Leases(ctxT(t))
 	if err != nil || len(ls) != 1 || ls[0].Key() != "10.5.12.0-24" {
