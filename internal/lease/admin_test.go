@@ -115,3 +115,24 @@ func TestReserveSubnet(t *testing.T) {
 		t.Errorf("converted key: %+v, %v; want a reservation keeping the value", got, err)
 	}
 }
+
+// An accepted subnet argument names a masked IPv4 subnet (and IPv6 one)
+// that reads back the same, as CIDR and as its key.
+func FuzzParseSubnet(f *testing.F) {
+	for _, s := range []string{"10.5.34.0/24", "10.5.34.0-24", "10.5.34.0-24&fc00:0:0:1::-64", "fc00::/64", "10.5.34.1/24", "", "/", "-"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		sn, sn6, err := lease.ParseSubnet(s)
+		if err != nil {
+			return
+		}
+		if !sn.Addr().Is4() || sn.Masked() != sn || (sn6.IsValid() && (!sn6.Addr().Is6() || sn6.Masked() != sn6)) {
+			t.Fatalf("%q: accepted %v %v", s, sn, sn6)
+		}
+		key := lease.MakeKey(sn, sn6)
+		if a, b, err := lease.ParseSubnet(key); err != nil || a != sn || b != sn6 {
+			t.Fatalf("%q: key %q reads back as %v %v %v", s, key, a, b, err)
+		}
+	})
+}
