@@ -17,6 +17,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/flannel-go/flannel/internal/lab"
+	"github.com/flannel-go/flannel/internal/lab/labdocker"
 	"github.com/flannel-go/flannel/internal/ns"
 	"github.com/flannel-go/flannel/internal/subnetenv"
 )
@@ -29,7 +30,7 @@ const dockerImage = "flannel-e2e/busybox"
 // addresses there, and containers on different hosts ping each other by
 // container IP, through Docker's FORWARD policy DROP.
 func TestDocker(t *testing.T) {
-	if err := lab.CheckDocker(); err != nil {
+	if err := labdocker.Check(); err != nil {
 		t.Skip(err)
 	}
 	mk, err := filepath.Abs("../dist/mk-docker-opts.sh")
@@ -37,8 +38,8 @@ func TestDocker(t *testing.T) {
 		t.Fatal(err)
 	}
 	img := filepath.Join(t.TempDir(), "busybox.tar")
-	if err := lab.BusyboxImage(img, "sh", "ping", "ip", "sleep", "cat"); err != nil {
-		if errors.Is(err, lab.ErrNoDocker) {
+	if err := labdocker.BusyboxImage(img, "sh", "ping", "ip", "sleep", "cat"); err != nil {
+		if errors.Is(err, labdocker.ErrNoDocker) {
 			t.Skip(err)
 		}
 		t.Fatal(err)
@@ -53,7 +54,7 @@ func TestDocker(t *testing.T) {
 			o := labOpts(t, 2, backendConfig(b))
 			o.ID = ns.Unique("fd")
 			l := startLab(t, o)
-			testDocker(t, l, lab.DockerOptions{MkDockerOpts: mk}, img)
+			testDocker(t, l, labdocker.Options{MkDockerOpts: mk}, img)
 		})
 	}
 }
@@ -61,12 +62,12 @@ func TestDocker(t *testing.T) {
 // dockerHost is one lab host with its engine and container.
 type dockerHost struct {
 	h   *lab.Host
-	d   *lab.Docker
+	d   *labdocker.Docker
 	env subnetenv.Env
 	ip  netip.Addr // the container's, as it sees it on eth0
 }
 
-func testDocker(t *testing.T, l *lab.Lab, o lab.DockerOptions, img string) {
+func testDocker(t *testing.T, l *lab.Lab, o labdocker.Options, img string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	hosts := make([]*dockerHost, len(l.Hosts))
@@ -87,7 +88,7 @@ func testDocker(t *testing.T, l *lab.Lab, o lab.DockerOptions, img string) {
 	errs := make([]error, len(hosts))
 	for i, dh := range hosts {
 		wg.Go(func() {
-			d, err := l.StartDocker(ctx, dh.h, o)
+			d, err := labdocker.Start(ctx, l, dh.h, o)
 			dh.d, errs[i] = d, err
 		})
 	}
@@ -233,7 +234,7 @@ var pingReceivedRE = regexp.MustCompile(`(\d+) packets received`)
 // dockerPing waits (20 s at most) until container name reaches dst, as
 // flanneld may not have learned the peer's lease yet, then wants 3 of 3
 // answers.
-func dockerPing(ctx context.Context, d *lab.Docker, name string, dst netip.Addr) error {
+func dockerPing(ctx context.Context, d *labdocker.Docker, name string, dst netip.Addr) error {
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		_, err := d.Run(ctx, "exec", name, "ping", "-c", "1", "-W", "1", dst.String())

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -13,7 +12,6 @@ import (
 	"time"
 
 	"github.com/flannel-go/flannel/internal/lab"
-	"github.com/flannel-go/flannel/internal/ns"
 )
 
 // benchCase is one path measured: a lab, and the namespaces and address
@@ -98,7 +96,7 @@ func labBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			if err != nil {
 				return err
 			}
-			if err := handMade(ctx, rl, b); err != nil {
+			if err := rl.HandMadeDatapath(ctx, b); err != nil {
 				return err
 			}
 			ref := &benchCase{name: b + " by hand (kernel reference)", lab: rl, from: rl.Hosts[0].CNS, to: rl.Hosts[1].CNS, addr: rl.Hosts[1].Container}
@@ -126,7 +124,7 @@ func labBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return fmt.Errorf("%s: %w", c.name, err)
 		}
 	}
-	under := median(cases[0].results)
+	under := lab.Summarize(cases[0].results).Median
 	byName := map[string]*benchCase{}
 	for _, c := range cases {
 		byName[c.name] = c
@@ -135,23 +133,23 @@ func labBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "PATH\tGBIT/S\tRANGE\tRETRANSMITS\t× UNDERLAY\t× KERNEL REFERENCE\tPING RTT\tFLANNELD CPU S/GB")
 	for _, c := range cases {
-		m := median(c.results)
-		lo, hi := minmax(c.results)
+		sum := lab.Summarize(c.results)
+		m := sum.Median
 		refCol := ""
 		if c.ref != "" {
-			refCol = fmt.Sprintf("%.3f", m/median(byName[c.ref].results))
+			refCol = fmt.Sprintf("%.3f", m/lab.Summarize(byName[c.ref].results).Median)
 		}
 		cpuCol := "-"
 		if len(c.cpuPIDs) > 0 && c.bytes > 0 {
 			cpuCol = fmt.Sprintf("%.2f", c.cpuSecs/(c.bytes/1e9))
 		}
-		fmt.Fprintf(tw, "%s\t%.2f\t%.2f–%.2f\t%d\t%.3f\t%s\t%s\t%s\n", c.name, m/1e9, lo/1e9, hi/1e9, retrans(c.results), m/under, refCol,
+		fmt.Fprintf(tw, "%s\t%.2f\t%.2f–%.2f\t%d\t%.3f\t%s\t%s\t%s\n", c.name, m/1e9, sum.Min/1e9, sum.Max/1e9, sum.Retransmits, m/under, refCol,
 			c.rtt.Round(time.Microsecond), cpuCol)
 	}
 	tw.Flush()
 
 	if u, v := byName["udp"], byName["vxlan"]; u != nil && v != nil {
-		fmt.Fprintf(stdout, "\nudp / vxlan: %.3f\n", median(u.results)/median(v.results))
+		fmt.Fprintf(stdout, "\nudp / vxlan: %.3f\n", lab.Summarize(u.results).Median/lab.Summarize(v.results).Median)
 	}
 	if l := labByID(labs, "fbvxlan"); l != nil {
 		if err := benchStartup(ctx, stdout, l); err != nil {
@@ -193,100 +191,6 @@ func benchStartup(ctx context.Context, w io.Writer, l *lab.Lab) error {
 	}
 	fmt.Fprintf(w, "flanneld RssAnon with %d peers: %.1f MB\n", len(l.Hosts)-1, float64(rss)/1e6)
 	return nil
-}
-
-// handMade sets up kind's datapath by hand with ip(8) on an alloc lab of
-// two hosts, and gives the containers the MTU flannel would: the reference
-// for "our control plane costs the datapath nothing".
-func handMade(ctx context.Context, l *lab.Lab, kind string) error {
-	a, b := l.Hosts[0], l.Hosts[1]
-	run := func(h *lab.Host, args ...string) error {
-		n, err := ns.Open(h.NS)
-		if err != nil {
-			return err
-		}
-		_, err = n.Run(ctx, "ip", args...)
-		return err
-	}
-	switch kind {
-	case "host-gw":
-		for _, p := range [][2]*lab.Host{{a, b}, {b, a}} {
-			if err := run(p[0], "route", "replace", p[1].Subnet.String(), "via", p[1].Addr.String(), "dev", "eth0"); err != nil {
-				return err
-			}
-		}
-		return nil
-	case "vxlan":
-		macs := map[*lab.Host]string{a: "0a:00:00:00:00:01", b: "0a:00:00:00:00:02"}
-		for _, h := range []*lab.Host{a, b} {
-			steps := [][]string{
-				{"link", "add", "flannel.1", "address", macs[h], "type", "vxlan", "id", "1", "local", h.Addr.String(), "dev", "eth0", "dstport", "8472", "nolearning"},
-				{"link", "set", "flannel.1", "mtu", "1450", "up"},
-				{"addr", "add", h.Subnet.Addr().String() + "/32", "dev", "flannel.1"},
-				{"link", "set", "docker0", "mtu", "1450"},
-				{"link", "set", "vethc", "mtu", "1450"},
-			}
-			for _, s := range steps {
-				if err := run(h, s...); err != nil {
-					return err
-				}
-			}
-			cn, _ := ns.Open(h.CNS)
-			if _, err := cn.Run(ctx, "ip", "link", "set", "eth0", "mtu", "1450"); err != nil {
-				return err
-			}
-		}
-		for _, p := range [][2]*lab.Host{{a, b}, {b, a}} {
-			h, peer := p[0], p[1]
-			gw := peer.Subnet.Addr().String()
-			steps := [][]string{
-				{"neigh", "replace", gw, "lladdr", macs[peer], "dev", "flannel.1", "nud", "permanent"},
-				{"route", "replace", peer.Subnet.String(), "via", gw, "dev", "flannel.1", "onlink"},
-			}
-			for _, s := range steps {
-				if err := run(h, s...); err != nil {
-					return err
-				}
-			}
-			n, _ := ns.Open(h.NS)
-			if _, err := n.Run(ctx, "bridge", "fdb", "append", macs[peer], "dev", "flannel.1", "dst", peer.Addr.String()); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	return errors.New("no hand-made reference for " + kind)
-}
-
-func median(ts []lab.Throughput) float64 {
-	v := make([]float64, len(ts))
-	for i, t := range ts {
-		v[i] = t.BitsPerSecond
-	}
-	slices.Sort(v)
-	if len(v) == 0 {
-		return 0
-	}
-	if len(v)%2 == 1 {
-		return v[len(v)/2]
-	}
-	return (v[len(v)/2-1] + v[len(v)/2]) / 2
-}
-
-func minmax(ts []lab.Throughput) (float64, float64) {
-	lo, hi := ts[0].BitsPerSecond, ts[0].BitsPerSecond
-	for _, t := range ts {
-		lo, hi = min(lo, t.BitsPerSecond), max(hi, t.BitsPerSecond)
-	}
-	return lo, hi
-}
-
-func retrans(ts []lab.Throughput) int {
-	n := 0
-	for _, t := range ts {
-		n += t.Retransmits
-	}
-	return n
 }
 
 func cpuOf(pids []int) float64 {

@@ -20,23 +20,27 @@ const configUsage = `usage: flannelctl config get                      print the
 
 func configCmd(ctx context.Context, args []string, e opsEnv) error {
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
-		return fmt.Errorf("config: missing subcommand\n%s", configUsage)
+		return usagef("config: missing subcommand\n%s", configUsage)
 	}
 	sub := args[0]
+	switch sub {
+	case "get", "set", "validate":
+	default:
+		return usagef("config: unknown subcommand %q\n%s", sub, configUsage)
+	}
 	f := newFlags("config "+sub, e)
-	var c conn
-	c.register(f)
+	c, output := f.register()
 	pos, err := f.parse(args[1:], e.getenv)
 	if err != nil {
 		return err
 	}
-	if err := c.validate(); err != nil {
+	if err := c.resolve(e.getenv, *output); err != nil {
 		return err
 	}
 	switch sub {
 	case "get":
 		if len(pos) != 0 {
-			return fmt.Errorf("config get: unexpected argument %q", pos[0])
+			return usagef("config get: unexpected argument %q", pos[0])
 		}
 		s, err := c.open(ctx, e)
 		if err != nil {
@@ -45,7 +49,7 @@ func configCmd(ctx context.Context, args []string, e opsEnv) error {
 		defer s.Close()
 		raw, err := s.Config(ctx)
 		if errors.Is(err, lease.ErrNoConfig) {
-			return fmt.Errorf("config get: no network config at %s/config; write one with `flannelctl config set`", s.Prefix())
+			return fmt.Errorf("config get: no network config at %s; write one with `flannelctl config set`", lease.ConfigKey(s.Prefix()))
 		}
 		if err != nil {
 			return fmt.Errorf("config get: %w", err)
@@ -57,7 +61,7 @@ func configCmd(ctx context.Context, args []string, e opsEnv) error {
 		return err
 	case "set":
 		if len(pos) != 1 {
-			return fmt.Errorf("config set: want one argument: the config as JSON, @FILE or - (stdin)\n%s", configUsage)
+			return usagef("config set: want one argument: the config as JSON, @FILE or - (stdin)\n%s", configUsage)
 		}
 		raw, err := readArg(pos[0], e.stdin)
 		if err != nil {
@@ -75,7 +79,7 @@ func configCmd(ctx context.Context, args []string, e opsEnv) error {
 		if err := s.PutConfig(ctx, raw); err != nil {
 			return fmt.Errorf("config set: %w", err)
 		}
-		fmt.Fprintf(e.stdout, "wrote %s/config: %s\n", s.Prefix(), summary(cfg))
+		fmt.Fprintf(e.stdout, "wrote %s: %s\n", lease.ConfigKey(s.Prefix()), summary(cfg))
 		warnMisfits(ctx, s, cfg, e.stderr)
 		return nil
 	case "validate":
@@ -91,13 +95,13 @@ func configCmd(ctx context.Context, args []string, e opsEnv) error {
 			if raw, err = s.Config(ctx); err != nil {
 				return fmt.Errorf("config validate: %w", err)
 			}
-			from = s.Prefix() + "/config"
+			from = lease.ConfigKey(s.Prefix())
 		case 1:
 			if raw, err = readArg(pos[0], e.stdin); err != nil {
 				return fmt.Errorf("config validate: %w", err)
 			}
 		default:
-			return fmt.Errorf("config validate: want at most one argument\n%s", configUsage)
+			return usagef("config validate: want at most one argument\n%s", configUsage)
 		}
 		cfg, err := netconf.Parse(raw)
 		if err != nil {
@@ -106,7 +110,7 @@ func configCmd(ctx context.Context, args []string, e opsEnv) error {
 		fmt.Fprintf(e.stdout, "%s is valid: %s\n", from, summary(cfg))
 		return nil
 	}
-	return fmt.Errorf("config: unknown subcommand %q\n%s", sub, configUsage)
+	return usagef("config: unknown subcommand %q\n%s", sub, configUsage)
 }
 
 // readArg reads a config argument: "-" is stdin, "@path" a file, anything

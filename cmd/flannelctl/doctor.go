@@ -1,32 +1,30 @@
 package main
 
 import (
-	"cmp"
 	"context"
 	"fmt"
 	"time"
 
 	"github.com/flannel-go/flannel/internal/doctor"
+	"github.com/flannel-go/flannel/internal/status"
 	"github.com/flannel-go/flannel/internal/subnetenv"
 )
 
 func doctorCmd(ctx context.Context, args []string, e opsEnv) error {
 	f := newFlags("doctor", e)
-	var c conn
-	c.register(f)
+	c, output := f.register()
 	var subnetFile string
 	f.envString(&subnetFile, "subnet-file", subnetenv.DefaultPath, "the subnet.env flanneld writes")
 	quiet := f.Bool("q", false, "print only warnings and failures")
 	probeTimeout := f.Duration("probe-timeout", 1500*time.Millisecond, "how long to wait for each peer to answer")
-	output := outputFlag(f)
 	pos, err := f.parse(args, e.getenv)
 	if err != nil {
 		return err
 	}
 	if len(pos) > 0 {
-		return fmt.Errorf("doctor: unexpected argument %q", pos[0])
+		return usagef("doctor: unexpected argument %q", pos[0])
 	}
-	if err := cmp.Or(c.validate(), checkOutput(*output)); err != nil {
+	if err := c.resolve(e.getenv, *output); err != nil {
 		return err
 	}
 
@@ -37,7 +35,7 @@ func doctorCmd(ctx context.Context, args []string, e opsEnv) error {
 		in.EtcdErr = err
 	} else {
 		defer s.Close()
-		if _, in.Config, in.EtcdErr = readConfig(ctx, s); in.EtcdErr == nil {
+		if _, in.Config, in.EtcdErr = status.ReadConfig(ctx, s); in.EtcdErr == nil {
 			in.Leases, _, in.EtcdErr = s.Leases(ctx)
 		}
 		// Only our own lease's expiry matters here.

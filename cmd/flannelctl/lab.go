@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -183,20 +182,7 @@ func printHosts(w io.Writer, l *lab.Lab) {
 // does not.
 func printPings(ctx context.Context, w io.Writer, l *lab.Lab) error {
 	n := len(l.Hosts)
-	got := make([][]int, n)
-	var wg sync.WaitGroup
-	for i := range n {
-		got[i] = make([]int, n)
-		for j := range n {
-			if i == j {
-				continue
-			}
-			wg.Go(func() {
-				got[i][j], _, _ = l.Ping(ctx, l.Hosts[i], l.Hosts[j].Container, 3, 200*time.Millisecond)
-			})
-		}
-	}
-	wg.Wait()
+	got := l.PingMatrix(ctx, 3, 200*time.Millisecond)
 	fmt.Fprintf(w, "\nping (received of 3), container → container:\n")
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprint(tw, "FROM \\ TO")

@@ -3,22 +3,16 @@ package main
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/netip"
-	"slices"
 	"strings"
-	"sync"
 	"text/tabwriter"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-
 	"github.com/flannel-go/flannel/internal/lease"
-	"github.com/flannel-go/flannel/internal/lease/etcdstore"
-	"github.com/flannel-go/flannel/internal/netconf"
+	"github.com/flannel-go/flannel/internal/status"
 )
 
 const leasesUsage = `usage: flannelctl leases list [-o json]
@@ -29,35 +23,25 @@ SUBNET is 10.5.34.0/24 or its key 10.5.34.0-24`
 
 func leasesCmd(ctx context.Context, args []string, e opsEnv) error {
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
-		return fmt.Errorf("leases: missing subcommand\n%s", leasesUsage)
+		return usagef("leases: missing subcommand\n%s", leasesUsage)
 	}
 	sub := args[0]
 	nargs := map[string]int{"list": 0, "show": 1, "reserve": 2, "release": 1}
 	want, known := nargs[sub]
 	if !known {
-		return fmt.Errorf("leases: unknown subcommand %q\n%s", sub, leasesUsage)
+		return usagef("leases: unknown subcommand %q\n%s", sub, leasesUsage)
 	}
 	f := newFlags("leases "+sub, e)
-	var c conn
-	c.register(f)
-	var output *string
-	if sub == "list" || sub == "show" {
-		output = outputFlag(f)
-	}
+	c, output := f.register()
 	pos, err := f.parse(args[1:], e.getenv)
 	if err != nil {
 		return err
 	}
-	if err := c.validate(); err != nil {
+	if err := c.resolve(e.getenv, *output); err != nil {
 		return err
 	}
-	if output != nil {
-		if err := checkOutput(*output); err != nil {
-			return err
-		}
-	}
 	if len(pos) != want {
-		return fmt.Errorf("leases %s: want %d arguments, got %d\n%s", sub, want, len(pos), leasesUsage)
+		return usagef("leases %s: want %d arguments, got %d\n%s", sub, want, len(pos), leasesUsage)
 	}
 	s, err := c.open(ctx, e)
 	if err != nil {
@@ -76,118 +60,22 @@ func leasesCmd(ctx context.Context, args []string, e opsEnv) error {
 	}
 }
 
-// leaseJSON is a lease as `-o json` prints it.
-type leaseJSON struct {
-	Subnet      string          `json:"subnet"`
-	Subnet6     string          `json:"subnet6,omitempty"`
-	PublicIP    string          `json:"publicIP"`
-	PublicIPv6  string          `json:"publicIPv6,omitempty"`
-	Backend     string          `json:"backend"`
-	BackendData json.RawMessage `json:"backendData,omitempty"`
-	Reserved    bool            `json:"reserved"`
-	// Expires and TTLSeconds are absent for reservations.
-	Expires    *time.Time `json:"expires,omitempty"`
-	TTLSeconds *int64     `json:"ttlSeconds,omitempty"`
-	Key        string     `json:"key"`
-	LeaseID    string     `json:"leaseID,omitempty"` // etcd lease, hex as etcdctl prints it
-}
-
-func toJSON(l lease.Lease, prefix string) leaseJSON {
-	j := leaseJSON{
-		Subnet:      l.Subnet.String(),
-		PublicIP:    addrString(l.Attrs.PublicIP),
-		Backend:     l.Attrs.BackendType,
-		BackendData: l.Attrs.BackendData,
-		Reserved:    l.Reserved(),
-		Key:         prefix + "/subnets/" + l.Key(),
-	}
-	if l.Subnet6.IsValid() {
-		j.Subnet6 = l.Subnet6.String()
-	}
-	if l.Attrs.PublicIPv6.IsValid() {
-		j.PublicIPv6 = l.Attrs.PublicIPv6.String()
-	}
-	if !l.Reserved() {
-		j.LeaseID = fmt.Sprintf("%x", l.ID)
-		if !l.Expires.IsZero() {
-			t := l.Expires.UTC().Round(time.Second)
-			ttl := int64(max(0, time.Until(l.Expires).Round(time.Second).Seconds()))
-			j.Expires, j.TTLSeconds = &t, &ttl
-		}
-	}
-	return j
-}
-
-func addrString(a netip.Addr) string {
-	if !a.IsValid() {
-		return ""
-	}
-	return a.String()
-}
-
-// listLeases lists every lease with its expiry, in subnet order. Leases
-// that end while being looked up are left out.
-func listLeases(ctx context.Context, s store) ([]lease.Lease, error) {
-	ls, _, err := s.Leases(ctx)
-	if err != nil {
-		return nil, err
-	}
-	// The v3 listing does not carry expiries: one TimeToLive per lease,
-	// a few at a time.
-	sem := make(chan struct{}, 8)
-	gone := make([]bool, len(ls))
-	errs := make([]error, len(ls))
-	var wg sync.WaitGroup
-	for i := range ls {
-		if ls[i].Reserved() || !ls[i].Expires.IsZero() {
-			continue
-		}
-		wg.Go(func() {
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			l, err := s.Lookup(ctx, ls[i].Key())
-			switch {
-			case errors.Is(err, lease.ErrNotFound):
-				gone[i] = true
-			case err != nil:
-				errs[i] = err
-			default:
-				ls[i].Expires = l.Expires
-			}
-		})
-	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		return nil, err
-	}
-	out := ls[:0]
-	for i, l := range ls {
-		if !gone[i] {
-			out = append(out, l)
-		}
-	}
-	slices.SortFunc(out, func(a, b lease.Lease) int {
-		return cmp.Or(a.Subnet.Addr().Compare(b.Subnet.Addr()), cmp.Compare(a.Subnet.Bits(), b.Subnet.Bits()))
-	})
-	return out, nil
-}
-
 func leasesList(ctx context.Context, s store, asJSON bool, w io.Writer) error {
-	ls, err := listLeases(ctx, s)
+	ls, err := lease.List(ctx, s)
 	if err != nil {
 		return fmt.Errorf("leases list: %w", err)
 	}
 	if asJSON {
-		out := make([]leaseJSON, 0, len(ls))
+		out := make([]status.LeaseInfo, 0, len(ls))
 		for _, l := range ls {
-			out = append(out, toJSON(l, s.Prefix()))
+			out = append(out, status.Info(l, s.Prefix()))
 		}
 		return writeJSON(w, out)
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "SUBNET\tPUBLIC IP\tBACKEND\tEXPIRES\tRESERVED")
 	for _, l := range ls {
-		sn, ip := l.Subnet.String(), addrString(l.Attrs.PublicIP)
+		sn, ip := l.Subnet.String(), status.Addr(l.Attrs.PublicIP)
 		if l.Subnet6.IsValid() {
 			sn += "," + l.Subnet6.String()
 		}
@@ -206,7 +94,7 @@ func expiresCol(l lease.Lease) string {
 	case l.Expires.IsZero():
 		return "?"
 	}
-	return fmtLeft(time.Until(l.Expires))
+	return lease.FormatLeft(time.Until(l.Expires))
 }
 
 func yesNo(b bool) string {
@@ -218,20 +106,15 @@ func yesNo(b bool) string {
 
 // find returns the lease or reservation for a SUBNET argument.
 func find(ctx context.Context, s store, arg string) (lease.Lease, error) {
-	sn, sn6, err := parseSubnet(arg)
+	sn, sn6, err := lease.ParseSubnet(arg)
 	if err != nil {
 		return lease.Lease{}, err
 	}
-	ls, err := listLeases(ctx, s)
-	if err != nil {
-		return lease.Lease{}, err
+	l, err := lease.Find(ctx, s, sn, sn6)
+	if errors.Is(err, lease.ErrNotFound) {
+		return lease.Lease{}, fmt.Errorf("no lease or reservation for %s under %s (`flannelctl leases list` shows them all)", sn, lease.SubnetsDir(s.Prefix()))
 	}
-	for _, l := range ls {
-		if l.Subnet == sn && (!sn6.IsValid() || l.Subnet6 == sn6) {
-			return l, nil
-		}
-	}
-	return lease.Lease{}, fmt.Errorf("no lease or reservation for %s under %s/subnets/ (`flannelctl leases list` shows them all)", sn, s.Prefix())
+	return l, err
 }
 
 func leasesShow(ctx context.Context, s store, arg string, asJSON bool, w io.Writer) error {
@@ -239,7 +122,7 @@ func leasesShow(ctx context.Context, s store, arg string, asJSON bool, w io.Writ
 	if err != nil {
 		return fmt.Errorf("leases show: %w", err)
 	}
-	j := toJSON(l, s.Prefix())
+	j := status.Info(l, s.Prefix())
 	if asJSON {
 		return writeJSON(w, j)
 	}
@@ -262,14 +145,14 @@ func leasesShow(ctx context.Context, s store, arg string, asJSON bool, w io.Writ
 		row("reserved", "no")
 		row("etcd lease", j.LeaseID)
 		if j.Expires != nil {
-			row("expires", fmt.Sprintf("%s (in %s)", j.Expires.Format(time.RFC3339), fmtLeft(time.Until(l.Expires))))
+			row("expires", fmt.Sprintf("%s (in %s)", j.Expires.Format(time.RFC3339), lease.FormatLeft(time.Until(l.Expires))))
 		}
 	}
 	return tw.Flush()
 }
 
 func leasesReserve(ctx context.Context, s store, subnetArg, ipArg string, w io.Writer) error {
-	sn, sn6, err := parseSubnet(subnetArg)
+	sn, sn6, err := lease.ParseSubnet(subnetArg)
 	if err != nil {
 		return fmt.Errorf("leases reserve: %w", err)
 	}
@@ -277,131 +160,33 @@ func leasesReserve(ctx context.Context, s store, subnetArg, ipArg string, w io.W
 	if err != nil || !ip.Is4() || ip.IsUnspecified() {
 		return fmt.Errorf("leases reserve: public IP %q: not an IPv4 address", ipArg)
 	}
-	_, cfg, err := readConfig(ctx, s)
+	_, cfg, err := status.ReadConfig(ctx, s)
 	if err != nil {
 		return fmt.Errorf("leases reserve: %w", err)
 	}
-	if err := checkFits(cfg, sn, sn6, ip); err != nil {
+	r, err := lease.ReserveSubnet(ctx, s, cfg, sn, sn6, ip)
+	if oe := (*lease.OverlapError)(nil); errors.As(err, &oe) {
+		return fmt.Errorf("leases reserve: %w: release that first if it is stale (`flannelctl leases release %s`)", err, oe.Held.Subnet)
+	}
+	if err != nil {
 		return fmt.Errorf("leases reserve: %w", err)
 	}
-	want := lease.Lease{Subnet: sn, Subnet6: sn6, Attrs: lease.Attrs{PublicIP: ip}}
-	// A host's own lease on exactly this subnet becomes the reservation
-	// (upstream's recipe: drop the key's TTL), keeping its value. Should
-	// the key change meanwhile (the host renewing or re-taking it), look
-	// again.
-	for attempt := 0; ; attempt++ {
-		ls, err := listLeases(ctx, s)
-		if err != nil {
-			return fmt.Errorf("leases reserve: %w", err)
-		}
-		var convert *lease.Lease
-		var elsewhere []string
-		for i, l := range ls {
-			overlaps := l.Subnet.Overlaps(sn) || (sn6.IsValid() && l.Subnet6.IsValid() && l.Subnet6.Overlaps(sn6))
-			switch {
-			case overlaps && l.Key() == want.Key() && l.Attrs.PublicIP == ip:
-				if l.Reserved() {
-					fmt.Fprintf(w, "%s is already reserved for %s\n", sn, ip)
-					return nil
-				}
-				convert = &ls[i]
-			case overlaps:
-				return fmt.Errorf("leases reserve: %s overlaps %s, %s: release that first if it is stale (`flannelctl leases release %s`)",
-					sn, l.Subnet, describe(l), l.Subnet)
-			case l.Attrs.PublicIP == ip && !l.Reserved():
-				elsewhere = append(elsewhere, l.Subnet.String())
-			}
-		}
-		if convert != nil {
-			err = toReservation(ctx, s, *convert)
-		} else {
-			_, err = s.Create(ctx, want, 0)
-		}
-		if errors.Is(err, lease.ErrExists) && attempt < 3 {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("leases reserve: %w", err)
-		}
-		fmt.Fprintf(w, "reserved %s for %s (%s/subnets/%s, no TTL)\n", sn, ip, s.Prefix(), want.Key())
-		if convert != nil {
-			fmt.Fprintf(w, "it was %s's lease and is now its reservation; its flanneld keeps using it\n", ip)
-		}
-		if len(elsewhere) > 0 {
-			fmt.Fprintf(w, "%s currently holds %s; its flanneld moves to %s when it restarts (restart its containers then)\n", ip, strings.Join(elsewhere, ", "), sn)
-		}
+	if r.Already {
+		fmt.Fprintf(w, "%s is already reserved for %s\n", sn, ip)
 		return nil
 	}
-}
-
-// toReservation turns l, a lease, into a reservation with the same value.
-// With v3 that is one transaction, so the key never disappears and the
-// host's flanneld, seeing its key taken over, re-takes it as its
-// reservation. The v2 store offers no such write: there the key is
-// deleted and created again, and a flanneld quick enough to re-take the
-// subnet in between makes this return lease.ErrExists (try again).
-func toReservation(ctx context.Context, s store, l lease.Lease) error {
-	v3, ok := s.(*etcdstore.Store)
-	if !ok {
-		if err := s.Revoke(ctx, l); err != nil && !errors.Is(err, lease.ErrNotFound) {
-			return err
+	fmt.Fprintf(w, "reserved %s for %s (%s, no TTL)\n", sn, ip, lease.KeyPath(s.Prefix(), r.Lease.Key()))
+	if r.Converted {
+		fmt.Fprintf(w, "it was %s's lease and is now its reservation; its flanneld keeps using it\n", ip)
+	}
+	if len(r.Elsewhere) > 0 {
+		var held []string
+		for _, p := range r.Elsewhere {
+			held = append(held, p.String())
 		}
-		_, err := s.Create(ctx, lease.Lease{Subnet: l.Subnet, Subnet6: l.Subnet6, Attrs: l.Attrs}, 0)
-		return err
-	}
-	key := v3.Prefix() + "/subnets/" + l.Key()
-	val, err := json.Marshal(l.Attrs)
-	if err != nil {
-		return err
-	}
-	// A put without a lease detaches the key from the one it had.
-	r, err := v3.Client().Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(key), ">", 0),
-			clientv3.Compare(clientv3.LeaseValue(key), "=", clientv3.LeaseID(l.ID))).
-		Then(clientv3.OpPut(key, string(val))).
-		Commit()
-	if err != nil {
-		return fmt.Errorf("detach %s from its etcd lease: %w", key, err)
-	}
-	if !r.Succeeded {
-		return fmt.Errorf("%s changed meanwhile: %w", key, lease.ErrExists)
-	}
-	// Nothing is attached to it any more; it would expire anyway.
-	_, _ = v3.Client().Revoke(ctx, clientv3.LeaseID(l.ID))
-	return nil
-}
-
-// checkFits refuses a reservation flanneld would never use.
-func checkFits(cfg *netconf.Config, sn, sn6 netip.Prefix, ip netip.Addr) error {
-	if !lease.Fits(cfg, sn) {
-		return fmt.Errorf("%s does not fit the network config: it must be a /%d inside %s between SubnetMin %s and SubnetMax %s",
-			sn, cfg.SubnetLen, cfg.Network, cfg.SubnetMin, cfg.SubnetMax)
-	}
-	switch {
-	case cfg.EnableIPv6 && !sn6.IsValid():
-		return fmt.Errorf("the network is dual-stack: give the key with both subnets, e.g. %s&%s-%d",
-			lease.MakeKey(sn, netip.Prefix{}), cfg.IPv6SubnetMin, cfg.IPv6SubnetLen)
-	case !cfg.EnableIPv6 && sn6.IsValid():
-		return fmt.Errorf("IPv6 subnet %s given, but the network config does not enable IPv6", sn6)
-	case sn6.IsValid() && !lease.Fits6(cfg, sn6):
-		return fmt.Errorf("%s does not fit the network config: it must be a /%d inside %s between IPv6SubnetMin %s and IPv6SubnetMax %s",
-			sn6, cfg.IPv6SubnetLen, cfg.IPv6Network, cfg.IPv6SubnetMin, cfg.IPv6SubnetMax)
-	case cfg.Network.Contains(ip):
-		return fmt.Errorf("public IP %s is inside the overlay network %s: give the host's underlay address", ip, cfg.Network)
+		fmt.Fprintf(w, "%s currently holds %s; its flanneld moves to %s when it restarts (restart its containers then)\n", ip, strings.Join(held, ", "), sn)
 	}
 	return nil
-}
-
-// describe names who holds a lease, for errors.
-func describe(l lease.Lease) string {
-	if l.Reserved() {
-		return "reserved for " + addrString(l.Attrs.PublicIP)
-	}
-	s := "leased by " + addrString(l.Attrs.PublicIP)
-	if !l.Expires.IsZero() {
-		s += ", expires in " + fmtLeft(time.Until(l.Expires))
-	}
-	return s
 }
 
 func leasesRelease(ctx context.Context, s store, arg string, w io.Writer) error {
@@ -416,9 +201,9 @@ func leasesRelease(ctx context.Context, s store, arg string, w io.Writer) error 
 		return fmt.Errorf("leases release: %w", err)
 	}
 	if l.Reserved() {
-		fmt.Fprintf(w, "released the reservation of %s for %s\n", l.Subnet, addrString(l.Attrs.PublicIP))
+		fmt.Fprintf(w, "released the reservation of %s for %s\n", l.Subnet, status.Addr(l.Attrs.PublicIP))
 		return nil
 	}
-	fmt.Fprintf(w, "released %s, leased by %s; if its flanneld still runs it leases a subnet again (this one if still free)\n", l.Subnet, addrString(l.Attrs.PublicIP))
+	fmt.Fprintf(w, "released %s, leased by %s; if its flanneld still runs it leases a subnet again (this one if still free)\n", l.Subnet, status.Addr(l.Attrs.PublicIP))
 	return nil
 }

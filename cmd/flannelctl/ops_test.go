@@ -13,10 +13,12 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/flannel-go/flannel/internal/etcdconf"
 	"github.com/flannel-go/flannel/internal/etcdtest"
 	"github.com/flannel-go/flannel/internal/lease"
 	"github.com/flannel-go/flannel/internal/lease/etcdstore"
 	"github.com/flannel-go/flannel/internal/netconf"
+	"github.com/flannel-go/flannel/internal/status"
 )
 
 // cli runs one ops command in-process with env as its environment.
@@ -59,50 +61,40 @@ func (c cli) fails(args ...string) string {
 }
 
 func TestFlagsFollowFlanneld(t *testing.T) {
-	e := opsEnv{stderr: &bytes.Buffer{}}
-	parse := func(env map[string]string, args ...string) (conn, []string, error) {
-		f := newFlags("test", e)
-		var c conn
-		c.register(f)
-		pos, err := f.parse(args, func(k string) string { return env[k] })
-		return c, pos, err
+	parse := func(env map[string]string, global []string, args ...string) (etcdconf.Options, []string, error) {
+		getenv := func(k string) string { return env[k] }
+		f := newFlags("test", opsEnv{stderr: &bytes.Buffer{}, global: global})
+		c, output := f.register()
+		pos, err := f.parse(args, getenv)
+		if err != nil {
+			return etcdconf.Options{}, nil, err
+		}
+		err = c.resolve(getenv, *output)
+		return c.opts, pos, err
 	}
-	c, _, err := parse(nil)
-	if err != nil || c.prefix != "/coreos.com/network" || c.endpoints != "http://127.0.0.1:4001,http://127.0.0.1:2379" || c.api != "auto" {
-		t.Errorf("defaults: %+v %v", c, err)
+	o, _, err := parse(nil, nil)
+	if err != nil || o.Prefix != "/coreos.com/network" || strings.Join(o.Endpoints, ",") != "http://127.0.0.1:4001,http://127.0.0.1:2379" || o.API != "auto" {
+		t.Errorf("defaults: %+v %v", o, err)
 	}
 	env := map[string]string{"FLANNELD_ETCD_PREFIX": "/env", "FLANNELD_ETCD_ENDPOINTS": "http://e:2379", "FLANNELD_ETCD_USERNAME": ""}
-	c, _, _ = parse(env)
-	if c.prefix != "/env" || c.endpoints != "http://e:2379" || c.username != "" {
-		t.Errorf("env: %+v", c)
+	o, _, _ = parse(env, nil)
+	if o.Prefix != "/env" || strings.Join(o.Endpoints, ",") != "http://e:2379" || o.Username != "" {
+		t.Errorf("env: %+v", o)
 	}
-	c, pos, err := parse(env, "show", "10.5.1.0/24", "--etcd-prefix=/flag", "--", "-x")
-	if err != nil || c.prefix != "/flag" || c.endpoints != "http://e:2379" || strings.Join(pos, " ") != "show 10.5.1.0/24 -x" {
-		t.Errorf("flag after positional args: %+v %q %v", c, pos, err)
+	o, pos, err := parse(env, nil, "show", "10.5.1.0/24", "--etcd-prefix=/flag", "--", "-x")
+	if err != nil || o.Prefix != "/flag" || strings.Join(o.Endpoints, ",") != "http://e:2379" || strings.Join(pos, " ") != "show 10.5.1.0/24 -x" {
+		t.Errorf("flag after positional args: %+v %q %v", o, pos, err)
+	}
+	o, pos, err = parse(env, []string{"--etcd-prefix=/global", "--timeout", "2s"}, "show", "10.5.1.0/24")
+	if err != nil || o.Prefix != "/global" || o.Timeout != 2*time.Second || strings.Join(pos, " ") != "show 10.5.1.0/24" {
+		t.Errorf("global flags: %+v %q %v", o, pos, err)
 	}
 
-	f := newFlags("test", e)
+	f := newFlags("test", opsEnv{stderr: &bytes.Buffer{}})
 	var port int
 	f.envInt(&port, "healthz-port", 0, "")
 	if _, err := f.parse(nil, func(string) string { return "many" }); err == nil || !strings.Contains(err.Error(), "FLANNELD_HEALTHZ_PORT") {
 		t.Errorf("bad env value: err = %v", err)
-	}
-}
-
-func TestParseSubnet(t *testing.T) {
-	for _, s := range []string{"10.5.34.0/24", "10.5.34.0-24"} {
-		sn, sn6, err := parseSubnet(s)
-		if err != nil || sn != netip.MustParsePrefix("10.5.34.0/24") || sn6.IsValid() {
-			t.Errorf("%s: %v %v %v", s, sn, sn6, err)
-		}
-	}
-	if _, sn6, err := parseSubnet("10.5.34.0-24&fc00:0:0:1::-64"); err != nil || sn6 != netip.MustParsePrefix("fc00:0:0:1::/64") {
-		t.Errorf("dual-stack key: %v %v", sn6, err)
-	}
-	for _, bad := range []string{"10.5.34.1/24", "fc00::/64", "10.5.34.0", "banana"} {
-		if _, _, err := parseSubnet(bad); err == nil {
-			t.Errorf("%s: accepted", bad)
-		}
 	}
 }
 
@@ -189,14 +181,14 @@ func TestLeases(t *testing.T) {
 	}
 
 	// A hand-written bad entry is named on stderr and left out.
-	if _, err := s.Client().Put(ctx, s.Prefix()+"/subnets/10.5.3.7-24", `{"PublicIP":"192.168.1.13"}`); err != nil {
+	if _, err := s.Client().Put(ctx, lease.KeyPath(s.Prefix(), "10.5.3.7-24"), `{"PublicIP":"192.168.1.13"}`); err != nil {
 		t.Fatal(err)
 	}
 	_, errOut, err := c.run("", "leases", "list")
 	if err != nil || !strings.Contains(errOut, "skipping bad subnet entry") || !strings.Contains(errOut, "10.5.3.7-24") || strings.Contains(errOut, "plain http") {
 		t.Errorf("bad entry: err %v, stderr %q", err, errOut)
 	}
-	if _, err := s.Client().Delete(ctx, s.Prefix()+"/subnets/10.5.3.7-24"); err != nil {
+	if _, err := s.Client().Delete(ctx, lease.KeyPath(s.Prefix(), "10.5.3.7-24")); err != nil {
 		t.Fatal(err)
 	}
 
@@ -211,7 +203,7 @@ func TestLeases(t *testing.T) {
 			t.Errorf("row %d = %q, want %v, EXPIRES about 1h, not reserved", i, rows[i+1], want)
 		}
 	}
-	var list []leaseJSON
+	var list []status.LeaseInfo
 	if err := json.Unmarshal([]byte(c.ok("leases", "list", "-o", "json")), &list); err != nil {
 		t.Fatal(err)
 	}
@@ -312,9 +304,9 @@ func TestLeases(t *testing.T) {
 	}
 }
 
-func mustLeases(t *testing.T, s *etcdstore.Store) []lease.Lease {
+func mustLeases(t *testing.T, s lease.AdminStore) []lease.Lease {
 	t.Helper()
-	ls, err := listLeases(context.Background(), s)
+	ls, err := lease.List(context.Background(), s)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -323,7 +315,7 @@ func mustLeases(t *testing.T, s *etcdstore.Store) []lease.Lease {
 
 func mustGet(t *testing.T, s *etcdstore.Store, key string) *mvccKV {
 	t.Helper()
-	r, err := s.Client().Get(context.Background(), s.Prefix()+"/subnets/"+key)
+	r, err := s.Client().Get(context.Background(), lease.KeyPath(s.Prefix(), key))
 	if err != nil || len(r.Kvs) != 1 {
 		t.Fatalf("get %s: %v (%d keys)", key, err, len(r.Kvs))
 	}

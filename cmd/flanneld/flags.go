@@ -9,19 +9,14 @@ import (
 	"strings"
 	"time"
 
+	"github.com/flannel-go/flannel/internal/etcdconf"
 	"github.com/flannel-go/flannel/internal/flagenv"
 )
 
 // options holds every flanneld flag, with upstream's names and defaults.
 type options struct {
-	etcdEndpoints string
-	etcdPrefix    string
-	etcdKeyfile   string
-	etcdCertfile  string
-	etcdCAfile    string
-	etcdUsername  string
-	etcdPassword  string
-	etcdAPI       string
+	etcdFlags *etcdconf.Flags
+	etcd      etcdconf.Options // from etcdFlags, after parsing
 
 	ifaces        stringList
 	ifaceRegexes  stringList
@@ -65,14 +60,7 @@ func (s *stringList) Set(v string) error {
 
 func newFlagSet(o *options) *flag.FlagSet {
 	fs := flag.NewFlagSet("flanneld", flag.ContinueOnError)
-	fs.StringVar(&o.etcdEndpoints, "etcd-endpoints", "http://127.0.0.1:4001,http://127.0.0.1:2379", "a comma-delimited list of etcd endpoints")
-	fs.StringVar(&o.etcdPrefix, "etcd-prefix", "/coreos.com/network", "etcd prefix")
-	fs.StringVar(&o.etcdKeyfile, "etcd-keyfile", "", "SSL key file used to secure etcd communication")
-	fs.StringVar(&o.etcdCertfile, "etcd-certfile", "", "SSL certification file used to secure etcd communication")
-	fs.StringVar(&o.etcdCAfile, "etcd-cafile", "", "SSL Certificate Authority file used to secure etcd communication")
-	fs.StringVar(&o.etcdUsername, "etcd-username", "", "username for BasicAuth to etcd")
-	fs.StringVar(&o.etcdPassword, "etcd-password", "", "password for BasicAuth to etcd")
-	fs.StringVar(&o.etcdAPI, "etcd-api", "auto", "etcd API: v3, v2, or auto (the keyspace holding the config; v3 if both)")
+	o.etcdFlags = etcdconf.Register(fs)
 	fs.Var(&o.ifaces, "iface", "interface to use (IP or name) for inter-host communication; may be repeated")
 	fs.Var(&o.ifaceRegexes, "iface-regex", "regex matching the IP or name of the interface to use; may be repeated")
 	fs.StringVar(&o.ifaceCanReach, "iface-can-reach", "", "use the interface and source address of the route to this IP")
@@ -117,9 +105,14 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	if err := flagenv.Set(fs, "FLANNELD_", getenv, nil); err != nil {
+	if err := flagenv.Set(fs, etcdconf.EnvPrefix, getenv, nil); err != nil {
 		return nil, err
 	}
+	etcd, err := o.etcdFlags.Options(getenv)
+	if err != nil {
+		return nil, err
+	}
+	o.etcd = etcd
 	return o, o.validate()
 }
 
@@ -139,17 +132,8 @@ func (o *options) validate() error {
 	if o.iptablesResync < 1 {
 		return fmt.Errorf("--iptables-resync=%d: must be at least 1 second", o.iptablesResync)
 	}
-	if o.etcdAPI != "auto" && o.etcdAPI != "v3" && o.etcdAPI != "v2" {
-		return fmt.Errorf("--etcd-api=%q: must be auto, v3 or v2", o.etcdAPI)
-	}
 	if o.logFormat != "text" && o.logFormat != "json" {
 		return fmt.Errorf("--log-format=%q: must be text or json", o.logFormat)
-	}
-	if o.etcdPrefix == "" || !strings.HasPrefix(o.etcdPrefix, "/") {
-		return fmt.Errorf("--etcd-prefix=%q: must start with /", o.etcdPrefix)
-	}
-	if (o.etcdCertfile == "") != (o.etcdKeyfile == "") {
-		return errors.New("--etcd-certfile and --etcd-keyfile must be given together")
 	}
 	return nil
 }
@@ -163,16 +147,6 @@ func (o *options) renewMarginFor() time.Duration {
 		m = o.leaseTTL * 2 / 3
 	}
 	return m
-}
-
-func (o *options) endpoints() []string {
-	var out []string
-	for _, e := range strings.Split(o.etcdEndpoints, ",") {
-		if e = strings.TrimSpace(e); e != "" {
-			out = append(out, e)
-		}
-	}
-	return out
 }
 
 func (o *options) healthAddr() string {

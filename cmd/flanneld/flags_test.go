@@ -19,8 +19,8 @@ func TestDefaultsMatchUpstream(t *testing.T) {
 		got  any
 		want any
 	}{
-		{"etcd-endpoints", o.etcdEndpoints, "http://127.0.0.1:4001,http://127.0.0.1:2379"},
-		{"etcd-prefix", o.etcdPrefix, "/coreos.com/network"},
+		{"etcd-endpoints", strings.Join(o.etcd.Endpoints, ","), "http://127.0.0.1:4001,http://127.0.0.1:2379"},
+		{"etcd-prefix", o.etcd.Prefix, "/coreos.com/network"},
 		{"subnet-file", o.subnetFile, "/run/flannel/subnet.env"},
 		{"subnet-lease-renew-margin", o.renewMargin, 60},
 		{"ip-masq", o.ipMasq, false},
@@ -54,8 +54,8 @@ func TestPrecedenceFlagOverEnvOverDefault(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.etcdPrefix != "/from/flag" || o.subnetFile != "/flag/subnet.env" {
-		t.Errorf("flag must win over env: prefix %q, subnet-file %q", o.etcdPrefix, o.subnetFile)
+	if o.etcd.Prefix != "/from/flag" || o.subnetFile != "/flag/subnet.env" {
+		t.Errorf("flag must win over env: prefix %q, subnet-file %q", o.etcd.Prefix, o.subnetFile)
 	}
 	if !o.ipMasq || o.healthzPort != 8081 || o.iptablesResync != 7 {
 		t.Errorf("env must fill unset flags: ip-masq %v, healthz-port %d, iptables-resync %d", o.ipMasq, o.healthzPort, o.iptablesResync)

@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -26,12 +27,10 @@ import (
 	"github.com/flannel-go/flannel/internal/backend/udp"
 	"github.com/flannel-go/flannel/internal/backend/vxlan"
 	"github.com/flannel-go/flannel/internal/daemon"
+	"github.com/flannel-go/flannel/internal/etcdconf"
 	"github.com/flannel-go/flannel/internal/health"
 	"github.com/flannel-go/flannel/internal/iface"
 	"github.com/flannel-go/flannel/internal/lease"
-	"github.com/flannel-go/flannel/internal/lease/autostore"
-	"github.com/flannel-go/flannel/internal/lease/etcdstore"
-	"github.com/flannel-go/flannel/internal/lease/etcdv2store"
 	"github.com/flannel-go/flannel/internal/masq"
 	"github.com/flannel-go/flannel/internal/metrics"
 	"github.com/flannel-go/flannel/internal/version"
@@ -92,20 +91,20 @@ func backends(udpOpts udp.Options) map[string]backend.Def {
 }
 
 func serve(ctx context.Context, o *options, udpOpts udp.Options, log *slog.Logger) error {
-	log.Info("starting flanneld", "version", version.Version, "etcd", o.etcdEndpoints, "prefix", o.etcdPrefix)
+	log.Info("starting flanneld", "version", version.Version, "etcd", strings.Join(o.etcd.Endpoints, ","), "prefix", o.etcd.Prefix)
 	m := metrics.New()
 	udpOpts.Collector = &udp.Collector{}
 	if err := m.Register(udpOpts.Collector); err != nil {
 		return err
 	}
-	store, closeStore, err := openStore(o, log, m)
+	store, err := etcdconf.Open(o.etcd, log, etcdconf.Hooks{OnConnState: m.EtcdConn})
 	if err != nil {
 		return err
 	}
-	defer closeStore()
+	defer store.Close()
 
 	src := lease.NewStoreSource(store, lease.StoreSourceOptions{
-		TTL: o.leaseTTL, RenewMargin: o.renewMarginFor(), Prefix: o.etcdPrefix,
+		TTL: o.leaseTTL, RenewMargin: o.renewMarginFor(), Prefix: o.etcd.Prefix,
 		OnError: func(error) { m.EtcdError() }, Log: log,
 	})
 	d := daemon.New(daemon.Config{
@@ -161,48 +160,3 @@ func serve(ctx context.Context, o *options, udpOpts udp.Options, log *slog.Logge
 }
 
 func netJoin(host, port string) string { return net.JoinHostPort(host, port) }
-
-// openStore opens the lease store --etcd-api names: the v3 keyspace, the
-// v2 one, or (auto) whichever holds the network config.
-func openStore(o *options, log *slog.Logger, m *metrics.Metrics) (lease.Store, func(), error) {
-	v3 := func() (*etcdstore.Store, error) {
-		return etcdstore.New(etcdstore.Options{
-			Endpoints: o.endpoints(), Prefix: o.etcdPrefix,
-			CertFile: o.etcdCertfile, KeyFile: o.etcdKeyfile, CAFile: o.etcdCAfile,
-			Username: o.etcdUsername, Password: o.etcdPassword,
-			Log: log.With("component", "etcd"), OnConnState: m.EtcdConn,
-		})
-	}
-	v2 := func() (*etcdv2store.Store, error) {
-		return etcdv2store.New(etcdv2store.Options{
-			Endpoints: o.endpoints(), Prefix: o.etcdPrefix,
-			CertFile: o.etcdCertfile, KeyFile: o.etcdKeyfile, CAFile: o.etcdCAfile,
-			Username: o.etcdUsername, Password: o.etcdPassword,
-			Log: log.With("component", "etcd-v2"),
-		})
-	}
-	switch o.etcdAPI {
-	case "v3":
-		s, err := v3()
-		if err != nil {
-			return nil, nil, err
-		}
-		return s, func() { s.Close() }, nil
-	case "v2":
-		s, err := v2()
-		if err != nil {
-			return nil, nil, err
-		}
-		return s, func() { s.Close() }, nil
-	}
-	s3, err := v3()
-	if err != nil {
-		return nil, nil, err
-	}
-	s2, err := v2()
-	if err != nil {
-		s3.Close()
-		return nil, nil, err
-	}
-	return autostore.New(s3, s2, log), func() { s3.Close(); s2.Close() }, nil
-}

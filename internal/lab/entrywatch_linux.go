@@ -12,6 +12,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/flannel-go/flannel/internal/lab/proc"
 	"github.com/flannel-go/flannel/internal/route"
 )
 
@@ -396,7 +397,7 @@ func (w *EntryWatch) wait(ctx context.Context, timeout time.Duration, pid int, c
 		select {
 		case <-w.wake:
 		case <-live.C:
-			if pid != 0 && !alive(pid) {
+			if pid != 0 && !proc.Alive(pid) {
 				return time.Time{}, fmt.Errorf("lab: pid %d exited", pid)
 			}
 		case <-deadline.C:

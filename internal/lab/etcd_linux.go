@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/flannel-go/flannel/internal/lab/proc"
 	"github.com/flannel-go/flannel/internal/ns"
 )
 
@@ -99,7 +100,7 @@ func (l *Lab) startCluster(ctx context.Context, o Options) error {
 	}
 	return l.waitEtcd(ctx, func() error {
 		for _, m := range l.Members {
-			if !alive(m.PID) {
+			if !proc.Alive(m.PID) {
 				return fmt.Errorf("lab: etcd member %s exited; see %s", m.Name, filepath.Join(l.Dir, "etcd-"+m.Name+".log"))
 			}
 		}
@@ -113,7 +114,7 @@ func (l *Lab) StartEtcd(ctx context.Context) error {
 	if len(l.EtcdArgv) == 0 {
 		return errors.New("lab: this lab does not run a single etcd of its own")
 	}
-	if l.EtcdPID != 0 && alive(l.EtcdPID) {
+	if l.EtcdPID != 0 && proc.Alive(l.EtcdPID) {
 		return errors.New("lab: etcd is already running")
 	}
 	pid, err := l.spawn(l.EtcdNS, "etcd.log", l.EtcdArgv)
@@ -125,7 +126,7 @@ func (l *Lab) StartEtcd(ctx context.Context) error {
 		return err
 	}
 	return l.waitEtcd(ctx, func() error {
-		if !alive(pid) {
+		if !proc.Alive(pid) {
 			return fmt.Errorf("lab: etcd exited; see %s", filepath.Join(l.Dir, "etcd.log"))
 		}
 		return nil

@@ -33,6 +33,7 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 
+	"github.com/flannel-go/flannel/internal/lab/proc"
 	"github.com/flannel-go/flannel/internal/netconf"
 	"github.com/flannel-go/flannel/internal/ns"
 	"github.com/flannel-go/flannel/internal/subnetenv"
@@ -456,7 +457,7 @@ func (l *Lab) WaitSubnet(ctx context.Context, h *Host, timeout time.Duration) er
 			h.Subnet, h.MTU = env.Subnet.Masked(), env.MTU
 			return nil
 		}
-		if h.FlanneldPID != 0 && !alive(h.FlanneldPID) {
+		if h.FlanneldPID != 0 && !proc.Alive(h.FlanneldPID) {
 			return fmt.Errorf("lab: flanneld on %s exited before writing subnet.env; log %s:\n%s", h.Name, l.LogFile(h), tail(l.LogFile(h), 20))
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
@@ -710,7 +711,7 @@ func ownedBy(pid int, dir string) bool {
 // stopPID signals pid, if it still is one of the lab's processes, and waits
 // for it to exit, escalating to SIGKILL after timeout.
 func stopPID(pid int, dir string, sig syscall.Signal, timeout time.Duration) error {
-	stopPinned(pid, func(pid int) bool { return ownedBy(pid, dir) }, sig, timeout)
+	proc.StopPinned(pid, func(pid int) bool { return ownedBy(pid, dir) }, sig, timeout)
 	return nil
 }
 
@@ -749,7 +750,7 @@ func ipnet(p netip.Prefix) *net.IPNet {
 }
 
 // Alive reports whether pid is a running process.
-func Alive(pid int) bool { return alive(pid) }
+func Alive(pid int) bool { return proc.Alive(pid) }
 
 // Namespace maps a lab target (h1, c1, etcd, sw) to its namespace.
 func (l *Lab) Namespace(target string) (string, error) {

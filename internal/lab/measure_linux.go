@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/flannel-go/flannel/internal/lab/proc"
 	"github.com/flannel-go/flannel/internal/ns"
 )
 
@@ -96,7 +97,7 @@ func RssAnon(pid int) (int64, error) {
 
 // CPUSeconds returns the user+system CPU time pid has used.
 func CPUSeconds(pid int) (float64, error) {
-	f, err := procStat(pid)
+	f, err := proc.Stat(pid)
 	if err != nil {
 		return 0, fmt.Errorf("pid %d: %w", pid, err)
 	}

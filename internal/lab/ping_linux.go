@@ -105,3 +105,25 @@ func parsePing(out string) PingResult {
 	slices.Sort(r.Lost)
 	return r
 }
+
+// PingMatrix pings, all at once, every host's container from every other
+// host's container, count times each, and returns got[i][j]: the replies
+// Hosts[i] received from Hosts[j]'s container (0 on the diagonal).
+func (l *Lab) PingMatrix(ctx context.Context, count int, interval time.Duration) [][]int {
+	n := len(l.Hosts)
+	got := make([][]int, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		got[i] = make([]int, n)
+		for j := range n {
+			if i == j {
+				continue
+			}
+			wg.Go(func() {
+				got[i][j], _, _ = l.Ping(ctx, l.Hosts[i], l.Hosts[j].Container, count, interval)
+			})
+		}
+	}
+	wg.Wait()
+	return got
+}

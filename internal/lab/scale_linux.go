@@ -17,13 +17,22 @@ import (
 	"github.com/vishvananda/netlink"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/flannel-go/flannel/internal/backend/vxlan"
 	"github.com/flannel-go/flannel/internal/lease"
 	"github.com/flannel-go/flannel/internal/ns"
+	"github.com/flannel-go/flannel/internal/route"
 )
 
 // This file holds what the scale benchmark (`flannelctl lab scale`) needs
 // beyond a normal lab: writing many leases at once, reading etcd's request
 // counters, and watching a host's kernel tables fill up (entrywatch_linux.go).
+
+// The scale lab's overlay is a /8 of /24s, so 65,000 hosts fit, and the
+// fake peers' public addresses are a /16 made on-link on the host's eth0.
+var (
+	ScaleNetwork  = netip.MustParsePrefix("10.0.0.0/8")
+	ScaleUnderlay = netip.MustParsePrefix("172.20.0.0/16")
+)
 
 // maxTxnOps is etcd's default --max-txn-ops: a larger transaction is refused.
 const maxTxnOps = 128
@@ -35,7 +44,7 @@ func (l *Lab) LeaseKV(ls lease.Lease) (key, value string, err error) {
 	if err != nil {
 		return "", "", fmt.Errorf("lab: encode lease %s: %w", ls.Key(), err)
 	}
-	return l.Prefix + "/subnets/" + ls.Key(), string(v), nil
+	return lease.KeyPath(l.Prefix, ls.Key()), string(v), nil
 }
 
 // PutLeases writes leases in transactions of up to 128 puts (etcd's default
@@ -233,4 +242,58 @@ func PeakRSS(pid int) (int64, error) {
 		}
 	}
 	return 0, fmt.Errorf("no VmHWM for pid %d", pid)
+}
+
+// FakeLeases returns n leases of distinct /24s in ScaleNetwork (never
+// own) with distinct public addresses in ScaleUnderlay and, for vxlan,
+// distinct VTEP MACs, in upstream's value format.
+func FakeLeases(backendType string, own netip.Prefix, n int) []lease.Lease {
+	out := make([]lease.Lease, 0, n)
+	base := ScaleNetwork.Addr().As4()
+	under := ScaleUnderlay.Addr().As4()
+	for i := 1; len(out) < n; i++ {
+		sn := netip.PrefixFrom(netip.AddrFrom4([4]byte{base[0], byte(i >> 8), byte(i), 0}), 24)
+		if sn == own {
+			continue
+		}
+		k := len(out) + 1
+		a := lease.Attrs{
+			PublicIP:    netip.AddrFrom4([4]byte{under[0], under[1], byte(k >> 8), byte(k)}),
+			BackendType: backendType,
+		}
+		if backendType == "vxlan" {
+			mac := route.MAC{0x0e, 0, 0, byte(k >> 16), byte(k >> 8), byte(k)}
+			a.BackendData = vxlan.LeaseData{VNI: 1, VtepMAC: mac}.Encode()
+		}
+		out = append(out, lease.Lease{Subnet: sn, Attrs: a})
+	}
+	return out
+}
+
+// RouteOf is the route the backend makes for a peer.
+func RouteOf(backendType string, l lease.Lease) RouteEntry {
+	if backendType == "host-gw" {
+		return RouteEntry{Dst: l.Subnet, Gw: l.Attrs.PublicIP}
+	}
+	return RouteEntry{Dst: l.Subnet, Gw: l.Subnet.Addr()}
+}
+
+// ExpectedEntries is what the backend must program for leases: a route
+// each and, for vxlan, the neighbour and FDB entry the route relies on.
+func ExpectedEntries(backendType string, leases []lease.Lease) (Entries, error) {
+	var e Entries
+	for _, l := range leases {
+		e.Routes = append(e.Routes, RouteOf(backendType, l))
+		if backendType != "vxlan" {
+			continue
+		}
+		d, err := vxlan.DecodeLeaseData(l.Attrs.BackendData)
+		mac := d.VtepMAC
+		if err != nil {
+			return Entries{}, fmt.Errorf("fake lease %s: %w", l.Subnet, err)
+		}
+		e.Neighs = append(e.Neighs, NeighEntry{IP: l.Subnet.Addr(), MAC: mac})
+		e.FDB = append(e.FDB, FDBEntry{MAC: mac, Dst: l.Attrs.PublicIP})
+	}
+	return e, nil
 }

@@ -33,7 +33,6 @@ import (
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/status"
 
-	"github.com/flannel-go/flannel/internal/etcdtls"
 	"github.com/flannel-go/flannel/internal/lease"
 )
 
@@ -48,9 +47,10 @@ type Options struct {
 	Endpoints []string // required, e.g. https://10.0.0.1:2379
 	Prefix    string   // optional; default DefaultPrefix
 
-	// Client certificate and key (PEM) and the CA that signed etcd's server
-	// certificate; all optional. TLS is used for https:// endpoints.
-	CertFile, KeyFile, CAFile string
+	// TLS secures https:// endpoints (etcdconf builds it from the
+	// --etcd-*file flags); optional: nil means TLS 1.2+ trusting the
+	// system's roots. Unused for plain http endpoints.
+	TLS *tls.Config
 	// Username and Password for etcd's auth; optional. With them, New
 	// authenticates and so needs etcd to be reachable.
 	Username, Password string
@@ -67,7 +67,7 @@ type Store struct {
 	cli       *clientv3.Client
 	log       *slog.Logger
 	prefix    string // without trailing slash
-	subnets   string // prefix + "/subnets/"
+	subnets   string // lease.SubnetsDir(prefix)
 	endpoints string // for error messages
 	timeout   time.Duration
 	connErrs  *connErrors
@@ -91,10 +91,7 @@ func New(o Options) (*Store, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	tc, err := tlsConfig(o, log)
-	if err != nil {
-		return nil, err
-	}
+	tc := tlsFor(o)
 	prefix := strings.TrimRight(o.Prefix, "/")
 	if o.Prefix == "" {
 		prefix = DefaultPrefix
@@ -135,7 +132,7 @@ func New(o Options) (*Store, error) {
 		cli:       cli,
 		log:       log,
 		prefix:    prefix,
-		subnets:   prefix + "/subnets/",
+		subnets:   lease.SubnetsDir(prefix),
 		endpoints: strings.Join(o.Endpoints, ","),
 		timeout:   timeout,
 		connErrs:  errs,
@@ -146,38 +143,18 @@ func New(o Options) (*Store, error) {
 	return s, nil
 }
 
-// tlsConfig builds the client TLS config, or nil for plain http.
-func tlsConfig(o Options, log *slog.Logger) (*tls.Config, error) {
-	var https, http int
+// tlsFor is the TLS config for the endpoints, or nil for plain http (or
+// unix sockets): the client would otherwise use TLS for every endpoint.
+func tlsFor(o Options) *tls.Config {
 	for _, ep := range o.Endpoints {
 		if strings.HasPrefix(ep, "https://") {
-			https++
-		} else {
-			http++
+			if o.TLS == nil {
+				return &tls.Config{MinVersion: tls.VersionTLS12}
+			}
+			return o.TLS
 		}
 	}
-	// The client picks transport security from the first endpoint alone,
-	// so a mixed list would silently use one of the two for all.
-	if https > 0 && http > 0 {
-		return nil, fmt.Errorf("etcdstore: endpoints %s mix https and plain http", strings.Join(o.Endpoints, ","))
-	}
-	files := o.CertFile != "" || o.KeyFile != "" || o.CAFile != ""
-	if https == 0 {
-		if files {
-			log.Warn("etcd endpoints are plain http: TLS files ignored, traffic is not encrypted", "endpoints", o.Endpoints)
-		} else {
-			log.Warn("etcd endpoints are plain http: traffic is not encrypted or authenticated", "endpoints", o.Endpoints)
-		}
-		return nil, nil
-	}
-	tc, err := etcdtls.ClientConfig(o.CertFile, o.KeyFile, o.CAFile)
-	if err != nil {
-		return nil, fmt.Errorf("etcdstore: %w", err)
-	}
-	if why := etcdtls.LooseKeyFile(o.KeyFile); why != "" {
-		log.Warn(why)
-	}
-	return tc, nil
+	return nil
 }
 
 // monitor logs once when etcd becomes unreachable and once when it is back,
@@ -205,7 +182,8 @@ func (s *Store) monitor(ctx context.Context) {
 	}
 }
 
-// Client is the underlying etcd client, for tools.
+// Client is the underlying etcd client, for tests that write around the
+// store (raw keys, compaction, lease TTLs). Tools use the Store's methods.
 func (s *Store) Client() *clientv3.Client { return s.cli }
 
 // Prefix is the etcd key prefix in use, without a trailing slash.

@@ -2,6 +2,7 @@ package etcdstore_test
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"log/slog"
 	"net/netip"
@@ -11,6 +12,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/flannel-go/flannel/internal/etcdconf"
 	"github.com/flannel-go/flannel/internal/etcdembed"
 	"github.com/flannel-go/flannel/internal/etcdtest"
 	"github.com/flannel-go/flannel/internal/lease"
@@ -28,7 +30,7 @@ func (s testStore) Compact(ctx context.Context, rev int64) error {
 }
 
 func (s testStore) PutRaw(ctx context.Context, key string, value []byte) error {
-	_, err := s.Client().Put(ctx, s.Prefix()+"/subnets/"+key, string(value))
+	_, err := s.Client().Put(ctx, lease.KeyPath(s.Prefix(), key), string(value))
 	return err
 }
 
@@ -107,7 +109,7 @@ func TestUpstreamLayout(t *testing.T) {
 func TestReservationKeepsNoTTL(t *testing.T) {
 	eps := etcdtest.StartEtcd(t)
 	s := newStore(t, etcdstore.Options{Endpoints: eps})
-	key := s.Prefix() + "/subnets/10.5.7.0-24"
+	key := lease.KeyPath(s.Prefix(), "10.5.7.0-24")
 	if _, err := s.Client().Put(ctxT(t), key, `{"PublicIP":"192.168.1.7"}`); err != nil {
 		t.Fatal(err)
 	}
@@ -165,7 +167,7 @@ func TestBadEntriesWarnOncePerKey(t *testing.T) {
 	var buf logbuf.Buffer
 	s := newStore(t, etcdstore.Options{Endpoints: eps, Log: bufLog(&buf)})
 	for k, v := range map[string]string{"10.5.11.0-24": "garbage", "bogus": `{"PublicIP":"1.2.3.4"}`, "10.5.12.0-24": `{"PublicIP":"1.2.3.4"}`} {
-		if _, err := s.Client().Put(ctxT(t), s.Prefix()+"/subnets/"+k, v); err != nil {
+		if _, err := s.Client().Put(ctxT(t), lease.KeyPath(s.Prefix(), k), v); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -256,27 +258,13 @@ func TestOutageAndReconnect(t *testing.T) {
 	}
 }
 
-func TestPlainHTTPWarnsOnce(t *testing.T) {
-	var buf logbuf.Buffer
-	newStore(t, etcdstore.Options{Endpoints: []string{"http://127.0.0.1:1"}, Log: bufLog(&buf)})
-	if n := strings.Count(buf.String(), "not encrypted"); n != 1 {
-		t.Fatalf("%d plain-http warnings, want 1:\n%s", n, buf.String())
-	}
-}
-
 func TestNewErrors(t *testing.T) {
-	f := etcdtest.WriteTLS(t)
 	for _, tc := range []struct {
 		name string
 		o    etcdstore.Options
 		want string
 	}{
 		{"no endpoints", etcdstore.Options{}, "no etcd endpoints"},
-		{"mixed schemes", etcdstore.Options{Endpoints: []string{"https://a:1", "http://b:1"}}, "mix https and plain http"},
-		{"missing cert", etcdstore.Options{Endpoints: []string{"https://127.0.0.1:1"}, CertFile: "/nonexistent/c.pem", KeyFile: f.ClientKey}, "/nonexistent/c.pem"},
-		{"cert without key", etcdstore.Options{Endpoints: []string{"https://127.0.0.1:1"}, CertFile: f.ClientCert}, "both a cert file and a key file"},
-		{"missing CA", etcdstore.Options{Endpoints: []string{"https://127.0.0.1:1"}, CAFile: "/nonexistent/ca.pem"}, "/nonexistent/ca.pem"},
-		{"CA not PEM", etcdstore.Options{Endpoints: []string{"https://127.0.0.1:1"}, CAFile: f.ClientKey}, "no PEM certificate"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s, err := etcdstore.New(tc.o)
@@ -297,7 +285,7 @@ func TestTLS(t *testing.T) {
 	eps := srv.Endpoints()
 
 	t.Run("client cert", func(t *testing.T) {
-		s := newStore(t, etcdstore.Options{Endpoints: eps, CertFile: f.ClientCert, KeyFile: f.ClientKey, CAFile: f.CA})
+		s := newStore(t, etcdstore.Options{Endpoints: eps, TLS: tlsFiles(t, f.ClientCert, f.ClientKey, f.CA)})
 		l, err := s.Create(ctxT(t), lease.Lease{Subnet: netip.MustParsePrefix("10.5.1.0/24"),
 			Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("192.168.1.1")}}, time.Hour)
 		if err != nil {
@@ -309,7 +297,7 @@ func TestTLS(t *testing.T) {
 	})
 	t.Run("wrong CA", func(t *testing.T) {
 		other := etcdtest.WriteTLS(t)
-		s := newStore(t, etcdstore.Options{Endpoints: eps, CertFile: f.ClientCert, KeyFile: f.ClientKey, CAFile: other.CA, Timeout: 2 * time.Second})
+		s := newStore(t, etcdstore.Options{Endpoints: eps, TLS: tlsFiles(t, f.ClientCert, f.ClientKey, other.CA), Timeout: 2 * time.Second})
 		start := time.Now()
 		_, _, err := s.Leases(context.Background())
 		if err == nil {
@@ -324,7 +312,7 @@ func TestTLS(t *testing.T) {
 		}
 	})
 	t.Run("no client cert", func(t *testing.T) {
-		s := newStore(t, etcdstore.Options{Endpoints: eps, CAFile: f.CA, Timeout: 2 * time.Second})
+		s := newStore(t, etcdstore.Options{Endpoints: eps, TLS: tlsFiles(t, "", "", f.CA), Timeout: 2 * time.Second})
 		_, _, err := s.Leases(context.Background())
 		if err == nil {
 			t.Fatal("Leases succeeded without the client certificate the server requires")
@@ -417,4 +405,14 @@ func TestAuth(t *testing.T) {
 	if _, err := anon.Config(ctxT(t)); err == nil {
 		t.Fatal("Config without credentials succeeded with auth enabled")
 	}
+}
+
+// tlsFiles is the TLS config etcdconf builds from the --etcd-*file flags.
+func tlsFiles(t testing.TB, cert, key, ca string) *tls.Config {
+	t.Helper()
+	tc, err := etcdconf.TLSFiles(cert, key, ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tc
 }

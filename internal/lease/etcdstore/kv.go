@@ -18,7 +18,7 @@ import (
 func (s *Store) Config(ctx context.Context) ([]byte, error) {
 	ctx, cancel := s.reqCtx(ctx)
 	defer cancel()
-	key := s.prefix + "/config"
+	key := lease.ConfigKey(s.prefix)
 	r, err := s.cli.Get(ctx, key)
 	if err != nil {
 		return nil, s.fail("get "+key, err)
@@ -33,7 +33,7 @@ func (s *Store) Config(ctx context.Context) ([]byte, error) {
 func (s *Store) PutConfig(ctx context.Context, cfg []byte) error {
 	ctx, cancel := s.reqCtx(ctx)
 	defer cancel()
-	key := s.prefix + "/config"
+	key := lease.ConfigKey(s.prefix)
 	if _, err := s.cli.Put(ctx, key, string(cfg)); err != nil {
 		return s.fail("put "+key, err)
 	}
@@ -214,6 +214,39 @@ func (s *Store) Revoke(ctx context.Context, l lease.Lease) error {
 		return fmt.Errorf("etcdstore: revoke %s: %w", key, lease.ErrNotFound)
 	}
 	return nil
+}
+
+// Reserve turns l into a reservation: while l's key still carries l.ID
+// (or, for ID 0, no etcd lease), it is rewritten with l.Attrs and no etcd
+// lease, in one transaction, so the key never disappears and the host
+// holding it keeps it. lease.ErrNotFound when the key is gone or held by
+// another lease. The etcd lease l.ID is then ended.
+func (s *Store) Reserve(ctx context.Context, l lease.Lease) (lease.Lease, error) {
+	ctx, cancel := s.reqCtx(ctx)
+	defer cancel()
+	key := s.subnets + l.Key()
+	val, err := json.Marshal(l.Attrs)
+	if err != nil {
+		return lease.Lease{}, fmt.Errorf("etcdstore: encode %s: %w", key, err)
+	}
+	// A put without a lease detaches the key from the one it had.
+	r, err := s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), ">", 0),
+			clientv3.Compare(clientv3.LeaseValue(key), "=", clientv3.LeaseID(l.ID))).
+		Then(clientv3.OpPut(key, string(val))).
+		Commit()
+	if err != nil {
+		return lease.Lease{}, s.fail("reserve "+key, err)
+	}
+	if !r.Succeeded {
+		return lease.Lease{}, fmt.Errorf("etcdstore: reserve %s: key gone or held by another lease: %w", key, lease.ErrNotFound)
+	}
+	if l.ID != 0 {
+		// Nothing is attached to it any more; it would expire anyway.
+		s.revokeID(l.ID)
+	}
+	l.ID, l.Expires = 0, time.Time{}
+	return l, nil
 }
 
 // decodeKV is lease.Decode with the key's etcd lease as the ID.

@@ -101,7 +101,7 @@ type testStore struct {
 }
 
 func (s testStore) PutRaw(ctx context.Context, key string, value []byte) error {
-	st, b, err := s.raw.do(ctx, http.MethodPut, "/v2/keys"+s.Prefix()+"/subnets/"+key, url.Values{"value": {string(value)}})
+	st, b, err := s.raw.do(ctx, http.MethodPut, "/v2/keys"+lease.KeyPath(s.Prefix(), key), url.Values{"value": {string(value)}})
 	if err == nil && st/100 != 2 {
 		err = fmt.Errorf("put raw %s: %d %s", key, st, b)
 	}

@@ -45,7 +45,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/flannel-go/flannel/internal/etcdtls"
 	"github.com/flannel-go/flannel/internal/lease"
 )
 
@@ -61,9 +60,10 @@ type Options struct {
 	Endpoints []string // required, e.g. https://10.0.0.1:2379
 	Prefix    string   // optional; default DefaultPrefix
 
-	// Client certificate and key (PEM) and the CA that signed etcd's server
-	// certificate; all optional. TLS is used for https:// endpoints.
-	CertFile, KeyFile, CAFile string
+	// TLS secures https:// endpoints (etcdconf builds it from the
+	// --etcd-*file flags); optional: nil means Go's defaults, trusting
+	// the system's roots.
+	TLS *tls.Config
 	// Username and Password for etcd's v2 auth (HTTP basic auth);
 	// optional.
 	Username, Password string
@@ -109,10 +109,6 @@ func New(o Options) (*Store, error) {
 		}
 		eps = append(eps, u)
 	}
-	tc, err := tlsConfig(o, eps, log)
-	if err != nil {
-		return nil, err
-	}
 	timeout := o.Timeout
 	if timeout <= 0 {
 		timeout = DefaultTimeout
@@ -130,7 +126,7 @@ func New(o Options) (*Store, error) {
 			// Detects a dead peer under an idle long poll.
 			KeepAlive: 15 * time.Second,
 		}).DialContext,
-		TLSClientConfig:     tc,
+		TLSClientConfig:     o.TLS,
 		TLSHandshakeTimeout: timeout,
 		// etcd sends a watch's headers at once, so this bounds long
 		// polls against a hung endpoint too.
@@ -151,47 +147,10 @@ func New(o Options) (*Store, error) {
 		},
 		log:     log,
 		prefix:  prefix,
-		subnets: path.Join(prefix, "subnets"),
+		subnets: strings.TrimSuffix(lease.SubnetsDir(prefix), "/"),
 		stop:    stop,
 		ttls:    make(map[int64]time.Duration),
 	}, nil
-}
-
-// tlsConfig builds the client TLS config, or nil for plain http.
-func tlsConfig(o Options, eps []*url.URL, log *slog.Logger) (*tls.Config, error) {
-	var https, plain int
-	for _, u := range eps {
-		if u.Scheme == "https" {
-			https++
-		} else {
-			plain++
-		}
-	}
-	// Mixing is almost certainly a typo, and would send credentials in
-	// clear to some members.
-	if https > 0 && plain > 0 {
-		return nil, fmt.Errorf("etcdv2store: endpoints %s mix https and plain http", strings.Join(o.Endpoints, ","))
-	}
-	files := o.CertFile != "" || o.KeyFile != "" || o.CAFile != ""
-	if https == 0 {
-		switch {
-		case files:
-			log.Warn("etcd endpoints are plain http: TLS files ignored, traffic is not encrypted", "endpoints", o.Endpoints)
-		case o.Username != "":
-			log.Warn("etcd endpoints are plain http: traffic and password are not encrypted", "endpoints", o.Endpoints)
-		default:
-			log.Warn("etcd endpoints are plain http: traffic is not encrypted or authenticated", "endpoints", o.Endpoints)
-		}
-		return nil, nil
-	}
-	tc, err := etcdtls.ClientConfig(o.CertFile, o.KeyFile, o.CAFile)
-	if err != nil {
-		return nil, fmt.Errorf("etcdv2store: %w", err)
-	}
-	if why := etcdtls.LooseKeyFile(o.KeyFile); why != "" {
-		log.Warn(why)
-	}
-	return tc, nil
 }
 
 // Prefix is the etcd key prefix in use, without a trailing slash.

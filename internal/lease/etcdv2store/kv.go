@@ -20,7 +20,7 @@ const casAttempts = 3
 
 // Config returns the raw value of <prefix>/config, or lease.ErrNoConfig.
 func (s *Store) Config(ctx context.Context) ([]byte, error) {
-	key := s.prefix + "/config"
+	key := lease.ConfigKey(s.prefix)
 	r, err := s.c.do(ctx, request{method: http.MethodGet, key: key})
 	if isCode(err, codeKeyNotFound) {
 		return nil, fmt.Errorf("etcdv2store: %s: %w", key, lease.ErrNoConfig)
@@ -46,7 +46,7 @@ func (s *Store) HasConfig(ctx context.Context) (bool, error) {
 
 // PutConfig writes <prefix>/config as given; the caller validates it.
 func (s *Store) PutConfig(ctx context.Context, cfg []byte) error {
-	key := s.prefix + "/config"
+	key := lease.ConfigKey(s.prefix)
 	_, err := s.c.do(ctx, request{method: http.MethodPut, key: key, form: url.Values{"value": {string(cfg)}}})
 	if err != nil {
 		return fail("put "+key, err)
@@ -96,7 +96,7 @@ func (s *Store) Leases(ctx context.Context) ([]lease.Lease, int64, error) {
 // Lookup reads one lease by key (as Lease.Key) including its expiry;
 // lease.ErrNotFound if it is absent.
 func (s *Store) Lookup(ctx context.Context, key string) (lease.Lease, error) {
-	full := s.subnets + "/" + key
+	full := lease.KeyPath(s.prefix, key)
 	n, err := s.get(ctx, "get", full)
 	if err != nil {
 		return lease.Lease{}, err
@@ -127,7 +127,7 @@ func (s *Store) get(ctx context.Context, what, key string) (*node, error) {
 // Create stores l if its key is absent, with a TTL of ttl rounded up to
 // whole seconds. With ttl <= 0 it creates a reservation (no TTL).
 func (s *Store) Create(ctx context.Context, l lease.Lease, ttl time.Duration) (lease.Lease, error) {
-	key := s.subnets + "/" + l.Key()
+	key := lease.KeyPath(s.prefix, l.Key())
 	val, err := json.Marshal(l.Attrs)
 	if err != nil {
 		return lease.Lease{}, fmt.Errorf("etcdv2store: encode %s: %w", key, err)
@@ -157,7 +157,7 @@ func (s *Store) Create(ctx context.Context, l lease.Lease, ttl time.Duration) (l
 // otherwise. A reservation (ID 0) is rewritten without a TTL and stays a
 // reservation.
 func (s *Store) Renew(ctx context.Context, l lease.Lease, ttl time.Duration) (lease.Lease, error) {
-	key := s.subnets + "/" + l.Key()
+	key := lease.KeyPath(s.prefix, l.Key())
 	val, err := json.Marshal(l.Attrs)
 	if err != nil {
 		return lease.Lease{}, fmt.Errorf("etcdv2store: encode %s: %w", key, err)
@@ -199,7 +199,7 @@ func (s *Store) Renew(ctx context.Context, l lease.Lease, ttl time.Duration) (le
 // Revoke deletes l's key if it is still the incarnation l.ID names;
 // lease.ErrNotFound otherwise.
 func (s *Store) Revoke(ctx context.Context, l lease.Lease) error {
-	key := s.subnets + "/" + l.Key()
+	key := lease.KeyPath(s.prefix, l.Key())
 	for range casAttempts {
 		cur, err := s.owned(ctx, "revoke", key, l.ID)
 		if err != nil {
@@ -219,6 +219,39 @@ func (s *Store) Revoke(ctx context.Context, l lease.Lease) error {
 		return nil
 	}
 	return fmt.Errorf("etcdv2store: revoke %s: key changed by someone else %d times in a row", key, casAttempts)
+}
+
+// Reserve turns l into a reservation: while l's key is still the
+// incarnation l.ID names, it is rewritten with l.Attrs and no TTL (a v2
+// write without ttl clears it) by compare-and-swap, so the key never
+// disappears and keeps its createdIndex. lease.ErrNotFound when the key
+// is gone or re-created.
+func (s *Store) Reserve(ctx context.Context, l lease.Lease) (lease.Lease, error) {
+	key := lease.KeyPath(s.prefix, l.Key())
+	val, err := json.Marshal(l.Attrs)
+	if err != nil {
+		return lease.Lease{}, fmt.Errorf("etcdv2store: encode %s: %w", key, err)
+	}
+	for range casAttempts {
+		cur, err := s.owned(ctx, "reserve", key, l.ID)
+		if err != nil {
+			return lease.Lease{}, err
+		}
+		form := url.Values{"value": {string(val)}, "prevIndex": {strconv.FormatInt(cur.ModifiedIndex, 10)}}
+		_, err = s.c.do(ctx, request{method: http.MethodPut, key: key, form: form})
+		switch {
+		case isCode(err, codeCompareFailed):
+			continue
+		case isCode(err, codeKeyNotFound):
+			return lease.Lease{}, fmt.Errorf("etcdv2store: reserve %s: %w", key, lease.ErrNotFound)
+		case err != nil:
+			return lease.Lease{}, fail("reserve "+key, err)
+		}
+		s.rememberTTL(l.ID, 0)
+		l.ID, l.Expires = 0, time.Time{}
+		return l, nil
+	}
+	return lease.Lease{}, fmt.Errorf("etcdv2store: reserve %s: key changed by someone else %d times in a row", key, casAttempts)
 }
 
 // owned reads key and checks that it is the incarnation id names: for a

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flannel-go/flannel/internal/etcdconf"
 	"github.com/flannel-go/flannel/internal/etcdtest"
 	"github.com/flannel-go/flannel/internal/lease"
 	"github.com/flannel-go/flannel/internal/lease/etcdv2store"
@@ -185,7 +186,7 @@ func TestKeepRenews(t *testing.T) {
 	go func() {
 		done <- src.Keep(ctx, l, func(l lease.Lease) { renewed <- l })
 	}()
-	key := s.Prefix() + "/subnets/" + l.Key()
+	key := lease.KeyPath(s.Prefix(), l.Key())
 	deadline := time.After(10 * time.Second)
 	for time.Now().Before(l.Expires.Add(time.Second)) {
 		select {
@@ -227,7 +228,7 @@ func TestOwnKeyDeleted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	key := s.Prefix() + "/subnets/" + l.Key()
+	key := lease.KeyPath(s.Prefix(), l.Key())
 	raw.must(t, http.MethodDelete, "/v2/keys"+key, nil)
 	if _, err := s.Renew(ctxT(t), l, time.Hour); !errors.Is(err, lease.ErrNotFound) {
 		t.Fatalf("Renew of deleted key: %v, want ErrNotFound", err)
@@ -254,7 +255,7 @@ func TestOperatorReservation(t *testing.T) {
 	e := startEtcd(t, etcdOpts{})
 	raw := newRaw(e.URL)
 	s := newStore(t, etcdv2store.Options{Endpoints: []string{e.URL}})
-	key := s.Prefix() + "/subnets/10.5.7.0-24"
+	key := lease.KeyPath(s.Prefix(), "10.5.7.0-24")
 	raw.must(t, http.MethodPut, "/v2/keys"+key, url.Values{"value": {`{"PublicIP":"192.168.1.7"}`}})
 	ls, _, err := s.Leases(ctxT(t))
 	if err != nil || len(ls) != 1 || !ls[0].Reserved() || !ls[0].Expires.IsZero() {
@@ -416,7 +417,7 @@ func TestBadEntriesWarnOncePerKey(t *testing.T) {
 	s := newStore(t, etcdv2store.Options{Endpoints: []string{e.URL}, Log: bufLog(&buf)})
 	for k, v := range map[string]string{"10.5.11.0-24": "garbage", "bogus": `{"PublicIP":"1.2.3.4"}`,
 		"10.5.12.0-24": `{"PublicIP":"1.2.3.4"}`, "adir/10.5.13.0-24": `{"PublicIP":"1.2.3.4"}`} {
-		raw.must(t, http.MethodPut, "/v2/keys"+s.Prefix()+"/subnets/"+k, url.Values{"value": {v}})
+		raw.must(t, http.MethodPut, "/v2/keys"+lease.KeyPath(s.Prefix(), k), url.Values{"value": {v}})
 	}
 	ls, _, err := s.Leases(ctxT(t))
 	if err != nil || len(ls) != 1 || ls[0].Key() != "10.5.12.0-24" {
@@ -576,7 +577,7 @@ func TestTLS(t *testing.T) {
 	e := startEtcd(t, etcdOpts{CertFile: f.ServerCert, KeyFile: f.ServerKey, ClientCA: f.CA, Probe: probe})
 
 	t.Run("client cert", func(t *testing.T) {
-		s := newStore(t, etcdv2store.Options{Endpoints: []string{e.URL}, CertFile: f.ClientCert, KeyFile: f.ClientKey, CAFile: f.CA})
+		s := newStore(t, etcdv2store.Options{Endpoints: []string{e.URL}, TLS: tlsFiles(t, f.ClientCert, f.ClientKey, f.CA)})
 		_, rev, err := s.Leases(ctxT(t))
 		if err != nil {
 			t.Fatal(err)
@@ -596,8 +597,8 @@ func TestTLS(t *testing.T) {
 		name string
 		o    etcdv2store.Options
 	}{
-		{"wrong CA", etcdv2store.Options{CertFile: f.ClientCert, KeyFile: f.ClientKey, CAFile: etcdtest.WriteTLS(t).CA}},
-		{"no client cert", etcdv2store.Options{CAFile: f.CA}},
+		{"wrong CA", etcdv2store.Options{TLS: tlsFiles(t, f.ClientCert, f.ClientKey, etcdtest.WriteTLS(t).CA)}},
+		{"no client cert", etcdv2store.Options{TLS: tlsFiles(t, "", "", f.CA)}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.o.Endpoints = []string{e.URL}
@@ -683,7 +684,6 @@ func TestAuth(t *testing.T) {
 }
 
 func TestNewErrors(t *testing.T) {
-	f := etcdtest.WriteTLS(t)
 	for _, tc := range []struct {
 		name string
 		o    etcdv2store.Options
@@ -692,11 +692,6 @@ func TestNewErrors(t *testing.T) {
 		{"no endpoints", etcdv2store.Options{}, "no etcd endpoints"},
 		{"not a URL", etcdv2store.Options{Endpoints: []string{"127.0.0.1:2379"}}, "not an http:// or https:// URL"},
 		{"unix socket", etcdv2store.Options{Endpoints: []string{"unix:///run/etcd.sock"}}, "not an http:// or https:// URL"},
-		{"mixed schemes", etcdv2store.Options{Endpoints: []string{"https://a:1", "http://b:1"}}, "mix https and plain http"},
-		{"missing cert", etcdv2store.Options{Endpoints: []string{"https://127.0.0.1:1"}, CertFile: "/nonexistent/c.pem", KeyFile: f.ClientKey}, "/nonexistent/c.pem"},
-		{"cert without key", etcdv2store.Options{Endpoints: []string{"https://127.0.0.1:1"}, CertFile: f.ClientCert}, "both a cert file and a key file"},
-		{"missing CA", etcdv2store.Options{Endpoints: []string{"https://127.0.0.1:1"}, CAFile: "/nonexistent/ca.pem"}, "/nonexistent/ca.pem"},
-		{"CA not PEM", etcdv2store.Options{Endpoints: []string{"https://127.0.0.1:1"}, CAFile: f.ClientKey}, "no PEM certificate"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s, err := etcdv2store.New(tc.o)
@@ -711,10 +706,12 @@ func TestNewErrors(t *testing.T) {
 	}
 }
 
-func TestPlainHTTPWarnsOnce(t *testing.T) {
-	var buf logbuf.Buffer
-	newStore(t, etcdv2store.Options{Endpoints: []string{"http://127.0.0.1:1"}, Log: bufLog(&buf)})
-	if n := strings.Count(buf.String(), "not encrypted"); n != 1 {
-		t.Fatalf("%d plain-http warnings, want 1:\n%s", n, buf.String())
+// tlsFiles is the TLS config etcdconf builds from the --etcd-*file flags.
+func tlsFiles(t testing.TB, cert, key, ca string) *tls.Config {
+	t.Helper()
+	tc, err := etcdconf.TLSFiles(cert, key, ca)
+	if err != nil {
+		t.Fatal(err)
 	}
+	return tc
 }

@@ -306,6 +306,29 @@ func (s *Store) Revoke(ctx context.Context, l lease.Lease) error {
 	return nil
 }
 
+// Reserve implements the stores' Reserve: l's key, while it still holds
+// l, is rewritten with l.Attrs and no lease, and l's grant ends.
+func (s *Store) Reserve(ctx context.Context, l lease.Lease) (lease.Lease, error) {
+	val, err := json.Marshal(l.Attrs)
+	if err != nil {
+		return lease.Lease{}, fmt.Errorf("leasetest: encode %s: %w", l.Key(), err)
+	}
+	if err := s.begin(); err != nil {
+		return lease.Lease{}, err
+	}
+	defer s.mu.Unlock()
+	key := l.Key()
+	if e, ok := s.kvs[key]; !ok || e.id != l.ID {
+		return lease.Lease{}, fmt.Errorf("leasetest: reserve %s: key gone or held by another lease: %w", key, lease.ErrNotFound)
+	}
+	s.putLocked(key, val, 0)
+	if l.ID != 0 {
+		s.endGrantLocked(l.ID) // the key is no longer attached to it
+	}
+	l.ID, l.Expires = 0, time.Time{}
+	return l, nil
+}
+
 // PutRaw writes value under subnets/key with no lease, bypassing every
 // check, as an operator's `etcdctl put` would.
 func (s *Store) PutRaw(ctx context.Context, key string, value []byte) error {

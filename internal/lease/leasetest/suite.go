@@ -32,6 +32,10 @@ type (
 	Looker interface {
 		Lookup(ctx context.Context, key string) (lease.Lease, error)
 	}
+	// Reserver turns a lease into a reservation in place.
+	Reserver interface {
+		Reserve(ctx context.Context, l lease.Lease) (lease.Lease, error)
+	}
 	// Advancer moves the store's clock, so expiry needs no real waiting.
 	Advancer interface {
 		Advance(d time.Duration)
@@ -50,6 +54,7 @@ func RunStoreTests(t *testing.T, newStore func(t *testing.T) lease.Store) {
 	t.Run("CreateExists", func(t *testing.T) { testCreateExists(t, newStore(t)) })
 	t.Run("CreateRace", func(t *testing.T) { testCreateRace(t, newStore(t)) })
 	t.Run("Reservation", func(t *testing.T) { testReservation(t, newStore(t)) })
+	t.Run("Reserve", func(t *testing.T) { testReserve(t, newStore(t)) })
 	t.Run("RenewGuards", func(t *testing.T) { testRenewGuards(t, newStore(t)) })
 	t.Run("RevokeGuards", func(t *testing.T) { testRevokeGuards(t, newStore(t)) })
 	t.Run("Watch", func(t *testing.T) { testWatch(t, newStore(t)) })
@@ -237,6 +242,46 @@ func testReservation(t *testing.T, s lease.Store) {
 	}
 	if ls, _ := list(t, s); len(ls) != 0 {
 		t.Fatalf("after Revoke: %v", ls)
+	}
+}
+
+func testReserve(t *testing.T, s lease.Store) {
+	rs, ok := s.(Reserver)
+	if !ok {
+		t.Skip("the store cannot Reserve")
+	}
+	l := mustCreate(t, s, sample(5, "192.168.1.5"), time.Hour)
+	_, rev := list(t, s)
+	w := startWatch(t, s, rev)
+	r, err := rs.Reserve(ctxT(t), l)
+	if err != nil {
+		t.Fatalf("Reserve: %v", err)
+	}
+	if !r.Reserved() || !r.Expires.IsZero() || !r.Attrs.Equal(l.Attrs) {
+		t.Fatalf("Reserve = %+v, want a reservation with the lease's attrs", r)
+	}
+	// The key is rewritten, never deleted: a watcher sees it stay.
+	expectEvent(t, w.next(t, 5*time.Second), lease.Added, r)
+	ls, _ := list(t, s)
+	if got, ok := find(ls, l.Key()); !ok || !got.Reserved() || !got.Attrs.Equal(l.Attrs) {
+		t.Fatalf("listed %+v (found %v), want the reservation", got, ok)
+	}
+	// The lease it was is gone: renewing or reserving it again fails.
+	if _, err := s.Renew(ctxT(t), l, time.Hour); !errors.Is(err, lease.ErrNotFound) {
+		t.Fatalf("Renew of the reserved lease: err = %v, want ErrNotFound", err)
+	}
+	if _, err := rs.Reserve(ctxT(t), l); !errors.Is(err, lease.ErrNotFound) {
+		t.Fatalf("Reserve again: err = %v, want ErrNotFound", err)
+	}
+	if _, err := rs.Reserve(ctxT(t), sample(6, "192.168.1.6")); !errors.Is(err, lease.ErrNotFound) {
+		t.Fatalf("Reserve of an absent key: err = %v, want ErrNotFound", err)
+	}
+	// Reserving a reservation rewrites it.
+	if _, err := rs.Reserve(ctxT(t), r); err != nil {
+		t.Fatalf("Reserve of a reservation: %v", err)
+	}
+	if ls, _ := list(t, s); len(ls) != 1 {
+		t.Fatalf("after Reserve: %v", ls)
 	}
 }
 

@@ -1,4 +1,7 @@
-package lab
+// Package labdocker runs real Docker engines inside lab hosts, for the
+// end-to-end tests of the tutorial's Docker setup. It is apart from lab so
+// that the operator's binary (flannelctl) does not link it.
+package labdocker
 
 // Real Docker engines inside lab hosts, started the way the flannel
 // tutorial starts them: `mk-docker-opts.sh -c -d FILE` turns the host's
@@ -39,6 +42,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/flannel-go/flannel/internal/lab"
+	"github.com/flannel-go/flannel/internal/lab/proc"
 	"github.com/flannel-go/flannel/internal/ns"
 )
 
@@ -46,8 +51,8 @@ import (
 // wrapping it says why. Tests skip on it.
 var ErrNoDocker = errors.New("docker engine cannot run here")
 
-// DockerOptions say how to start a Docker engine in a lab host.
-type DockerOptions struct {
+// Options say how to start a Docker engine in a lab host.
+type Options struct {
 	MkDockerOpts string // required: path to mk-docker-opts.sh
 	Dockerd      string // optional: dockerd binary, default "dockerd" from PATH
 	CLI          string // optional: docker client, default "docker" from PATH
@@ -59,7 +64,7 @@ type DockerOptions struct {
 	ReadyTimeout time.Duration // optional: default 60s (dockerd needs 5-10 s on a loaded machine)
 }
 
-func (o *DockerOptions) defaults(l *Lab, h *Host) error {
+func (o *Options) defaults(l *lab.Lab, h *lab.Host) error {
 	if o.MkDockerOpts == "" {
 		return errors.New("lab: docker: no mk-docker-opts.sh given")
 	}
@@ -85,10 +90,10 @@ func (o *DockerOptions) defaults(l *Lab, h *Host) error {
 	return nil
 }
 
-// CheckDocker reports, as an error wrapping ErrNoDocker, why a Docker
+// Check reports, as an error wrapping ErrNoDocker, why a Docker
 // engine cannot run here: no dockerd or docker binary on PATH, or cgroup
 // hierarchies that cannot be mounted in a private mount namespace.
-func CheckDocker() error {
+func Check() error {
 	for _, bin := range []string{"dockerd", "docker"} {
 		if _, err := exec.LookPath(bin); err != nil {
 			return fmt.Errorf("lab: %w: %s: %w (install docker.io)", ErrNoDocker, bin, err)
@@ -238,7 +243,7 @@ func shellQuote(s string) string {
 
 // Docker is a dockerd running inside a lab host. Stop it with Stop.
 type Docker struct {
-	Host   *Host
+	Host   *lab.Host
 	Dir    string // everything of the engine: data and exec roots, socket, logs
 	Socket string // the API's unix socket
 	Opts   string // DOCKER_OPTS as mk-docker-opts.sh wrote it
@@ -252,12 +257,12 @@ type Docker struct {
 	stopErr error
 }
 
-// StartDocker starts dockerd in host h with the options mk-docker-opts.sh
+// Start starts dockerd in host h of lab l with the options mk-docker-opts.sh
 // makes of h's subnet.env, and waits until its API answers. A docker0
 // left by SetupContainer's imitation is deleted first (taking the lab's
 // container link with it), so that the bridge is dockerd's own, made from
 // --bip and --mtu. Errors wrapping ErrNoDocker mean Docker cannot run here.
-func (l *Lab) StartDocker(ctx context.Context, h *Host, o DockerOptions) (*Docker, error) {
+func Start(ctx context.Context, l *lab.Lab, h *lab.Host, o Options) (*Docker, error) {
 	if err := o.defaults(l, h); err != nil {
 		return nil, err
 	}
@@ -351,7 +356,7 @@ func (l *Lab) StartDocker(ctx context.Context, h *Host, o DockerOptions) (*Docke
 // removeLabBridge deletes the docker0 and vethc that SetupContainer
 // creates in place of Docker. Equivalent to: `ip link del vethc; ip link
 // del docker0` in the host.
-func removeLabBridge(h *Host) error {
+func removeLabBridge(h *lab.Host) error {
 	hn, err := ns.Open(h.NS)
 	if err != nil {
 		return err
@@ -479,7 +484,7 @@ func (d *Docker) stop() error {
 	// dockerd stops the containerd it started, and shims end with their
 	// containers; anything left is killed.
 	for pid, start := range d.enginePIDs() {
-		stopPinned(pid, func(pid int) bool { return startTime(pid) == start }, syscall.SIGKILL, 5*time.Second)
+		proc.StopPinned(pid, func(pid int) bool { return proc.StartTime(pid) == start }, syscall.SIGKILL, 5*time.Second)
 	}
 	return errors.Join(errs...)
 }
@@ -500,7 +505,7 @@ func (d *Docker) enginePIDs() map[int]string {
 		if err != nil || pid == os.Getpid() {
 			continue
 		}
-		if f, err := procStat(pid); err == nil {
+		if f, err := proc.Stat(pid); err == nil {
 			ppid[pid], _ = strconv.Atoi(f[1])
 			start[pid] = f[19]
 		}
@@ -622,4 +627,14 @@ func writeBusyboxTar(path, bin string, applets []string) (err error) {
 		return fmt.Errorf("lab: busybox image: %w", err)
 	}
 	return nil
+}
+
+// tail is the last n lines of the file at path.
+func tail(path string, n int) string {
+	b, _ := os.ReadFile(path)
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }

@@ -1,4 +1,4 @@
-package etcdtls_test
+package etcdconf_test
 
 import (
 	"crypto/tls"
@@ -9,11 +9,11 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/flannel-go/flannel/internal/etcdconf"
 	"github.com/flannel-go/flannel/internal/etcdtest"
-	"github.com/flannel-go/flannel/internal/etcdtls"
 )
 
-func TestClientConfigErrors(t *testing.T) {
+func TestTLSFilesErrors(t *testing.T) {
 	f := etcdtest.WriteTLS(t)
 	for _, tc := range []struct {
 		name          string
@@ -28,7 +28,7 @@ func TestClientConfigErrors(t *testing.T) {
 		{"CA not PEM", "", "", f.ClientKey, "no PEM certificate"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := etcdtls.ClientConfig(tc.cert, tc.key, tc.ca)
+			_, err := etcdconf.TLSFiles(tc.cert, tc.key, tc.ca)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("ClientConfig(%q, %q, %q) = %v, want an error mentioning %q", tc.cert, tc.key, tc.ca, err, tc.want)
 			}
@@ -38,7 +38,7 @@ func TestClientConfigErrors(t *testing.T) {
 
 // The config authenticates to a server that requires client certificates
 // from the CA, trusts only caFile, and refuses TLS below 1.2.
-func TestClientConfigHandshake(t *testing.T) {
+func TestTLSFilesHandshake(t *testing.T) {
 	f := etcdtest.WriteTLS(t)
 	pem, err := os.ReadFile(f.CA)
 	if err != nil {
@@ -93,7 +93,7 @@ func TestClientConfigHandshake(t *testing.T) {
 	}
 
 	addr := serve(t, 0)
-	tc, err := etcdtls.ClientConfig(f.ClientCert, f.ClientKey, f.CA)
+	tc, err := etcdconf.TLSFiles(f.ClientCert, f.ClientKey, f.CA)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,7 +101,7 @@ func TestClientConfigHandshake(t *testing.T) {
 		t.Fatalf("handshake with client certificate: %v", err)
 	}
 
-	noCert, err := etcdtls.ClientConfig("", "", f.CA)
+	noCert, err := etcdconf.TLSFiles("", "", f.CA)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +109,7 @@ func TestClientConfigHandshake(t *testing.T) {
 		t.Fatal("handshake without client certificate succeeded")
 	}
 
-	otherCA, err := etcdtls.ClientConfig(f.ClientCert, f.ClientKey, etcdtest.WriteTLS(t).CA)
+	otherCA, err := etcdconf.TLSFiles(f.ClientCert, f.ClientKey, etcdtest.WriteTLS(t).CA)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,11 +136,11 @@ func TestLooseKeyFile(t *testing.T) {
 		if err := os.Chmod(p, c.mode); err != nil { // past the umask
 			t.Fatal(err)
 		}
-		if got := etcdtls.LooseKeyFile(p); (got != "") != c.loose {
+		if got := etcdconf.LooseKeyFile(p); (got != "") != c.loose {
 			t.Errorf("mode %04o: LooseKeyFile = %q, want loose=%v", c.mode, got, c.loose)
 		}
 	}
-	if etcdtls.LooseKeyFile("") != "" {
+	if etcdconf.LooseKeyFile("") != "" {
 		t.Error("no key file is not loose")
 	}
 }

@@ -1,4 +1,4 @@
-package lab
+package proc
 
 import (
 	"syscall"
@@ -7,13 +7,13 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// stopPinned signals pid and waits for it to exit, escalating to SIGKILL
+// StopPinned signals pid and waits for it to exit, escalating to SIGKILL
 // after timeout, but only if owned(pid) still holds once a pidfd pins the
 // process. PIDs wrap quickly here (pid_max 32768, tests start thousands of
 // short `ip` commands), so a number read from /proc a moment ago may name
 // someone else's process by now; a pidfd cannot change its process, and the
 // check made after opening it tells whether it is the one we meant.
-func stopPinned(pid int, owned func(int) bool, sig syscall.Signal, timeout time.Duration) {
+func StopPinned(pid int, owned func(int) bool, sig syscall.Signal, timeout time.Duration) {
 	fd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
 		return // gone

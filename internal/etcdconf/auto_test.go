@@ -1,4 +1,4 @@
-package autostore
+package etcdconf
 
 import (
 	"context"
@@ -30,7 +30,7 @@ func TestPicksTheKeyspaceHoldingTheConfig(t *testing.T) {
 			if c.inV2 {
 				_ = v2.PutConfig(ctx, []byte(`{"from":"v2"}`))
 			}
-			s := New(v3, v2, nil)
+			s := newAuto(fake{v3}, fake{v2}, nil)
 			cfg, err := s.Config(ctx)
 			if err != nil {
 				t.Fatal(err)
@@ -54,7 +54,7 @@ func TestPicksTheKeyspaceHoldingTheConfig(t *testing.T) {
 func TestWaitsForAConfigInEither(t *testing.T) {
 	ctx := context.Background()
 	v3, v2 := leasetest.New(nil), leasetest.New(nil)
-	s := New(v3, v2, nil)
+	s := newAuto(fake{v3}, fake{v2}, nil)
 	if _, err := s.Config(ctx); !errors.Is(err, lease.ErrNoConfig) {
 		t.Fatalf("no config anywhere: got %v, want ErrNoConfig", err)
 	}
@@ -71,9 +71,43 @@ func TestV2DisabledIsNotFound(t *testing.T) {
 	ctx := context.Background()
 	v3, v2 := leasetest.New(nil), leasetest.New(nil)
 	v2.SetDown(true) // an etcd without the v2 API
-	if _, err := New(v3, v2, nil).Config(ctx); !errors.Is(err, lease.ErrNoConfig) {
+	if _, err := newAuto(fake{v3}, fake{v2}, nil).Config(ctx); !errors.Is(err, lease.ErrNoConfig) {
 		t.Errorf("got %v, want ErrNoConfig when v3 answers and v2 is off", err)
 	}
 }
 
 func mustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }
+
+// fake is the in-memory store with what Store needs besides.
+type fake struct{ *leasetest.Store }
+
+func (fake) Prefix() string { return DefaultPrefix }
+func (fake) Close() error   { return nil }
+
+func TestChooseFallsBackToV3(t *testing.T) {
+	ctx := context.Background()
+	v3, v2 := leasetest.New(nil), leasetest.New(nil)
+	s := newAuto(fake{v3}, fake{v2}, nil)
+	if api, err := s.Choose(ctx); err != nil || api != "v3" {
+		t.Fatalf("Choose with no config anywhere = %q, %v; want v3", api, err)
+	}
+	if err := s.PutConfig(ctx, []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v3.Config(ctx); err != nil {
+		t.Errorf("config not written to v3: %v", err)
+	}
+
+	v3, v2 = leasetest.New(nil), leasetest.New(nil)
+	_ = v2.PutConfig(ctx, []byte(`{}`))
+	if api, err := newAuto(fake{v3}, fake{v2}, nil).Choose(ctx); err != nil || api != "v2" {
+		t.Fatalf("Choose with the config in v2 = %q, %v; want v2", api, err)
+	}
+
+	v3, v2 = leasetest.New(nil), leasetest.New(nil)
+	v3.SetDown(true)
+	v2.SetDown(true)
+	if api, err := newAuto(fake{v3}, fake{v2}, nil).Choose(ctx); err == nil {
+		t.Fatalf("Choose with etcd down = %q, want an error", api)
+	}
+}

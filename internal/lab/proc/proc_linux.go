@@ -1,4 +1,6 @@
-package lab
+// Package proc reads and signals the lab's processes by /proc and pidfds,
+// so a PID that was reused since it was read is never signalled.
+package proc
 
 import (
 	"bytes"
@@ -8,11 +10,11 @@ import (
 	"strings"
 )
 
-// procStat returns the fields of /proc/PID/stat that follow the command
+// Stat returns the fields of /proc/PID/stat that follow the command
 // name: [0] state, [1] ppid, [11] utime, [12] stime, [19] starttime (see
 // proc(5), whose numbering starts 3 higher). The name is skipped by its last
 // ')' since it may hold spaces and parentheses.
-func procStat(pid int) ([]string, error) {
+func Stat(pid int) ([]string, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return nil, err
@@ -28,16 +30,16 @@ func procStat(pid int) ([]string, error) {
 	return f, nil
 }
 
-// alive reports whether pid exists and is not a zombie.
-func alive(pid int) bool {
-	f, err := procStat(pid)
+// Alive reports whether pid exists and is not a zombie.
+func Alive(pid int) bool {
+	f, err := Stat(pid)
 	return err == nil && f[0] != "Z" && f[0] != "X"
 }
 
-// startTime is when pid started, in clock ticks since boot: with the PID,
+// StartTime is when pid started, in clock ticks since boot: with the PID,
 // it names one process for good. "" if pid is gone.
-func startTime(pid int) string {
-	f, err := procStat(pid)
+func StartTime(pid int) string {
+	f, err := Stat(pid)
 	if err != nil {
 		return ""
 	}

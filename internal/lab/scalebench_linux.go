@@ -1,0 +1,230 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/netip"
+	"syscall"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/flannel-go/flannel/internal/backoff"
+	"github.com/flannel-go/flannel/internal/lease"
+)
+
+// ScaleOptions say what RunScale measures.
+type ScaleOptions struct {
+	Backend   string        // required: vxlan or host-gw (the backends with per-peer kernel entries)
+	Peers     int           // required: fake peer leases written before flanneld starts
+	NewLeases int           // required: leases written one at a time afterwards, for the latency
+	Interval  time.Duration // time between new leases
+	Progress  io.Writer     // optional: a line per step
+}
+
+// ScaleResult holds the figures of one RunScale.
+type ScaleResult struct {
+	WriteTime   time.Duration // writing the Peers leases to etcd
+	SyncTime    time.Duration // flanneld's start → its last expected kernel entry
+	SyncCPU     float64       // flanneld's CPU seconds until then
+	Have, Want  Counts        // kernel entries after the sync, and those expected
+	RSSSync     int64         // flanneld's RssAnon after the sync
+	RSSEnd      int64         // and after the new leases
+	PeakRSS     int64         // VmHWM at the end
+	ReqSync     EtcdRequests  // made while flanneld started and synced
+	ReqNew      EtcdRequests  // made by flanneld while the new leases were written
+	Latencies   []time.Duration
+	Before      int     // new leases whose route appeared before the Put returned (latency 0)
+	NewLeaseCPU float64 // flanneld's CPU seconds per new lease
+}
+
+// scaleRun is one benchmark run.
+type scaleRun struct {
+	l *Lab
+	o ScaleOptions
+	r ScaleResult
+}
+
+func (s *scaleRun) progress(format string, args ...any) {
+	if s.o.Progress != nil {
+		fmt.Fprintf(s.o.Progress, format, args...)
+	}
+}
+
+// RunScale measures l's one flanneld against thousands of fake peers: the
+// time from its cold start until every route, neighbour and FDB entry
+// exists, its memory, its etcd requests, and the latency from a new lease
+// being written to its route existing. l is a one-host lab whose config's
+// network is ScaleNetwork.
+func (l *Lab) RunScale(ctx context.Context, o ScaleOptions) (ScaleResult, error) {
+	s := &scaleRun{l: l, o: o}
+	err := s.run(ctx)
+	return s.r, err
+}
+
+func (s *scaleRun) run(ctx context.Context) error {
+	h := s.l.Hosts[0]
+	own := h.Subnet
+	s.progress("host %s: subnet %s, public IP %s\n", h.Name, own, h.Addr)
+
+	// A cold start: no flanneld, no device, no entries; the lease and
+	// subnet.env stay, as after a reboot.
+	if err := s.l.StopFlanneld(h, syscall.SIGTERM); err != nil {
+		return err
+	}
+	if err := s.l.DeleteLink(h, "flannel.1"); err != nil {
+		return err
+	}
+	if err := s.l.AddOnLinkRoute(h, ScaleUnderlay); err != nil {
+		return err
+	}
+
+	all := FakeLeases(s.o.Backend, own, s.o.Peers+s.o.NewLeases)
+	initial, later := all[:s.o.Peers], all[s.o.Peers:]
+	cli, err := s.l.Etcd()
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	gctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	g, err := cli.Grant(gctx, 3600)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("grant etcd lease for the fake peers: %w", err)
+	}
+	start := time.Now()
+	if err := s.l.PutLeases(ctx, cli, initial, g.ID); err != nil {
+		return err
+	}
+	s.r.WriteTime = time.Since(start)
+	s.progress("wrote %d fake peer leases in %s (transactions of 128)\n", len(initial), s.r.WriteTime.Round(time.Millisecond))
+
+	w, err := WatchEntries(h.NS)
+	if err != nil {
+		return err
+	}
+	defer w.Close()
+	expect, err := ExpectedEntries(s.o.Backend, initial)
+	if err != nil {
+		return err
+	}
+	w.Expect(expect)
+	s.r.Want = Counts{Routes: len(expect.Routes), Neighs: len(expect.Neighs), FDB: len(expect.FDB)}
+
+	if err := s.measureSync(ctx, w); err != nil {
+		return err
+	}
+	if err := s.measureNew(ctx, w, cli, g.ID, later); err != nil {
+		return err
+	}
+	return nil
+}
+
+// measureSync starts flanneld and waits for every expected entry.
+func (s *scaleRun) measureSync(ctx context.Context, w *EntryWatch) error {
+	h := s.l.Hosts[0]
+	req0, err := s.l.EtcdRequests(ctx)
+	if err != nil {
+		return err
+	}
+	s.progress("starting flanneld; waiting for %d routes, %d neighbours, %d FDB entries...\n",
+		s.r.Want.Routes, s.r.Want.Neighs, s.r.Want.FDB)
+	start := time.Now()
+	if err := s.l.StartFlanneld(h); err != nil {
+		return err
+	}
+	pid := h.FlanneldPID
+	last, err := w.WaitExpected(ctx, 2*time.Minute, pid)
+	if err != nil {
+		have, want := w.Progress()
+		return fmt.Errorf("waiting for the full sync (have %+v of %+v): %w", have, want, err)
+	}
+	s.r.SyncTime = last.Sub(start)
+	if s.r.RSSSync, err = RssAnon(pid); err != nil {
+		return err
+	}
+	if s.r.SyncCPU, err = CPUSeconds(pid); err != nil {
+		return err
+	}
+	if s.r.ReqSync, err = s.l.EtcdRequests(ctx); err != nil {
+		return err
+	}
+	s.r.ReqSync = s.r.ReqSync.Sub(req0)
+	dev, gwIn := "flannel.1", netip.Prefix{}
+	if s.o.Backend == "host-gw" {
+		dev, gwIn = "", ScaleUnderlay
+	}
+	if s.r.Have, err = CountEntries(h.NS, dev, gwIn); err != nil {
+		return err
+	}
+	s.progress("full sync in %s\n", s.r.SyncTime.Round(time.Millisecond))
+	return nil
+}
+
+// measureNew writes leases one at a time, paced by s.o.Interval, and times
+// each from its Put returning to its route existing.
+func (s *scaleRun) measureNew(ctx context.Context, w *EntryWatch, cli *clientv3.Client, id clientv3.LeaseID, leases []lease.Lease) error {
+	h := s.l.Hosts[0]
+	pid := h.FlanneldPID
+	req0, err := s.l.EtcdRequests(ctx)
+	if err != nil {
+		return err
+	}
+	cpu0, err := CPUSeconds(pid)
+	if err != nil {
+		return err
+	}
+	s.progress("writing %d new leases, one every %s...\n", len(leases), s.o.Interval)
+	next := time.Now()
+	for i, l := range leases {
+		if err := backoff.Sleep(ctx, time.Until(next)); err != nil {
+			return err
+		}
+		next = next.Add(s.o.Interval)
+		k, v, err := s.l.LeaseKV(l)
+		if err != nil {
+			return err
+		}
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		_, err = cli.Put(pctx, k, v, clientv3.WithLease(id))
+		cancel()
+		if err != nil {
+			return fmt.Errorf("put new lease %d: %w", i+1, err)
+		}
+		put := time.Now()
+		r := RouteOf(s.o.Backend, l)
+		at, err := w.WaitRoute(ctx, r.Dst, r.Gw, 10*time.Second, pid)
+		if err != nil {
+			return fmt.Errorf("route of new lease %s: %w", l.Subnet, err)
+		}
+		d := at.Sub(put)
+		if d < 0 {
+			// flanneld's watch event can beat our Put's response.
+			s.r.Before++
+			d = 0
+		}
+		s.r.Latencies = append(s.r.Latencies, d)
+	}
+	cpu1, err := CPUSeconds(pid)
+	if err != nil {
+		return err
+	}
+	s.r.NewLeaseCPU = (cpu1 - cpu0) / float64(len(leases))
+	if s.r.ReqNew, err = s.l.EtcdRequests(ctx); err != nil {
+		return err
+	}
+	s.r.ReqNew = s.r.ReqNew.Sub(req0)
+	// Our own puts are not flanneld's.
+	s.r.ReqNew.Started["Put"] -= int64(len(leases))
+	if s.r.ReqNew.Started["Put"] == 0 {
+		delete(s.r.ReqNew.Started, "Put")
+	}
+	if s.r.RSSEnd, err = RssAnon(pid); err != nil {
+		return err
+	}
+	if s.r.PeakRSS, err = PeakRSS(pid); err != nil {
+		return err
+	}
+	return nil
+}
