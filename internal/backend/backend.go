@@ -103,3 +103,21 @@ type Backend interface {
 	// leaves kernel state in place so a restart can adopt it.
 	Close() error
 }
+
+// Change is one peer's part in an Update: its new lease, or (Removed) the
+// end of it, when only Lease.Subnet and Lease.Subnet6 are set.
+type Change struct {
+	Lease   lease.Lease
+	Removed bool
+}
+
+// Updater is implemented by backends that can apply a change of the peer
+// set without being handed the whole set, so that one new lease in a
+// cluster of tens of thousands costs the same as in a cluster of three.
+// After a Sync, the daemon hands such a backend only the differences:
+// Update with the peers that were added, changed or removed since the last
+// Sync or Update, each subnet at most once. The result must equal a Sync
+// of the whole new set. Sync stays for start-up, re-lists and repairs.
+type Updater interface {
+	Update(ctx context.Context, changes []Change) error
+}
