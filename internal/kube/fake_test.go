@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -78,5 +79,30 @@ func TestNodeNameFromEnv(t *testing.T) {
 	}
 	if _, err := nodeName(context.Background(), c, env(map[string]string{"POD_NAME": "p", "POD_NAMESPACE": "kube-flannel"})); err == nil || !strings.Contains(err.Error(), "kube-flannel/p") {
 		t.Errorf("absent pod: %v", err)
+	}
+}
+
+func TestRESTConfigAsksForProtobuf(t *testing.T) {
+	kc := filepath.Join(t.TempDir(), "kubeconfig")
+	const y = `apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:6443"}}]
+users: [{name: u, user: {token: x}}]
+contexts: [{name: c, context: {cluster: c, user: u}}]
+current-context: c
+`
+	if err := os.WriteFile(kc, []byte(y), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := RESTConfig("", kc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.ContentType != "application/vnd.kubernetes.protobuf" || !strings.HasPrefix(cfg.AcceptContentTypes, "application/vnd.kubernetes.protobuf") {
+		t.Errorf("content types %q / %q", cfg.ContentType, cfg.AcceptContentTypes)
+	}
+	// --kube-api-url overrides the kubeconfig's server, as upstream.
+	if cfg, err = RESTConfig("https://192.0.2.1:6443", kc); err != nil || cfg.Host != "https://192.0.2.1:6443" {
+		t.Errorf("with --kube-api-url: %v %v", cfg, err)
 	}
 }
