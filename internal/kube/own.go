@@ -174,14 +174,14 @@ func (s *Source) hold(ctx context.Context, n *v1.Node, l lease.Lease) (lease.Lea
 // (with a nil channel, which never fires).
 func (s *Source) ownNode(ctx context.Context) (*v1.Node, <-chan struct{}, error) {
 	s.mu.Lock()
-	if s.watching {
+	if s.watching && s.own != nil {
 		n, ch := s.own, s.ownChanged
 		s.mu.Unlock()
-		if n == nil {
-			return nil, ch, apierrors.NewNotFound(v1.Resource("nodes"), s.node)
-		}
 		return n, ch, nil
 	}
+	// Not watched, or not in the cache: a node created after the
+	// informer listed may not have reached it yet, so only the API
+	// server's NotFound counts as deleted.
 	ch := s.ownChanged
 	s.mu.Unlock()
 	n, err := s.getNode(ctx)

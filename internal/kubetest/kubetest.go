@@ -106,10 +106,14 @@ type Options struct {
 	// Address to serve on; default 127.0.0.1. In a network namespace, give
 	// that namespace's address and a Wrap that enters it.
 	Address netip.Addr
-	// Port to serve on; 0 picks a free one (on the current namespace).
+	// Port to serve on; 0 picks a free one, or 6443 with Wrap (a fresh
+	// namespace has every port free, and ours cannot be probed from here).
 	Port int
 	// Wrap is prepended to the command line, e.g. ip netns exec NAME.
 	Wrap []string
+	// Dial, when set, is how this process reaches the server (for the
+	// readiness check and Client), e.g. a dial from inside its namespace.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Args are extra kube-apiserver flags; later ones override ours.
 	Args []string
 }
@@ -123,6 +127,7 @@ type Server struct {
 
 	dir    string
 	pki    *pki
+	dial   func(ctx context.Context, network, addr string) (net.Conn, error)
 	cmd    *exec.Cmd
 	exited chan struct{} // closed when cmd has been waited for
 	err    error         // cmd.Wait's result, once exited is closed
@@ -140,6 +145,9 @@ func Launch(ctx context.Context, o Options) (*Server, error) {
 	}
 	if !o.Address.IsValid() {
 		o.Address = netip.MustParseAddr("127.0.0.1")
+	}
+	if o.Port == 0 && len(o.Wrap) > 0 {
+		o.Port = 6443
 	}
 	if o.Port == 0 {
 		p, err := freePort(o.Address)
@@ -179,6 +187,7 @@ func Launch(ctx context.Context, o Options) (*Server, error) {
 		Prefix: "/kubetest-" + hex.EncodeToString(rnd[:]),
 		dir:    o.Dir,
 		pki:    p,
+		dial:   o.Dial,
 		exited: make(chan struct{}),
 	}
 	args := []string{
@@ -263,9 +272,14 @@ func (s *Server) WriteKubeconfig(name, user string, groups ...string) (string, e
 	return path, nil
 }
 
-// RESTConfig is the admin's client config.
+// RESTConfig is the admin's client config (with Options.Dial).
 func (s *Server) RESTConfig() (*rest.Config, error) {
-	return clientcmd.BuildConfigFromFlags("", s.Kubeconfig)
+	cfg, err := clientcmd.BuildConfigFromFlags("", s.Kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Dial = s.dial
+	return cfg, nil
 }
 
 // Client is a clientset for the admin.
