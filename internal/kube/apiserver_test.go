@@ -30,6 +30,7 @@ const netConf = `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}`
 // identity bound to upstream's ClusterRole, so every call the source makes
 // is proven to need no more rights than upstream's manifest grants.
 type rig struct {
+	srv      *kubetest.Server
 	admin    kubernetes.Interface
 	flannel  string // kubeconfig of user "flanneld"
 	confPath string
@@ -38,7 +39,7 @@ type rig struct {
 
 func newRig(t *testing.T) *rig {
 	s := kubetest.Start(t, kubetest.Options{})
-	r := &rig{admin: s.MustClient(t), confPath: filepath.Join(t.TempDir(), "net-conf.json")}
+	r := &rig{srv: s, admin: s.MustClient(t), confPath: filepath.Join(t.TempDir(), "net-conf.json")}
 	if err := os.WriteFile(r.confPath, []byte(netConf), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -318,6 +319,47 @@ func TestAgainstAPIServer(t *testing.T) {
 			t.Fatal("Keep did not notice our node was deleted")
 		}
 	})
+}
+
+// TestWatchSurvivesAPIServerRestart stops the API server under a running
+// Watch and Keep, starts it again, and expects the feed to carry on by
+// itself: a node that joins afterwards arrives as an event.
+func TestWatchSurvivesAPIServerRestart(t *testing.T) {
+	r := newRig(t)
+	ctx := ctxT(t)
+	kubetest.CreateNode(t, r.admin, "r1", "10.244.20.0/24")
+	s := r.source(t, "r1", nil)
+	l, err := s.Acquire(ctx, r.nc, vxlanAttrs("192.0.2.20", "0a:58:0a:f4:14:00"), lease.Prev{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := feed(t, s)
+	if u := next(t, ch); !u.Reset || len(u.Leases) != 1 {
+		t.Fatalf("first update = %+v", u)
+	}
+	kctx, kcancel := context.WithCancel(ctx)
+	keepErr := make(chan error, 1)
+	go func() { keepErr <- s.Keep(kctx, l, nil) }()
+
+	r.srv.Stop()
+	if err := r.srv.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	kubetest.CreateNode(t, r.admin, "r2", "10.244.21.0/24")
+	s2 := r.source(t, "r2", nil)
+	if _, err := s2.Acquire(ctx, r.nc, vxlanAttrs("192.0.2.21", "0a:58:0a:f4:15:00"), lease.Prev{}); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		u := next(t, ch)
+		if i := eventFor(u, "10.244.21.0/24"); i >= 0 && u.Events[i].Type == lease.Added {
+			break
+		}
+	}
+	kcancel()
+	if err := <-keepErr; !errors.Is(err, context.Canceled) {
+		t.Errorf("Keep across the restart: %v", err)
+	}
 }
 
 func hasSubnet(ls []lease.Lease, sn string) bool {

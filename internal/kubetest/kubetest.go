@@ -129,8 +129,49 @@ type Server struct {
 	pki    *pki
 	dial   func(ctx context.Context, network, addr string) (net.Conn, error)
 	cmd    *exec.Cmd
+	argv   []string
 	exited chan struct{} // closed when cmd has been waited for
 	err    error         // cmd.Wait's result, once exited is closed
+}
+
+// start runs the server process; its output is appended to the log.
+func (s *Server) start() error {
+	logf, err := os.OpenFile(s.Log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	s.exited = make(chan struct{})
+	s.cmd = exec.Command(s.argv[0], s.argv[1:]...)
+	s.cmd.Stdout, s.cmd.Stderr = logf, logf
+	// The server must not outlive a test binary that dies on a timeout.
+	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := s.cmd.Start(); err != nil {
+		close(s.exited)
+		return fmt.Errorf("kubetest: start %s: %w", s.argv[0], err)
+	}
+	cmd, exited := s.cmd, s.exited
+	go func() {
+		s.err = cmd.Wait()
+		close(exited)
+	}()
+	return nil
+}
+
+// Restart stops the server and starts it again with the same address,
+// certificates and etcd prefix, so clients and their kubeconfigs carry on;
+// it returns when the server is ready. For outage tests: stop, wait, then
+// Restart. Stop and Restart must not be called concurrently.
+func (s *Server) Restart(ctx context.Context) error {
+	s.Stop()
+	if err := s.start(); err != nil {
+		return err
+	}
+	if err := s.waitReady(ctx); err != nil {
+		s.Stop()
+		return err
+	}
+	return nil
 }
 
 // readyTimeout bounds the start; a warm start on this machine takes ~5 s.
@@ -188,7 +229,6 @@ func Launch(ctx context.Context, o Options) (*Server, error) {
 		dir:    o.Dir,
 		pki:    p,
 		dial:   o.Dial,
-		exited: make(chan struct{}),
 	}
 	args := []string{
 		"--etcd-servers=" + strings.Join(o.Etcd, ","),
@@ -215,22 +255,10 @@ func Launch(ctx context.Context, o Options) (*Server, error) {
 	args = append(args, o.Args...)
 	argv := append(append([]string{}, o.Wrap...), o.Binary)
 	argv = append(argv, args...)
-	logf, err := os.Create(s.Log)
-	if err != nil {
+	s.argv = argv
+	if err := s.start(); err != nil {
 		return nil, err
 	}
-	defer logf.Close()
-	s.cmd = exec.Command(argv[0], argv[1:]...)
-	s.cmd.Stdout, s.cmd.Stderr = logf, logf
-	// The server must not outlive a test binary that dies on a timeout.
-	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := s.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("kubetest: start %s: %w", o.Binary, err)
-	}
-	go func() {
-		s.err = s.cmd.Wait()
-		close(s.exited)
-	}()
 
 	if s.Kubeconfig, err = s.WriteKubeconfig("admin.kubeconfig", "kubetest-admin", "system:masters"); err != nil {
 		s.Stop()
