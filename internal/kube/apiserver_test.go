@@ -211,6 +211,56 @@ func TestAgainstAPIServer(t *testing.T) {
 		}
 	})
 
+	t.Run("DualStackCustomPrefix", func(t *testing.T) {
+		ctx := ctxT(t)
+		const dualConf = `{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}`
+		path := filepath.Join(t.TempDir(), "net-conf.json")
+		if err := os.WriteFile(path, []byte(dualConf), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		nc, err := netconf.Parse([]byte(dualConf))
+		if err != nil {
+			t.Fatal(err)
+		}
+		kubetest.CreateNode(t, r.admin, "d1", "10.244.5.0/24", "fd00:10:244:5::/64")
+		s, err := kube.New(ctx, kube.Options{Kubeconfig: r.flannel, NetConfPath: path, NodeName: "d1",
+			AnnotationPrefix: "example.org/net"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		attrs := vxlanAttrs("192.0.2.5", "0a:58:0a:f4:05:00")
+		attrs.PublicIPv6 = netip.MustParseAddr("2001:db8::5")
+		attrs.BackendV6Data = json.RawMessage(`{"VNI":1,"VtepMAC":"0a:58:0a:f4:05:01"}`)
+		l, err := s.Acquire(ctx, nc, attrs, lease.Prev{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l.Subnet.String() != "10.244.5.0/24" || l.Subnet6.String() != "fd00:10:244:5::/64" {
+			t.Fatalf("lease = %v", l)
+		}
+		n, _ := r.admin.CoreV1().Nodes().Get(ctx, "d1", metav1.GetOptions{})
+		want := map[string]string{
+			"example.org/net-kube-subnet-manager": "true",
+			"example.org/net-backend-type":        "vxlan",
+			"example.org/net-backend-data":        `{"VNI":1,"VtepMAC":"0a:58:0a:f4:05:00"}`,
+			"example.org/net-backend-v6-data":     `{"VNI":1,"VtepMAC":"0a:58:0a:f4:05:01"}`,
+			"example.org/net-public-ip":           "192.0.2.5",
+			"example.org/net-public-ipv6":         "2001:db8::5",
+		}
+		for k, v := range want {
+			if n.Annotations[k] != v {
+				t.Errorf("annotation %s = %q, want %q", k, n.Annotations[k], v)
+			}
+		}
+		// The MAC comes back under the custom prefix too (upstream looks
+		// for prefix + "/backend-data" and finds nothing).
+		prev, err := s.PrevAttrs(ctx)
+		if err != nil || string(prev.BackendData) != want["example.org/net-backend-data"] ||
+			string(prev.BackendV6Data) != want["example.org/net-backend-v6-data"] {
+			t.Errorf("PrevAttrs = %+v, %v", prev, err)
+		}
+	})
+
 	t.Run("LatePodCIDR", func(t *testing.T) {
 		ctx := ctxT(t)
 		kubetest.CreateNode(t, r.admin, "late")

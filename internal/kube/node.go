@@ -23,6 +23,16 @@ var errNotPeer = errors.New("not a flannel node")
 // podCIDRs late; an operator may re-create the node), so the caller retries.
 var ErrPodCIDR = errors.New("kube: node pod CIDR unusable")
 
+// podCIDRError is an ErrPodCIDR whose text is only what is wrong.
+type podCIDRError struct{ msg string }
+
+func (e *podCIDRError) Error() string        { return e.msg }
+func (e *podCIDRError) Is(target error) bool { return target == ErrPodCIDR }
+
+func cidrErr(format string, args ...any) error {
+	return &podCIDRError{fmt.Sprintf(format, args...)}
+}
+
 // podCIDRs returns the node's podCIDR of each family the network uses. It
 // reads spec.podCIDRs (at most one per family) and falls back to
 // spec.podCIDR, which older API servers and hand-made nodes have alone.
@@ -33,34 +43,34 @@ func podCIDRs(n *v1.Node, fam families) (sn4, sn6 netip.Prefix, err error) {
 		field, list = "spec.podCIDR", []string{n.Spec.PodCIDR}
 	}
 	if len(list) == 0 {
-		return sn4, sn6, fmt.Errorf("node %q: spec.podCIDR is not assigned yet: %w", n.Name, ErrPodCIDR)
+		return sn4, sn6, cidrErr("node %q: spec.podCIDR is not assigned yet (kube-controller-manager assigns it with --allocate-node-cidrs=true)", n.Name)
 	}
 	if len(list) > 2 {
-		return sn4, sn6, fmt.Errorf("node %q: %s %v: more than one IPv4 and one IPv6 CIDR: %w", n.Name, field, list, ErrPodCIDR)
+		return sn4, sn6, cidrErr("node %q: %s %v: more than one IPv4 and one IPv6 CIDR", n.Name, field, list)
 	}
 	for _, s := range list {
 		p, err := netip.ParsePrefix(s)
 		if err != nil || p.Masked() != p || p.Addr().Zone() != "" || p.Addr().Is4In6() {
-			return netip.Prefix{}, netip.Prefix{}, fmt.Errorf("node %q: %s %q is not a CIDR: %w", n.Name, field, s, ErrPodCIDR)
+			return netip.Prefix{}, netip.Prefix{}, cidrErr("node %q: %s %q is not a CIDR", n.Name, field, s)
 		}
 		dst := &sn4
 		if p.Addr().Is6() {
 			dst = &sn6
 		}
 		if dst.IsValid() {
-			return netip.Prefix{}, netip.Prefix{}, fmt.Errorf("node %q: %s %v: two CIDRs of one family: %w", n.Name, field, list, ErrPodCIDR)
+			return netip.Prefix{}, netip.Prefix{}, cidrErr("node %q: %s %v: two CIDRs of one family", n.Name, field, list)
 		}
 		*dst = p
 	}
 	if !fam.v4 {
 		sn4 = netip.Prefix{}
 	} else if !sn4.IsValid() {
-		return netip.Prefix{}, netip.Prefix{}, fmt.Errorf("node %q: %s %v has no IPv4 CIDR, but the network is IPv4: %w", n.Name, field, list, ErrPodCIDR)
+		return netip.Prefix{}, netip.Prefix{}, cidrErr("node %q: %s %v has no IPv4 CIDR, but the network is IPv4", n.Name, field, list)
 	}
 	if !fam.v6 {
 		sn6 = netip.Prefix{}
 	} else if !sn6.IsValid() {
-		return netip.Prefix{}, netip.Prefix{}, fmt.Errorf("node %q: %s %v has no IPv6 CIDR, but the network is IPv6: %w", n.Name, field, list, ErrPodCIDR)
+		return netip.Prefix{}, netip.Prefix{}, cidrErr("node %q: %s %v has no IPv6 CIDR, but the network is IPv6", n.Name, field, list)
 	}
 	return sn4, sn6, nil
 }
@@ -68,10 +78,10 @@ func podCIDRs(n *v1.Node, fam families) (sn4, sn6 netip.Prefix, err error) {
 // inNetwork checks that the podCIDRs lie inside the configured networks.
 func inNetwork(name string, nc *netconf.Config, sn4, sn6 netip.Prefix) error {
 	if sn4.IsValid() && !within(nc.Network, sn4) {
-		return fmt.Errorf("node %q: spec.podCIDR %s is outside Network %s: %w", name, sn4, nc.Network, ErrPodCIDR)
+		return cidrErr("node %q: spec.podCIDR %s is outside Network %s", name, sn4, nc.Network)
 	}
 	if sn6.IsValid() && !within(nc.IPv6Network, sn6) {
-		return fmt.Errorf("node %q: spec.podCIDRs %s is outside IPv6Network %s: %w", name, sn6, nc.IPv6Network, ErrPodCIDR)
+		return cidrErr("node %q: spec.podCIDRs %s is outside IPv6Network %s", name, sn6, nc.IPv6Network)
 	}
 	return nil
 }
