@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -117,9 +116,6 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 }
 
 func (o *options) validate() error {
-	if o.kubeSubnetMgr {
-		return errors.New("--kube-subnet-mgr: the Kubernetes subnet manager is not supported by this flanneld yet; use etcd (--etcd-endpoints)")
-	}
 	if o.renewMargin < 1 || o.renewMargin > 1439 {
 		return fmt.Errorf("--subnet-lease-renew-margin=%d: must be between 1 and 1439 minutes", o.renewMargin)
 	}
