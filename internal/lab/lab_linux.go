@@ -84,6 +84,7 @@ type Host struct {
 	Container   netip.Addr // container's address
 	FlanneldPID int
 	Args        []string // extra flags for this host's flanneld, after the lab's
+	Env         []string // extra environment for this host's flanneld (NODE_NAME=…)
 }
 
 // State is what `lab up` records for `lab status`, `lab exec` and `lab down`.
@@ -383,7 +384,7 @@ func (l *Lab) startEtcd(ctx context.Context, o Options) error {
 
 // spawn starts argv inside namespace nsName in its own session, so it
 // outlives `flannelctl lab up`, with output to logName in the lab dir.
-func (l *Lab) spawn(nsName, logName string, argv []string) (int, error) {
+func (l *Lab) spawn(nsName, logName string, argv []string, env ...string) (int, error) {
 	logf, err := os.OpenFile(filepath.Join(l.Dir, logName), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return 0, err
@@ -391,6 +392,9 @@ func (l *Lab) spawn(nsName, logName string, argv []string) (int, error) {
 	defer logf.Close()
 	cmd := exec.Command("ip", append([]string{"netns", "exec", nsName}, argv...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	if len(env) > 0 {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		return 0, err
@@ -422,7 +426,7 @@ func (l *Lab) LogFile(h *Host) string { return filepath.Join(l.Dir, h.Name, "fla
 
 // StartFlanneld starts flanneld on host h.
 func (l *Lab) StartFlanneld(h *Host) error {
-	pid, err := l.spawn(h.NS, filepath.Join(h.Name, "flanneld.log"), l.FlanneldArgv(h))
+	pid, err := l.spawn(h.NS, filepath.Join(h.Name, "flanneld.log"), l.FlanneldArgv(h), h.Env...)
 	if err != nil {
 		return fmt.Errorf("lab: start flanneld on %s: %w", h.Name, err)
 	}
