@@ -76,6 +76,10 @@ type Source struct {
 	own        *v1.Node
 	ownChanged chan struct{} // closed and replaced at each change of own
 	watchers   int
+
+	// fullCache keeps whole Node objects in the informer, as upstream
+	// does; only the benchmark sets it, to measure the transform.
+	fullCache bool
 }
 
 var _ lease.Source = (*Source)(nil)

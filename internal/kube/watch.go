@@ -51,6 +51,10 @@ func (s *Source) Watch(ctx context.Context, fn func(lease.Update)) error {
 
 	f := newFeed(s, nc)
 	logger := Logger(s.log)
+	transform := cache.TransformFunc(s.keys.slim)
+	if s.fullCache {
+		transform = nil
+	}
 	_, ctrl := cache.NewInformerWithOptions(cache.InformerOptions{
 		Logger: &logger,
 		ListerWatcher: &cache.ListWatch{
@@ -67,7 +71,7 @@ func (s *Source) Watch(ctx context.Context, fn func(lease.Update)) error {
 			UpdateFunc: func(_, n any) { f.set(n) },
 			DeleteFunc: f.del,
 		},
-		Transform: s.keys.slim,
+		Transform: transform,
 	})
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup

@@ -45,7 +45,7 @@ func (c countingRT) RoundTrip(r *http.Request) (*http.Response, error) {
 	return resp, err
 }
 
-func counted(t *testing.T, cfg *rest.Config) (kubernetes.Interface, *atomic.Int64) {
+func counted(t testing.TB, cfg *rest.Config) (kubernetes.Interface, *atomic.Int64) {
 	n := new(atomic.Int64)
 	cfg = rest.CopyConfig(cfg)
 	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper { return countingRT{rt, n} })
