@@ -22,6 +22,7 @@ import (
 	"time"
 
 	sddaemon "github.com/coreos/go-systemd/v22/daemon"
+	"k8s.io/klog/v2"
 
 	"github.com/flannel-go/flannel/internal/backend"
 	"github.com/flannel-go/flannel/internal/backend/alloc"
@@ -169,6 +170,8 @@ func netJoin(host, port string) string { return net.JoinHostPort(host, port) }
 func openSource(ctx context.Context, o *options, getenv func(string) string, log *slog.Logger, m *metrics.Metrics) (lease.Source, func(), error) {
 	if o.kubeSubnetMgr {
 		log.Info("starting flanneld", "version", version.Version, "mode", "kubernetes", "net_conf", o.netConfigPath)
+		// client-go logs through klog: into our log, in our format.
+		klog.SetSlogLogger(log.With("component", "client-go"))
 		ks, err := kube.New(ctx, kube.Options{
 			APIURL: o.kubeAPIURL, Kubeconfig: o.kubeconfigFile, AnnotationPrefix: o.kubeAnnotation,
 			NetConfPath: o.netConfigPath, SetNodeNetworkUnavailable: o.setNodeNetUnavail,

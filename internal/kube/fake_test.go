@@ -71,13 +71,13 @@ func TestConfigMissing(t *testing.T) {
 func TestNodeNameFromEnv(t *testing.T) {
 	c := fake.NewClientset()
 	env := func(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
-	if n, err := nodeName(context.Background(), c, env(map[string]string{"NODE_NAME": "x", "POD_NAME": "p"})); n != "x" || err != nil {
+	if n, err := nodeName(context.Background(), coreV1{c.CoreV1()}, env(map[string]string{"NODE_NAME": "x", "POD_NAME": "p"})); n != "x" || err != nil {
 		t.Errorf("NODE_NAME: %q %v", n, err)
 	}
-	if _, err := nodeName(context.Background(), c, env(map[string]string{"POD_NAME": "p"})); err == nil || !strings.Contains(err.Error(), "POD_NAMESPACE") {
+	if _, err := nodeName(context.Background(), coreV1{c.CoreV1()}, env(map[string]string{"POD_NAME": "p"})); err == nil || !strings.Contains(err.Error(), "POD_NAMESPACE") {
 		t.Errorf("POD_NAME alone: %v", err)
 	}
-	if _, err := nodeName(context.Background(), c, env(map[string]string{"POD_NAME": "p", "POD_NAMESPACE": "kube-flannel"})); err == nil || !strings.Contains(err.Error(), "kube-flannel/p") {
+	if _, err := nodeName(context.Background(), coreV1{c.CoreV1()}, env(map[string]string{"POD_NAME": "p", "POD_NAMESPACE": "kube-flannel"})); err == nil || !strings.Contains(err.Error(), "kube-flannel/p") {
 		t.Errorf("absent pod: %v", err)
 	}
 }

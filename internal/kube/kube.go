@@ -20,6 +20,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -57,7 +58,7 @@ type Options struct {
 
 // Source is the Kubernetes lease.Source. It is safe for concurrent use.
 type Source struct {
-	client  kubernetes.Interface
+	client  coreV1
 	keys    Keys
 	node    string
 	netConf string
@@ -124,7 +125,6 @@ func New(ctx context.Context, o Options) (*Source, error) {
 		return nil, err
 	}
 	s := &Source{
-		client:     o.Client,
 		keys:       keys,
 		netConf:    o.NetConfPath,
 		setCond:    o.SetNodeNetworkUnavailable,
@@ -137,14 +137,18 @@ func New(ctx context.Context, o Options) (*Source, error) {
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
-	if s.client == nil {
+	if o.Client != nil {
+		s.client = coreV1{o.Client.CoreV1()}
+	} else {
 		cfg, err := RESTConfig(o.APIURL, o.Kubeconfig)
 		if err != nil {
 			return nil, err
 		}
-		if s.client, err = kubernetes.NewForConfig(cfg); err != nil {
+		c, err := corev1client.NewForConfig(cfg)
+		if err != nil {
 			return nil, fmt.Errorf("kube: client: %w", err)
 		}
+		s.client = coreV1{c}
 	}
 	getenv := o.Getenv
 	if getenv == nil {
@@ -161,7 +165,7 @@ func New(ctx context.Context, o Options) (*Source, error) {
 
 // nodeName finds this host's node as upstream does: NODE_NAME, else the
 // node that the pod POD_NAME in POD_NAMESPACE runs on.
-func nodeName(ctx context.Context, c kubernetes.Interface, getenv func(string) string) (string, error) {
+func nodeName(ctx context.Context, c coreV1, getenv func(string) string) (string, error) {
 	if n := getenv("NODE_NAME"); n != "" {
 		return n, nil
 	}
@@ -279,3 +283,11 @@ func (s *Source) NodePublicIP(ctx context.Context) (v4, v6 netip.Addr, err error
 	}
 	return v4, v6, nil
 }
+
+// coreV1 is the one API group flanneld uses. Holding only its client,
+// rather than a whole clientset, keeps every other group's client code out
+// of the flanneld binary.
+type coreV1 struct{ corev1client.CoreV1Interface }
+
+// CoreV1 lets call sites read as they would with a clientset.
+func (c coreV1) CoreV1() corev1client.CoreV1Interface { return c.CoreV1Interface }
