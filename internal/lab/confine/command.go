@@ -44,14 +44,28 @@ hide() {
 // argv[0] must be an absolute path the confinement leaves visible (not
 // under /tmp with PrivateTmp, as flanneld is not when installed).
 func (u Unit) Command(argv []string) ([]string, error) {
-	if len(argv) == 0 || !filepath.IsAbs(argv[0]) {
-		return nil, fmt.Errorf("confine: the program must be an absolute path, got %q", argv)
+	if len(argv) == 0 {
+		return nil, fmt.Errorf("confine: no program")
 	}
-	if u.PrivateTmp && under(argv[0], tmpPaths) {
-		return nil, fmt.Errorf("confine: %s would be hidden by PrivateTmp; install it elsewhere", argv[0])
+	pre, err := u.Prefix(argv[0])
+	if err != nil {
+		return nil, err
 	}
-	if u.ProtectHome != "" && u.ProtectHome != "read-only" && under(argv[0], homePaths) {
-		return nil, fmt.Errorf("confine: %s would be hidden by ProtectHome=%s", argv[0], u.ProtectHome)
+	return append(pre, argv...), nil
+}
+
+// Prefix is Command's result without the program's own command line, to
+// put in front of it (lab.Options.FlanneldWrap). program is checked as
+// Command checks argv[0].
+func (u Unit) Prefix(program string) ([]string, error) {
+	if !filepath.IsAbs(program) {
+		return nil, fmt.Errorf("confine: the program must be an absolute path, got %q", program)
+	}
+	if u.PrivateTmp && under(program, tmpPaths) {
+		return nil, fmt.Errorf("confine: %s would be hidden by PrivateTmp; install it elsewhere", program)
+	}
+	if u.ProtectHome != "" && u.ProtectHome != "read-only" && under(program, homePaths) {
+		return nil, fmt.Errorf("confine: %s would be hidden by ProtectHome=%s", program, u.ProtectHome)
 	}
 	var sh strings.Builder
 	sh.WriteString(shellLib)
@@ -97,8 +111,7 @@ func (u Unit) Command(argv []string) ([]string, error) {
 	if u.ProtectHostname {
 		cmd = append(cmd, "-u")
 	}
-	cmd = append(cmd, "--", "sh", "-c", sh.String(), "confine")
-	return append(cmd, argv...), nil
+	return append(cmd, "--", "sh", "-c", sh.String(), "confine"), nil
 }
 
 // boundingSet is setpriv's --bounding-set argument: "-all,+net_admin,..."
