@@ -34,13 +34,15 @@ type Unit struct {
 }
 
 // notEmulated are confining directives Parse accepts without reproducing
-// them: systemd implements them with seccomp filters or kernel log
-// access rules that util-linux tools cannot set up.
+// them: systemd implements them with seccomp filters, the cgroup device
+// controller or kernel log access rules that util-linux tools cannot set
+// up. None of them is what a backend trips over (the e2e tests would
+// show it): capabilities and read-only paths are.
 var notEmulated = []string{
 	"RestrictAddressFamilies", "RestrictNamespaces", "RestrictRealtime",
 	"RestrictSUIDSGID", "LockPersonality", "MemoryDenyWriteExecute",
 	"SystemCallArchitectures", "SystemCallFilter", "ProtectClock",
-	"ProtectKernelLogs",
+	"ProtectKernelLogs", "DevicePolicy", "DeviceAllow",
 }
 
 // plain are [Service] directives that do not confine the program.
