@@ -51,9 +51,15 @@ func TestContainerDaemonSet(t *testing.T) {
 	if err := ensureFile("/run/xtables.lock"); err != nil {
 		t.Fatal(err)
 	}
-	for _, b := range []string{"vxlan", "host-gw", "udp", "alloc"} {
+	for _, b := range []string{"vxlan", "host-gw", "udp", "alloc", "iptables-mode"} {
 		t.Run(b, func(t *testing.T) {
-			o := labOpts(t, 2, fmt.Sprintf(`{"Network":"10.5.0.0/16","EnableNFTables":true,"Backend":{"Type":%q}}`, b))
+			config := fmt.Sprintf(`{"Network":"10.5.0.0/16","EnableNFTables":true,"Backend":{"Type":%q}}`, b)
+			if b == "iptables-mode" {
+				// Without EnableNFTables, in an image without iptables:
+				// flanneld must say what to do.
+				config = backendConfig("vxlan")
+			}
+			o := labOpts(t, 2, config)
 			o.ID = ns.Unique("fk")
 			o.NoFlanneld = true
 			l := startLab(t, o)
@@ -90,6 +96,14 @@ func TestContainerDaemonSet(t *testing.T) {
 				if _, err := engines[i].Run(ctx, args...); err != nil {
 					t.Fatal(err)
 				}
+			}
+			if b == "iptables-mode" {
+				const want = "iptables mode needs iptables-restore (or set EnableNFTables in the network config)"
+				waitFor(t, 20*time.Second, "flanneld to say it needs iptables or EnableNFTables", func() bool {
+					out, _ := engines[0].Run(ctx, "logs", "flanneld")
+					return strings.Contains(out, want)
+				})
+				return
 			}
 			for i, h := range l.Hosts {
 				if err := l.WaitSubnet(ctx, h, 30*time.Second); err != nil {
