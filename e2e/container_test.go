@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -51,13 +52,16 @@ func TestContainerDaemonSet(t *testing.T) {
 	if err := ensureFile("/run/xtables.lock"); err != nil {
 		t.Fatal(err)
 	}
-	for _, b := range []string{"vxlan", "host-gw", "udp", "alloc", "iptables-mode"} {
+	for _, b := range []string{"vxlan", "host-gw", "udp", "alloc", "iptables-mode", "udp-without-tun"} {
 		t.Run(b, func(t *testing.T) {
 			config := fmt.Sprintf(`{"Network":"10.5.0.0/16","EnableNFTables":true,"Backend":{"Type":%q}}`, b)
 			if b == "iptables-mode" {
 				// Without EnableNFTables, in an image without iptables:
 				// flanneld must say what to do.
 				config = backendConfig("vxlan")
+			}
+			if b == "udp-without-tun" {
+				config = `{"Network":"10.5.0.0/16","EnableNFTables":true,"Backend":{"Type":"udp"}}`
 			}
 			o := labOpts(t, 2, config)
 			o.ID = ns.Unique("fk")
@@ -90,6 +94,9 @@ func TestContainerDaemonSet(t *testing.T) {
 			}
 			for i, h := range l.Hosts {
 				args := append([]string{"run", "-d", "--name", "flanneld"}, daemonSetArgs(filepath.Join(l.Dir, h.Name))...)
+				if b == "udp-without-tun" {
+					args = slices.DeleteFunc(args, func(a string) bool { return a == "--device" || a == "/dev/net/tun" })
+				}
 				args = append(args, containerImage,
 					"-etcd-endpoints="+strings.Join(l.EtcdEndpoints, ","), "-etcd-prefix="+l.Prefix,
 					"-subnet-file=/run/flannel/subnet.env", "-ip-masq")
@@ -97,9 +104,11 @@ func TestContainerDaemonSet(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			if b == "iptables-mode" {
-				const want = "iptables mode needs iptables-restore (or set EnableNFTables in the network config)"
-				waitFor(t, 20*time.Second, "flanneld to say it needs iptables or EnableNFTables", func() bool {
+			if want, ok := map[string]string{
+				"iptables-mode":   "iptables mode needs iptables-restore (or set EnableNFTables in the network config)",
+				"udp-without-tun": "udp backend needs /dev/net/tun",
+			}[b]; ok {
+				waitFor(t, 20*time.Second, "flanneld to say what it lacks: "+want, func() bool {
 					out, _ := engines[0].Run(ctx, "logs", "flanneld")
 					return strings.Contains(out, want)
 				})

@@ -60,8 +60,8 @@ type Options struct {
 	// it can start before flanneld, which then runs in it as the
 	// DaemonSet's container does (--network host).
 	Runtime bool
-	Dockerd      string // optional: dockerd binary, default "dockerd" from PATH
-	CLI          string // optional: docker client, default "docker" from PATH
+	Dockerd string // optional: dockerd binary, default "dockerd" from PATH
+	CLI     string // optional: docker client, default "docker" from PATH
 	// Dir holds everything of the engine; optional, default
 	// <lab dir>/<host>/docker. Keep it short: containerd's sockets live
 	// under it and a socket path has at most 107 bytes.
