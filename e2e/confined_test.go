@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -29,13 +30,15 @@ func shippedUnit(t *testing.T) confine.Unit {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("not reproduced (seccomp and the like): %v", u.NotEmulated)
+	t.Logf("not reproduced: %v", u.NotEmulated)
 	return u
 }
 
 // installedFlanneld copies the test's flanneld where an installed one
 // would be visible under the unit: not under /tmp, which PrivateTmp hides.
-func installedFlanneld(t *testing.T) string {
+// Next to it goes afexec, which reproduces RestrictAddressFamilies; it
+// returns both paths.
+func installedFlanneld(t *testing.T) (flanneld, afexec string) {
 	t.Helper()
 	dir := filepath.Join("/run", ns.Unique("flannel-e2e-bin"))
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -46,14 +49,20 @@ func installedFlanneld(t *testing.T) string {
 	if err := copyFile(filepath.Join(binDir, "flanneld"), bin); err != nil {
 		t.Fatal(err)
 	}
-	return bin
+	afexec = filepath.Join(dir, "afexec")
+	cmd := exec.Command("go", "build", "-o", afexec, "../internal/lab/confine/afexec")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build afexec: %v\n%s", err, out)
+	}
+	return bin, afexec
 }
 
 // confinedOpts are labOpts whose flanneld runs under unit's confinement.
 func confinedOpts(t *testing.T, u confine.Unit, n int, config string) lab.Options {
 	t.Helper()
 	o := labOpts(t, n, config)
-	o.Flanneld = installedFlanneld(t)
+	o.Flanneld, u.Helper = installedFlanneld(t)
 	wrap, err := u.Prefix(o.Flanneld)
 	if err != nil {
 		t.Fatal(err)
@@ -72,6 +81,11 @@ var refusals = regexp.MustCompile(`(?i)operation not permitted|permission denied
 func assertConfined(t *testing.T, h *lab.Host) {
 	t.Helper()
 	assertProcConfined(t, h.Name, h.FlanneldPID, true)
+	// RestrictAddressFamilies, through afexec's seccomp filter.
+	st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", h.FlanneldPID))
+	if !regexp.MustCompile(`(?m)^Seccomp:\s+2$`).Match(st) {
+		t.Errorf("%s: flanneld runs without a seccomp filter (RestrictAddressFamilies)", h.Name)
+	}
 }
 
 // assertProcConfined checks process pid's bounding set (exactly

@@ -67,6 +67,14 @@ func (u Unit) Prefix(program string) ([]string, error) {
 	if u.ProtectHome != "" && u.ProtectHome != "read-only" && under(program, homePaths) {
 		return nil, fmt.Errorf("confine: %s would be hidden by ProtectHome=%s", program, u.ProtectHome)
 	}
+	if u.AddressFamilies != nil && u.Helper != "" {
+		if !filepath.IsAbs(u.Helper) || (u.PrivateTmp && under(u.Helper, tmpPaths)) {
+			return nil, fmt.Errorf("confine: the helper %q must be an absolute path outside /tmp", u.Helper)
+		}
+		if _, err := FamilyNumbers(u.AddressFamilies); err != nil {
+			return nil, fmt.Errorf("confine: RestrictAddressFamilies: %w", err)
+		}
+	}
 	var sh strings.Builder
 	sh.WriteString(shellLib)
 	line := func(cmd string, paths []string) {
@@ -105,7 +113,15 @@ func (u Unit) Prefix(program string) ([]string, error) {
 	if u.NoNewPrivileges {
 		sh.WriteString(" --no-new-privs")
 	}
-	sh.WriteString(` -- "$@"` + "\n")
+	sh.WriteString(" --")
+	if u.AddressFamilies != nil && u.Helper != "" {
+		fams := strings.Join(u.AddressFamilies, ",")
+		if fams == "" {
+			fams = "none"
+		}
+		fmt.Fprintf(&sh, " %s %s", u.Helper, fams)
+	}
+	sh.WriteString(` "$@"` + "\n")
 
 	cmd := []string{"unshare", "-m"}
 	if u.ProtectHostname {

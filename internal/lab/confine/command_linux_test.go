@@ -3,6 +3,8 @@ package confine
 import (
 	"context"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -53,4 +55,56 @@ done`
 	if err != nil || !strings.Contains(out, "wrote /proc/sys") {
 		t.Errorf("unconfined shell could not write /proc/sys (%v):\n%s", err, out)
 	}
+}
+
+// TestRestrictAddressFamilies: with the afexec helper, socket(2) works
+// for the families the unit lists and fails with EAFNOSUPPORT for the
+// others, as under systemd.
+func TestRestrictAddressFamilies(t *testing.T) {
+	netnstest.SkipUnlessRoot(t)
+	helper := buildHelper(t)
+	n := netnstest.New(t, "cf")
+	for _, tc := range []struct {
+		fams []string
+		ok   bool
+	}{
+		{[]string{"AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"}, true},
+		{[]string{"AF_UNIX", "AF_INET"}, false},
+		{[]string{}, false},
+	} {
+		u := Unit{AddressFamilies: tc.fams, Helper: helper, NoNewPrivileges: true, Caps: []string{"net_admin"}}
+		argv, err := u.Command([]string{"/bin/sh", "-c", "exec ip -o link show lo"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := n.Run(context.Background(), argv[0], argv[1:]...)
+		if tc.ok && err != nil {
+			t.Errorf("%v: ip link failed: %v\n%s", tc.fams, err, out)
+		}
+		if !tc.ok && (err == nil || !strings.Contains(out, "Address family not supported")) {
+			t.Errorf("%v: want netlink refused with EAFNOSUPPORT, got %v\n%s", tc.fams, err, out)
+		}
+	}
+}
+
+// buildHelper builds afexec into a directory the confinement leaves
+// visible (not /tmp) and returns its path.
+func buildHelper(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("/run", "confine-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		goBin = "/usr/local/go/bin/go"
+	}
+	bin := filepath.Join(dir, "afexec")
+	cmd := exec.Command(goBin, "build", "-o", bin, "./afexec")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build afexec: %v\n%s", err, out)
+	}
+	return bin
 }

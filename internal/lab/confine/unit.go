@@ -27,6 +27,12 @@ type Unit struct {
 	PrivateTmp            bool
 	ProtectSystem         string // "", "yes", "full" ("strict" is refused)
 	ProtectHome           string // "", "yes", "read-only", "tmpfs"
+	// AddressFamilies is RestrictAddressFamilies ("AF_INET", ...): nil
+	// when unrestricted, empty for "none". Reproduced only when Helper
+	// names a built afexec (internal/lab/confine/afexec), which needs a
+	// seccomp filter no util-linux tool sets up.
+	AddressFamilies []string
+	Helper          string
 
 	// NotEmulated lists the confining directives that were read but are
 	// not reproduced (most need a seccomp filter), as "Name=value".
@@ -39,7 +45,7 @@ type Unit struct {
 // up. None of them is what a backend trips over (the e2e tests would
 // show it): capabilities and read-only paths are.
 var notEmulated = []string{
-	"RestrictAddressFamilies", "RestrictNamespaces", "RestrictRealtime",
+	"RestrictNamespaces", "RestrictRealtime",
 	"RestrictSUIDSGID", "LockPersonality", "MemoryDenyWriteExecute",
 	"SystemCallArchitectures", "SystemCallFilter", "ProtectClock",
 	"ProtectKernelLogs", "DevicePolicy", "DeviceAllow",
@@ -117,6 +123,15 @@ func (u *Unit) set(key, val string) error {
 		u.PrivateTmp, err = parseBool(key, val)
 	case "ProtectSystem":
 		u.ProtectSystem, err = parseChoice(key, val, "yes", "full")
+	case "RestrictAddressFamilies":
+		switch {
+		case val == "none":
+			u.AddressFamilies = []string{}
+		case strings.HasPrefix(val, "~"):
+			u.NotEmulated = append(u.NotEmulated, key+"="+val)
+		default:
+			u.AddressFamilies = append(u.AddressFamilies, strings.Fields(val)...)
+		}
 	case "ProtectHome":
 		u.ProtectHome, err = parseChoice(key, val, "yes", "read-only", "tmpfs")
 	default:

@@ -52,7 +52,7 @@ RestrictAddressFamilies=AF_UNIX AF_INET
 	want := Unit{
 		Caps: []string{"net_admin", "net_raw"}, NoNewPrivileges: true, ProtectSystem: "full",
 		ProtectHome: "read-only", PrivateTmp: true, ProtectKernelTunables: true,
-		NotEmulated: []string{"RestrictAddressFamilies=AF_UNIX AF_INET"},
+		AddressFamilies: []string{"AF_UNIX", "AF_INET"},
 	}
 	if !reflect.DeepEqual(u, want) {
 		t.Errorf("got %+v\nwant %+v", u, want)
