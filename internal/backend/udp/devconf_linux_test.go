@@ -10,7 +10,8 @@ import (
 
 // TestDeviceConf: the per-device settings set over netlink land: the
 // kernel shows accept_local=1 for flannel0 in /proc/sys (read, not
-// written, here), and the device has no IPv6 address, so the kernel
+// written, here), and the device has IPv6 address generation off and no
+// IPv6 address, so the kernel
 // sends nothing IPv6 into it. Repair sets them again on a rebuilt device.
 func TestDeviceConf(t *testing.T) {
 	l := newLab(t, 1)
@@ -21,6 +22,10 @@ func TestDeviceConf(t *testing.T) {
 		out, err := h.ns.Run(context.Background(), "cat", "/proc/sys/net/ipv4/conf/flannel0/accept_local")
 		if err != nil || strings.TrimSpace(out) != "1" {
 			t.Errorf("accept_local = %q (%v), want 1", out, err)
+		}
+		out, err = h.ns.Run(context.Background(), "ip", "-d", "link", "show", "flannel0")
+		if err != nil || !strings.Contains(out, "addrgenmode none") {
+			t.Errorf("flannel0 without addrgenmode none (%v):\n%s", err, out)
 		}
 		nl, err := h.ns.Handle()
 		if err != nil {
