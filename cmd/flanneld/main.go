@@ -58,6 +58,7 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 		return 0
 	}
 	log := newLogger(o, stderr)
+	warnStray(log, o.stray)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	// The udp backend's settings that concern the whole process are
@@ -70,6 +71,19 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 	}
 	log.Info("stopped")
 	return 0
+}
+
+// warnStray warns once per stray positional argument, naming the flag it
+// was probably meant as, and goes on: upstream starts with them too.
+func warnStray(log *slog.Logger, stray []string) {
+	isFlag := func(name string) bool { return newFlagSet(&options{}).Lookup(name) != nil }
+	ifaceExists := func(name string) bool {
+		_, err := net.InterfaceByName(name)
+		return err == nil
+	}
+	for _, a := range stray {
+		log.Warn(fmt.Sprintf("ignoring argument %q: flanneld takes only flags; %s", a, strayHint(a, isFlag, ifaceExists)))
+	}
 }
 
 func newLogger(o *options, w io.Writer) *slog.Logger {

@@ -56,8 +56,12 @@ type Options struct {
 	EtcdCmd       func(listen, dataDir string) []string
 	EtcdEndpoints []string
 	FlanneldArgs  []string // extra flags for every flanneld
-	Underlay      netip.Prefix
-	Log           *slog.Logger
+	// FlanneldWrap, when set, is put in front of every flanneld's command
+	// line (inside the host's namespace), e.g. confine.Unit.Prefix to run
+	// it as a systemd unit confines it.
+	FlanneldWrap []string
+	Underlay     netip.Prefix
+	Log          *slog.Logger
 
 	// EtcdMembers > 1 runs an etcd cluster of that many members instead of
 	// EtcdCmd's single one, each in its own namespace <ID>-e1, <ID>-e2, ...
@@ -101,6 +105,7 @@ type State struct {
 	Hosts         []*Host
 	Flanneld      string
 	FlanneldArgs  []string
+	FlanneldWrap  []string `json:",omitempty"`
 }
 
 // Lab is a running lab.
@@ -148,7 +153,7 @@ func Up(ctx context.Context, o Options) (l *Lab, err error) {
 		return nil, fmt.Errorf("lab %s is already up; run `flannelctl lab down` first", o.ID)
 	}
 	l = &Lab{log: o.Log, State: State{
-		ID: o.ID, Dir: Dir(o.ID), Prefix: o.Prefix, Flanneld: o.Flanneld, FlanneldArgs: o.FlanneldArgs,
+		ID: o.ID, Dir: Dir(o.ID), Prefix: o.Prefix, Flanneld: o.Flanneld, FlanneldArgs: o.FlanneldArgs, FlanneldWrap: o.FlanneldWrap,
 		SwitchNS: o.ID + "-sw", EtcdNS: o.ID + "-etcd",
 	}}
 	defer func() {
@@ -426,7 +431,8 @@ func (l *Lab) LogFile(h *Host) string { return filepath.Join(l.Dir, h.Name, "fla
 
 // StartFlanneld starts flanneld on host h.
 func (l *Lab) StartFlanneld(h *Host) error {
-	pid, err := l.spawn(h.NS, filepath.Join(h.Name, "flanneld.log"), l.FlanneldArgv(h), h.Env...)
+	argv := append(slices.Clone(l.FlanneldWrap), l.FlanneldArgv(h)...)
+	pid, err := l.spawn(h.NS, filepath.Join(h.Name, "flanneld.log"), argv, h.Env...)
 	if err != nil {
 		return fmt.Errorf("lab: start flanneld on %s: %w", h.Name, err)
 	}

@@ -90,7 +90,7 @@ func (b *Backend) Configure(ctx context.Context, own lease.Lease) (int, error) {
 
 // Sync makes the owned routes match peers.
 func (b *Backend) Sync(ctx context.Context, peers []lease.Lease) error {
-	return b.f.Sync(peers)
+	return backend.NeedPermission(Type, "CAP_NET_ADMIN", b.f.Sync(peers))
 }
 
 // Repair re-reads the owned routes (one dump) and re-applies the last Sync.

@@ -117,7 +117,7 @@ func (b *Backend) Init(ctx context.Context) (lease.Attrs, error) {
 		b.f.OnClose(h.Close)
 	}
 	if err := b.ensureDevice(false); err != nil {
-		return lease.Attrs{}, err
+		return lease.Attrs{}, backend.NeedPermission(Type, "CAP_NET_ADMIN", err)
 	}
 	b.f.Table = route.NewTable(b.nl)
 	if err := b.load(); err != nil {
@@ -140,14 +140,14 @@ func (b *Backend) Configure(ctx context.Context, own lease.Lease) (int, error) {
 	}
 	b.own = own.Subnet
 	if err := b.ensureAddr(); err != nil {
-		return 0, err
+		return 0, backend.NeedPermission(Type, "CAP_NET_ADMIN", err)
 	}
 	return b.mtu, nil
 }
 
 // Sync makes the neighbour, FDB and route entries match peers.
 func (b *Backend) Sync(ctx context.Context, peers []lease.Lease) error {
-	return b.f.Sync(peers)
+	return backend.NeedPermission(Type, "CAP_NET_ADMIN", b.f.Sync(peers))
 }
 
 // Repair restores the device (same MAC, address, MTU, up), re-reads the
