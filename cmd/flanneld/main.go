@@ -26,6 +26,7 @@ import (
 	"github.com/flannel-go/flannel/internal/backend/hostgw"
 	"github.com/flannel-go/flannel/internal/backend/udp"
 	"github.com/flannel-go/flannel/internal/backend/vxlan"
+	"github.com/flannel-go/flannel/internal/backend/wireguard"
 	"github.com/flannel-go/flannel/internal/daemon"
 	"github.com/flannel-go/flannel/internal/etcdconf"
 	"github.com/flannel-go/flannel/internal/health"
@@ -83,10 +84,11 @@ func newLogger(o *options, w io.Writer) *slog.Logger {
 // backends is every datapath this flanneld can run, by config Type.
 func backends(udpOpts udp.Options) map[string]backend.Def {
 	return map[string]backend.Def{
-		vxlan.Type:  {Info: vxlan.Info, New: vxlan.New},
-		hostgw.Type: {Info: hostgw.Info, New: hostgw.New},
-		udp.Type:    {Info: udp.Info, New: udpOpts.New},
-		alloc.Type:  {Info: alloc.Info, New: alloc.New},
+		vxlan.Type:     {Info: vxlan.Info, New: vxlan.New},
+		hostgw.Type:    {Info: hostgw.Info, New: hostgw.New},
+		udp.Type:       {Info: udp.Info, New: udpOpts.New},
+		alloc.Type:     {Info: alloc.Info, New: alloc.New},
+		wireguard.Type: {Info: wireguard.Info, New: wireguard.Options{KeyFile: os.Getenv(wireguard.KeyFileEnv)}.New},
 	}
 }
 

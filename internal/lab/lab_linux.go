@@ -383,7 +383,7 @@ func (l *Lab) startEtcd(ctx context.Context, o Options) error {
 
 // spawn starts argv inside namespace nsName in its own session, so it
 // outlives `flannelctl lab up`, with output to logName in the lab dir.
-func (l *Lab) spawn(nsName, logName string, argv []string) (int, error) {
+func (l *Lab) spawn(nsName, logName string, argv []string, env ...string) (int, error) {
 	logf, err := os.OpenFile(filepath.Join(l.Dir, logName), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return 0, err
@@ -391,6 +391,9 @@ func (l *Lab) spawn(nsName, logName string, argv []string) (int, error) {
 	defer logf.Close()
 	cmd := exec.Command("ip", append([]string{"netns", "exec", nsName}, argv...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	if len(env) > 0 {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		return 0, err
@@ -417,12 +420,16 @@ func (l *Lab) FlanneldArgv(h *Host) []string {
 // SubnetFile is host h's subnet.env.
 func (l *Lab) SubnetFile(h *Host) string { return filepath.Join(l.Dir, h.Name, "subnet.env") }
 
+// KeyFile is host h's WireGuard private key (flanneld's WIREGUARD_KEY_FILE).
+func (l *Lab) KeyFile(h *Host) string { return filepath.Join(l.Dir, h.Name, "wgkey") }
+
 // LogFile is host h's flanneld log.
 func (l *Lab) LogFile(h *Host) string { return filepath.Join(l.Dir, h.Name, "flanneld.log") }
 
 // StartFlanneld starts flanneld on host h.
 func (l *Lab) StartFlanneld(h *Host) error {
-	pid, err := l.spawn(h.NS, filepath.Join(h.Name, "flanneld.log"), l.FlanneldArgv(h))
+	// Hosts share the filesystem: each keeps its own WireGuard key.
+	pid, err := l.spawn(h.NS, filepath.Join(h.Name, "flanneld.log"), l.FlanneldArgv(h), "WIREGUARD_KEY_FILE="+l.KeyFile(h))
 	if err != nil {
 		return fmt.Errorf("lab: start flanneld on %s: %w", h.Name, err)
 	}
