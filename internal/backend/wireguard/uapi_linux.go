@@ -10,6 +10,8 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/wgctrl"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
 // SocketDir is where userspace WireGuard implementations serve their UAPI
@@ -134,4 +136,25 @@ func (s *uapiServer) Close() error {
 	s.mu.Unlock()
 	s.wg.Wait()
 	return err
+}
+
+// ReadDevice returns the WireGuard device dev of the calling thread's
+// network namespace, userspace (by UAPIName) or kernel, for the doctor
+// and tests.
+func ReadDevice(dev string) (*wgtypes.Device, error) {
+	c, err := wgctrl.New()
+	if err != nil {
+		return nil, fmt.Errorf("wireguard: wgctrl: %w", err)
+	}
+	defer c.Close()
+	if name := UAPIName(dev); name != dev {
+		if d, err := c.Device(name); err == nil {
+			return d, nil
+		}
+	}
+	d, err := c.Device(dev)
+	if err != nil {
+		return nil, fmt.Errorf("wireguard: read %s: %w", dev, err)
+	}
+	return d, nil
 }
