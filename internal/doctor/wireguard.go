@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
 	"github.com/flannel-go/flannel/internal/backend/wireguard"
 	"github.com/flannel-go/flannel/internal/lease"
 )
@@ -24,6 +26,9 @@ type WGPeer struct {
 	Endpoint      netip.AddrPort // where its packets last came from (or were configured to go)
 	AllowedIPs    []netip.Prefix
 	LastHandshake time.Time // zero: never
+	// PresharedKey is the base64 PSK, "" for none. It is compared,
+	// never printed.
+	PresharedKey string
 }
 
 // WireGuardSystem is the optional part of a System that reads WireGuard
@@ -58,12 +63,12 @@ func (h *host) checkWireGuard(now time.Time) []Finding {
 	var out []Finding
 	for _, dev := range wireguard.Devices(cfg.Mode, h.in.Config.EnableIPv4, h.in.Config.EnableIPv6) {
 		v6 := dev == wireguard.DeviceV6
-		out = append(out, h.checkWGDevice(ws, dev, v6, now)...)
+		out = append(out, h.checkWGDevice(ws, dev, v6, cfg.PSK, now)...)
 	}
 	return out
 }
 
-func (h *host) checkWGDevice(ws WireGuardSystem, dev string, v6 bool, now time.Time) []Finding {
+func (h *host) checkWGDevice(ws WireGuardSystem, dev string, v6 bool, psk *wgtypes.Key, now time.Time) []Finding {
 	const c = "wireguard"
 	d, err := ws.WireGuard(dev)
 	if err != nil {
@@ -133,6 +138,20 @@ func (h *host) checkWGDevice(ws WireGuardSystem, dev string, v6 bool, now time.T
 			out = append(out, warn(c, "set ListenPortV6 equal to ListenPort in the config (upstream's auto and ipv6 modes advertise ListenPortV6 but listen on ListenPort), or check for NAT",
 				"peer %s: its lease announces port %d but its packets come from %s", p.Subnet, ld.Port, wp.Endpoint))
 		}
+	}
+	wantPSK := ""
+	if psk != nil {
+		wantPSK = psk.String()
+	}
+	otherPSK := 0
+	for _, wp := range d.Peers {
+		if wp.PresharedKey != wantPSK {
+			otherPSK++
+		}
+	}
+	if otherPSK > 0 {
+		out = append(out, fail(c, "restart this flanneld so it takes the config's PSK (flanneld reads the config once, at start); every host must use the same",
+			"%d of %d peers of %s use a PSK other than the one in the network config: flanneld started with an older config", otherPSK, len(d.Peers), dev))
 	}
 	var stale []string
 	for _, wp := range d.Peers {

@@ -3,6 +3,8 @@ package doctor
 import (
 	"net/netip"
 
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
 	"github.com/flannel-go/flannel/internal/backend/wireguard"
 )
 
@@ -18,6 +20,9 @@ func (linuxSystem) WireGuard(dev string) (WGDevice, error) {
 	out := WGDevice{PublicKey: d.PublicKey.String(), ListenPort: d.ListenPort}
 	for _, p := range d.Peers {
 		wp := WGPeer{PublicKey: p.PublicKey.String(), LastHandshake: p.LastHandshakeTime}
+		if p.PresharedKey != (wgtypes.Key{}) {
+			wp.PresharedKey = p.PresharedKey.String()
+		}
 		if p.Endpoint != nil {
 			ap := p.Endpoint.AddrPort()
 			wp.Endpoint = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())

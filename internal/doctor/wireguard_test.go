@@ -121,6 +121,9 @@ func TestWireGuardFindings(t *testing.T) {
 		{"advertised port not the one used", func(s *wgSys, in *Input, keys []wgtypes.Key) {
 			in.Leases[1].Attrs.BackendData = json.RawMessage(`{"PublicKey":"` + keys[1].String() + `","Port":51821}`)
 		}, Warn, []string{"announces port 51821", ":51820"}},
+		{"psk", func(s *wgSys, in *Input, _ []wgtypes.Key) {
+			in.Config.Backend = json.RawMessage(`{"Type":"wireguard","PSK":"GGZ+XEaV7qd6tdx+rCTgUG56ldO6CLnbvtx0n9lE8Ds="}`)
+		}, Fail, []string{"2 of 2 peers", "PSK other than the one in the network config"}},
 		{"no device", func(s *wgSys, _ *Input, _ []wgtypes.Key) { delete(s.devs, "flannel-wg") }, Fail, []string{"cannot read WireGuard device flannel-wg"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
