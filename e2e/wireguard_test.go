@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -275,4 +276,35 @@ func pingArgs(t *testing.T, h *lab.Host, dst string, count int, extra ...string)
 		}
 	}
 	return 0, s
+}
+
+// Auto mode over a dual-stack underlay whose IPv6 addresses are public
+// (the IPv4 ones private): endpoints are IPv6, and although ListenPortV6
+// differs from ListenPort the handshake works (upstream advertises
+// ListenPortV6 there while its one device listens on ListenPort).
+func TestWireGuardAutoIPv6Endpoint(t *testing.T) {
+	cfg := `{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:5::/48",` +
+		`"Backend":{"Type":"wireguard","Mode":"auto","ListenPort":51830,"ListenPortV6":51831}}`
+	o := labOpts(t, 3, cfg, "-iface=eth0")
+	o.Underlay6 = netip.MustParsePrefix("2001:db8:100::/64")
+	l := startLab(t, o)
+	assertAllPairsPing(t, l)
+	for _, h := range l.Hosts {
+		d, err := wgDevice(t, h, wireguard.DeviceV4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.ListenPort != 51830 || len(d.Peers) != 2 {
+			t.Errorf("%s: port %d, %d peers; want 51830 and 2", h.Name, d.ListenPort, len(d.Peers))
+		}
+		for _, p := range d.Peers {
+			ep := p.Endpoint.AddrPort()
+			if !ep.Addr().Is6() || ep.Addr().Is4In6() || ep.Port() != 51830 || p.LastHandshakeTime.IsZero() {
+				t.Errorf("%s: peer endpoint %s (handshake %v); want an IPv6 endpoint on port 51830 with a handshake", h.Name, ep, p.LastHandshakeTime)
+			}
+			if len(p.AllowedIPs) != 2 {
+				t.Errorf("%s: peer AllowedIPs %v; want the IPv4 and IPv6 subnets", h.Name, p.AllowedIPs)
+			}
+		}
+	}
 }

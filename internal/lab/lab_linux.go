@@ -29,6 +29,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
@@ -57,7 +58,11 @@ type Options struct {
 	EtcdEndpoints []string
 	FlanneldArgs  []string // extra flags for every flanneld
 	Underlay      netip.Prefix
-	Log           *slog.Logger
+	// Underlay6, when valid, also gives every host an IPv6 address of
+	// it on eth0 (hosts ::11, ::12, ...; etcd stays on IPv4), for
+	// backends whose endpoints can be IPv6.
+	Underlay6 netip.Prefix
+	Log       *slog.Logger
 
 	// EtcdMembers > 1 runs an etcd cluster of that many members instead of
 	// EtcdCmd's single one, each in its own namespace <ID>-e1, <ID>-e2, ...
@@ -79,6 +84,7 @@ type Host struct {
 	NS          string       // namespace of the host
 	CNS         string       // namespace of its container
 	Addr        netip.Addr   // underlay address (eth0)
+	Addr6       netip.Addr   // IPv6 underlay address, with Options.Underlay6
 	Subnet      netip.Prefix // leased subnet, from subnet.env
 	MTU         int
 	Container   netip.Addr // container's address
@@ -268,7 +274,7 @@ func (l *Lab) buildUnderlay(o Options) error {
 	if _, err := ns.Create(l.EtcdNS); err != nil {
 		return err
 	}
-	if err := l.plug(l.EtcdNS, "etcd", netip.PrefixFrom(etcdAddr, o.Underlay.Bits()), netip.Addr{}); err != nil {
+	if err := l.plug(l.EtcdNS, "etcd", netip.PrefixFrom(etcdAddr, o.Underlay.Bits()), netip.Addr{}, netip.Prefix{}); err != nil {
 		return err
 	}
 	if o.EtcdMembers > 1 {
@@ -283,11 +289,16 @@ func (l *Lab) buildUnderlay(o Options) error {
 			CNS:  fmt.Sprintf("%s-c%d", l.ID, i),
 			Addr: nthAddr(base, 10+i),
 		}
+		var addr6 netip.Prefix
+		if o.Underlay6.IsValid() {
+			h.Addr6 = nthAddr(o.Underlay6.Masked().Addr(), 0x10+i)
+			addr6 = netip.PrefixFrom(h.Addr6, o.Underlay6.Bits())
+		}
 		l.Hosts = append(l.Hosts, h)
 		if _, err := ns.Create(h.NS); err != nil {
 			return err
 		}
-		if err := l.plug(h.NS, h.Name, netip.PrefixFrom(h.Addr, o.Underlay.Bits()), etcdAddr); err != nil {
+		if err := l.plug(h.NS, h.Name, netip.PrefixFrom(h.Addr, o.Underlay.Bits()), etcdAddr, addr6); err != nil {
 			return err
 		}
 		if err := os.MkdirAll(filepath.Join(l.Dir, h.Name), 0o755); err != nil {
@@ -299,8 +310,10 @@ func (l *Lab) buildUnderlay(o Options) error {
 
 // plug connects namespace nsName to the switch with a veth: eth0 inside,
 // the port named port on the bridge. A valid gw becomes the default route
-// and turns on forwarding (a host); without one it is a plain end node.
-func (l *Lab) plug(nsName, port string, addr netip.Prefix, gw netip.Addr) error {
+// and turns on forwarding (a host); without one it is a plain end node. A
+// valid addr6 is added too, without duplicate address detection (nothing
+// else on the switch has it, and DAD would keep it unusable a while).
+func (l *Lab) plug(nsName, port string, addr netip.Prefix, gw netip.Addr, addr6 netip.Prefix) error {
 	swh, err := netns.GetFromName(l.SwitchNS)
 	if err != nil {
 		return err
@@ -327,6 +340,11 @@ func (l *Lab) plug(nsName, port string, addr netip.Prefix, gw netip.Addr) error 
 		}
 		if err := netlink.AddrAdd(eth0, &netlink.Addr{IPNet: ipnet(addr)}); err != nil {
 			return err
+		}
+		if addr6.IsValid() {
+			if err := netlink.AddrAdd(eth0, &netlink.Addr{IPNet: ipnet(addr6), Flags: unix.IFA_F_NODAD}); err != nil {
+				return fmt.Errorf("ipv6 address: %w", err)
+			}
 		}
 		if err := netlink.LinkSetUp(eth0); err != nil {
 			return err
