@@ -126,6 +126,28 @@ func TestWireGuardOverlay(t *testing.T) {
 		}
 	})
 
+	t.Run("bad public key", func(t *testing.T) {
+		cli := etcdClient(t, l)
+		bad := map[string]string{
+			"10.5.250.0-24": `{"PublicIP":"192.168.100.210","PublicIPv6":null,"BackendType":"wireguard","BackendData":{"PublicKey":"bm90IGEga2V5","Port":51820}}`,
+			"10.5.251.0-24": `{"PublicIP":"192.168.100.211","PublicIPv6":null,"BackendType":"wireguard","BackendData":{"Port":51820}}`,
+		}
+		for k, v := range bad {
+			etcdPut(t, cli, etcdPrefix+"/subnets/"+k, v)
+		}
+		for k := range bad {
+			waitFor(t, 2*time.Second, "a warning naming "+k, func() bool { return warnsAbout(logOf(l, h1), k) })
+			if line := firstLine(logOf(l, h1), k); !strings.Contains(line, "PublicKey") {
+				t.Errorf("warning about %s does not say what is wrong: %s", k, line)
+			}
+		}
+		d, err := wgDevice(t, h1, wireguard.DeviceV4)
+		if err != nil || len(d.Peers) != 2 {
+			t.Errorf("h1's peers with two bad leases: %v, %v; want the 2 good ones", d, err)
+		}
+		assertAllPairsPing(t, l)
+	})
+
 	t.Run("lease removed", func(t *testing.T) {
 		cli := etcdClient(t, l)
 		k3 := leaseKey(t, cli, h3)
