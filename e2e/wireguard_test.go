@@ -330,3 +330,36 @@ func TestWireGuardAutoIPv6Endpoint(t *testing.T) {
 		}
 	}
 }
+
+// Separate mode (the default) on a dual-stack network: flannel-wg carries
+// IPv4 subnets to IPv4 endpoints on ListenPort, flannel-wg-v6 IPv6
+// subnets to IPv6 endpoints on ListenPortV6, and both handshake.
+func TestWireGuardSeparateDualStack(t *testing.T) {
+	cfg := `{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:5::/48","Backend":{"Type":"wireguard"}}`
+	o := labOpts(t, 2, cfg, "-iface=eth0")
+	o.Underlay6 = netip.MustParsePrefix("fd01:100::/64")
+	l := startLab(t, o)
+	assertAllPairsPing(t, l)
+	for _, h := range l.Hosts {
+		for _, c := range []struct {
+			dev  string
+			port int
+			v6   bool
+		}{{wireguard.DeviceV4, 51820, false}, {wireguard.DeviceV6, 51821, true}} {
+			var d *wgtypes.Device
+			waitFor(t, 5*time.Second, h.Name+"'s "+c.dev+" to handshake", func() bool {
+				var err error
+				d, err = wgDevice(t, h, c.dev)
+				return err == nil && len(d.Peers) == 1 && !d.Peers[0].LastHandshakeTime.IsZero()
+			})
+			p := d.Peers[0]
+			ep := p.Endpoint.AddrPort()
+			if d.ListenPort != c.port || ep.Port() != uint16(c.port) || ep.Addr().Unmap().Is6() != c.v6 {
+				t.Errorf("%s %s: listens on %d, peer endpoint %s; want port %d, IPv6 %v", h.Name, c.dev, d.ListenPort, ep, c.port, c.v6)
+			}
+			if len(p.AllowedIPs) != 1 || (p.AllowedIPs[0].IP.To4() == nil) != c.v6 {
+				t.Errorf("%s %s: AllowedIPs %v; want the one subnet of its family", h.Name, c.dev, p.AllowedIPs)
+			}
+		}
+	}
+}
