@@ -206,6 +206,22 @@ func TestWireGuardRestart(t *testing.T) {
 	if err != nil || len(d.Peers) != 1 || d.Peers[0].PublicKey != keyBefore {
 		t.Errorf("h2's peers after h1's restart: %+v, %v; want the one, same key", d, err)
 	}
+
+	// The userspace device deleted by hand: flanneld recreates it (on
+	// the kernel's delete notification) with its address, route and
+	// peers, and traffic flows again within a couple of seconds.
+	nsRun(t, h1.NS, "ip", "link", "del", wireguard.DeviceV4)
+	took, ok := pollUntil(5*time.Second, func() bool {
+		got, _ := pingArgs(t, h2, h1.Container.String(), 1)
+		return got == 1
+	})
+	if !ok {
+		t.Fatalf("no traffic from h2 to h1 5 s after h1's %s was deleted", wireguard.DeviceV4)
+	}
+	t.Logf("traffic back %s after the device was deleted", took.Round(time.Millisecond))
+	if !strings.Contains(logOf(l, h1), "userspace device disappeared; recreating it") {
+		t.Errorf("h1 did not log the recreation")
+	}
 }
 
 // One host with another PSK: nothing reaches it, the others are fine,
