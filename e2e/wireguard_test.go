@@ -379,3 +379,28 @@ func TestWireGuardSeparateDualStack(t *testing.T) {
 		}
 	}
 }
+
+// A malformed key file is one start-up error naming the file, and the
+// file is left for the operator (it is this host's identity).
+func TestWireGuardBadKeyFile(t *testing.T) {
+	o := labOpts(t, 1, backendConfig("wireguard"))
+	o.NoFlanneld = true
+	l := startLab(t, o)
+	h := l.Hosts[0]
+	if err := os.WriteFile(l.KeyFile(h), []byte("garbage\n"), 0o400); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.StartFlanneld(h); err != nil {
+		t.Fatal(err)
+	}
+	pid := h.FlanneldPID
+	waitFor(t, 10*time.Second, "flanneld to exit", func() bool { return !lab.Alive(pid) })
+	log := logOf(l, h)
+	if n := strings.Count(log, "level=ERROR"); n != 1 || !strings.Contains(firstLine(log, "level=ERROR"), l.KeyFile(h)) {
+		t.Errorf("want one error naming %s, got %d:\n%s", l.KeyFile(h), n, log)
+	}
+	if b, _ := os.ReadFile(l.KeyFile(h)); string(b) != "garbage\n" {
+		t.Errorf("the malformed key file was replaced")
+	}
+	h.FlanneldPID = 0
+}
