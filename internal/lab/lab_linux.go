@@ -34,6 +34,7 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 
+	"github.com/flannel-go/flannel/internal/backend/wireguard"
 	"github.com/flannel-go/flannel/internal/lab/proc"
 	"github.com/flannel-go/flannel/internal/netconf"
 	"github.com/flannel-go/flannel/internal/ns"
@@ -688,6 +689,9 @@ func Down(id string) error {
 			if numbered(suffix) && !isDigits(rest) || !numbered(suffix) && rest != "" {
 				continue
 			}
+			if suffix == "-h" {
+				removeWireGuardSockets(name)
+			}
 			if err := (&ns.NS{Name: name}).Delete(); err != nil {
 				errs = append(errs, err)
 			}
@@ -697,6 +701,24 @@ func Down(id string) error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// removeWireGuardSockets removes the UAPI sockets a wireguard flanneld
+// killed with SIGKILL left behind in host namespace nsName: they are named
+// by the namespace, which is about to go.
+func removeWireGuardSockets(nsName string) {
+	n, err := ns.Open(nsName)
+	if err != nil {
+		return
+	}
+	_ = n.Do(func() error {
+		for _, dev := range []string{wireguard.DeviceV4, wireguard.DeviceV6} {
+			if name := wireguard.UAPIName(dev); name != dev { // never the host's own
+				_ = os.Remove(filepath.Join(wireguard.SocketDir, name+".sock"))
+			}
+		}
+		return nil
+	})
 }
 
 func isDigits(s string) bool {
