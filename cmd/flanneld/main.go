@@ -29,6 +29,7 @@ import (
 	"github.com/flannel-go/flannel/internal/backend/hostgw"
 	"github.com/flannel-go/flannel/internal/backend/udp"
 	"github.com/flannel-go/flannel/internal/backend/vxlan"
+	"github.com/flannel-go/flannel/internal/backend/wireguard"
 	"github.com/flannel-go/flannel/internal/daemon"
 	"github.com/flannel-go/flannel/internal/etcdconf"
 	"github.com/flannel-go/flannel/internal/health"
@@ -99,12 +100,13 @@ func newLogger(o *options, w io.Writer) *slog.Logger {
 }
 
 // backends is every datapath this flanneld can run, by config Type.
-func backends(udpOpts udp.Options) map[string]backend.Def {
+func backends(udpOpts udp.Options, wgOpts wireguard.Options) map[string]backend.Def {
 	return map[string]backend.Def{
-		vxlan.Type:  {Info: vxlan.Info, New: vxlan.New},
-		hostgw.Type: {Info: hostgw.Info, New: hostgw.New},
-		udp.Type:    {Info: udp.Info, New: udpOpts.New},
-		alloc.Type:  {Info: alloc.Info, New: alloc.New},
+		vxlan.Type:     {Info: vxlan.Info, New: vxlan.New},
+		hostgw.Type:    {Info: hostgw.Info, New: hostgw.New},
+		udp.Type:       {Info: udp.Info, New: udpOpts.New},
+		alloc.Type:     {Info: alloc.Info, New: alloc.New},
+		wireguard.Type: {Info: wireguard.Info, New: wgOpts.New},
 	}
 }
 
@@ -129,7 +131,7 @@ func serve(ctx context.Context, o *options, getenv func(string) string, udpOpts 
 		BlackholeRoute: o.ipBlackholeRoute,
 	}, daemon.Deps{
 		Source:   src,
-		Backends: backends(udpOpts),
+		Backends: backends(udpOpts, wireguard.Options{KeyFile: getenv(wireguard.KeyFileEnv)}),
 		Ext: func(ipv6 bool) (iface.ExtIface, error) {
 			pub, pub6, err := publicIPs(ctx, o, src)
 			if err != nil {
