@@ -114,12 +114,12 @@ func assertProcConfined(t *testing.T, name string, pid int, nnp bool) {
 // TestConfinedByUnit runs every backend under dist/flanneld.service's
 // confinement (derived from the file): 2 hosts, pings across, and a
 // restart keeps traffic: no ping lost for the backends whose datapath
-// lives in the kernel (vxlan, host-gw), traffic back after it for udp,
-// whose TUN dies with the process as upstream's does. No refusal may
-// show in the logs.
+// lives in the kernel (vxlan, host-gw), traffic back after it for udp and
+// userspace wireguard, whose TUN dies with the process as upstream's udp
+// does. No refusal may show in the logs.
 func TestConfinedByUnit(t *testing.T) {
 	u := shippedUnit(t)
-	for _, b := range []string{"vxlan", "host-gw", "udp", "alloc"} {
+	for _, b := range []string{"vxlan", "host-gw", "udp", "wireguard", "alloc"} {
 		t.Run(b, func(t *testing.T) {
 			l := startLab(t, confinedOpts(t, u, 2, backendConfig(b)))
 			h1, h2 := l.Hosts[0], l.Hosts[1]
@@ -142,7 +142,7 @@ func TestConfinedByUnit(t *testing.T) {
 			}
 			assertAllPairsPing(t, l)
 			var pings *pingSet
-			if b != "udp" {
+			if b != "udp" && b != "wireguard" {
 				pings = startPings(t, l, [2]*lab.Host{h1, h2})
 			}
 			stopFlanneld(t, l, h1, syscall.SIGTERM)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"regexp"
 
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -92,6 +93,11 @@ func within(outer, inner netip.Prefix) bool {
 
 func familiesOf(nc *netconf.Config) families { return families{v4: nc.EnableIPv4, v6: nc.EnableIPv6} }
 
+// backendTypeRE is what a backend type can be (upstream's are vxlan,
+// host-gw, ali-vpc, …; udp and alloc publish none): anything else is
+// garbage, never a type to compare with ours.
+var backendTypeRE = regexp.MustCompile(`^[A-Za-z0-9._-]{0,63}$`)
+
 // nodeLease turns a peer's Node into its lease, reading the annotations
 // under k. A node without kube-subnet-manager=true gives errNotPeer; one
 // whose annotations or podCIDRs do not make a usable lease for every family
@@ -109,7 +115,11 @@ func nodeLease(n *v1.Node, k Keys, nc *netconf.Config) (lease.Lease, error) {
 	if err := inNetwork(n.Name, nc, sn4, sn6); err != nil {
 		return lease.Lease{}, err
 	}
-	l := lease.Lease{Subnet: sn4, Subnet6: sn6, Attrs: lease.Attrs{BackendType: a[k.BackendType]}}
+	typ := a[k.BackendType]
+	if !backendTypeRE.MatchString(typ) {
+		return lease.Lease{}, fmt.Errorf("annotation %s: %q is not a backend type", k.BackendType, typ)
+	}
+	l := lease.Lease{Subnet: sn4, Subnet6: sn6, Attrs: lease.Attrs{BackendType: typ}}
 	if fam.v4 {
 		if l.Attrs.PublicIP, err = annotationAddr(a, k.PublicIP, false); err != nil {
 			return lease.Lease{}, err
