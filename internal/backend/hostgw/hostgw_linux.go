@@ -34,7 +34,10 @@ type Backend struct {
 	own netip.Prefix              // our lease's subnet; invalid before Configure
 }
 
-var _ backend.Backend = (*Backend)(nil)
+var (
+	_ backend.Backend = (*Backend)(nil)
+	_ backend.Updater = (*Backend)(nil)
+)
 
 func newBackend(cfg backend.Config) (backend.Backend, error) {
 	log := cfg.Log
@@ -49,7 +52,7 @@ func newBackend(cfg backend.Config) (backend.Backend, error) {
 		network: cfg.Network.Network,
 		log:     log.With("backend", Type),
 	}
-	b.f = route.NewFrame(Type, b.log, b.desired)
+	b.f = route.NewFrame(Type, b.log, func(l lease.Lease) netip.Prefix { return l.Subnet }, b.want)
 	return b, nil
 }
 
@@ -93,6 +96,12 @@ func (b *Backend) Sync(ctx context.Context, peers []lease.Lease) error {
 	return b.f.Sync(peers)
 }
 
+// Update applies the changed peers' routes only: its cost does not grow
+// with the number of peers.
+func (b *Backend) Update(ctx context.Context, changes []backend.Change) error {
+	return b.f.Update(backend.Split(changes))
+}
+
 // Repair re-reads the owned routes (one dump) and re-applies the last Sync.
 func (b *Backend) Repair(ctx context.Context) error {
 	if err := b.f.Ready(); err != nil {
@@ -107,31 +116,26 @@ func (b *Backend) Repair(ctx context.Context) error {
 // Close releases the netlink handle. The routes stay.
 func (b *Backend) Close() error { return b.f.Close() }
 
-// desired turns the peer leases into routes. The caller checked the
+// want turns one peer lease into its route. The caller checked the
 // peers (Sync's contract); what is checked here protects the kernel all
 // the same: a lease that would make a route this backend cannot express
 // (no IPv4 gateway) or would not recognise as its own after a restart
 // (outside the network, so never removed) is skipped, with one warning
 // per peer and problem.
-func (b *Backend) desired(peers []lease.Lease) route.State {
-	var s route.State
-	for _, p := range peers {
-		sn, ip := p.Subnet, p.Attrs.PublicIP
-		var problem string
-		switch {
-		case !sn.IsValid() || sn == b.own:
-			continue
-		case !b.network.Contains(sn.Addr()) || sn.Bits() < b.network.Bits():
-			problem = fmt.Sprintf("subnet outside network %s", b.network)
-		case !ip.Is4():
-			problem = "no IPv4 PublicIP"
-		default:
-			s.Routes = append(s.Routes, route.Route{Dst: sn, Gw: ip, LinkIndex: b.ext.Index})
-			continue
-		}
-		b.f.Skip(sn, problem, "key", p.Key(), "public_ip", ip)
+func (b *Backend) want(p lease.Lease) route.Want {
+	sn, ip := p.Subnet, p.Attrs.PublicIP
+	w := route.Want{Attrs: []any{"key", p.Key(), "public_ip", ip}}
+	switch {
+	case !sn.IsValid() || sn == b.own:
+		return route.Want{}
+	case !b.network.Contains(sn.Addr()) || sn.Bits() < b.network.Bits():
+		w.Problem = fmt.Sprintf("subnet outside network %s", b.network)
+	case !ip.Is4():
+		w.Problem = "no IPv4 PublicIP"
+	default:
+		w.Routes = []route.Route{{Dst: sn, Gw: ip, LinkIndex: b.ext.Index}}
 	}
-	return s
+	return w
 }
 
 func (b *Backend) owns(r route.Route) bool {

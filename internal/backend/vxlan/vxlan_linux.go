@@ -51,9 +51,9 @@ type Backend struct {
 	link   netlink.Link // index valid until the device is recreated
 	own    netip.Prefix // our lease's subnet; invalid before Configure
 	onLink map[netip.Addr]bool
-	// decoded caches each peer's BackendData by subnet. Every Sync sees
-	// every peer, and decoding thousands of unchanged JSON values each
-	// time was about half the cost of a Sync at 5,000 peers.
+	// decoded caches each peer's BackendData by subnet. Every Sync and
+	// Repair sees every peer, and decoding thousands of unchanged JSON
+	// values each time was about half the cost of a Sync at 5,000 peers.
 	decoded map[netip.Prefix]peerData
 }
 
@@ -65,7 +65,12 @@ type peerData struct {
 	err error
 }
 
-var _ backend.Backend = (*Backend)(nil)
+var (
+	_ backend.Backend = (*Backend)(nil)
+	_ backend.Updater = (*Backend)(nil)
+)
+
+func subnet(l lease.Lease) netip.Prefix { return l.Subnet }
 
 func newBackend(cfg backend.Config, o Options) (backend.Backend, error) {
 	log := cfg.Log
@@ -84,7 +89,7 @@ func newBackend(cfg backend.Config, o Options) (backend.Backend, error) {
 		onLink:  map[netip.Addr]bool{},
 		decoded: map[netip.Prefix]peerData{},
 	}
-	b.f = route.NewFrame(Type, b.log, b.desired)
+	b.f = route.NewFrame(Type, b.log, subnet, b.want)
 	return b, nil
 }
 
@@ -147,7 +152,29 @@ func (b *Backend) Configure(ctx context.Context, own lease.Lease) (int, error) {
 
 // Sync makes the neighbour, FDB and route entries match peers.
 func (b *Backend) Sync(ctx context.Context, peers []lease.Lease) error {
-	return b.f.Sync(peers)
+	err := b.f.Sync(peers)
+	// Departed peers' decodings are dropped once they outnumber the
+	// present ones, which keeps the pruning cost off every Sync.
+	if len(b.decoded) > 2*len(peers)+64 {
+		keep := make(map[netip.Prefix]peerData, len(peers))
+		for _, p := range peers {
+			if d, ok := b.decoded[p.Subnet]; ok {
+				keep[p.Subnet] = d
+			}
+		}
+		b.decoded = keep
+	}
+	return err
+}
+
+// Update applies the changed peers' entries only: its cost does not grow
+// with the number of peers.
+func (b *Backend) Update(ctx context.Context, changes []backend.Change) error {
+	put, removed := backend.Split(changes)
+	for _, sn := range removed {
+		delete(b.decoded, sn)
+	}
+	return b.f.Update(put, removed)
 }
 
 // Repair restores the device (same MAC, address, MTU, up), re-reads the
@@ -176,68 +203,47 @@ func (b *Backend) Repair(ctx context.Context) error {
 // Close releases the netlink handle. The device and entries stay.
 func (b *Backend) Close() error { return b.f.Close() }
 
-// desired turns the peer leases into entries. The caller checked the
-// peers (Sync's contract); what is checked here protects the kernel all
-// the same: a lease whose BackendData does not decode, whose VNI is not
-// ours or whose MAC another peer uses, or that would make an entry this
-// backend would not recognise as its own after a restart (outside the
-// network, so never removed) is skipped, with one warning per peer and
-// problem.
-func (b *Backend) desired(peers []lease.Lease) route.State {
-	n := len(peers)
-	s := route.State{Routes: make([]route.Route, 0, n), Neighs: make([]route.Neigh, 0, n), FDB: make([]route.FDB, 0, n)}
+// want turns one peer lease into entries. The caller checked the peers
+// (Sync's contract); what is checked here protects the kernel all the
+// same: a lease whose BackendData does not decode, whose VNI is not ours
+// or whose MAC another peer (with a lower subnet) uses, or that would make
+// an entry this backend would not recognise as its own after a restart
+// (outside the network, so never removed) is skipped, with one warning per
+// peer and problem. A peer claims its MAC (one FDB entry per MAC) and its
+// subnet's address (the neighbour entry's key), so overlapping leases
+// cannot overwrite each other's entries.
+func (b *Backend) want(p lease.Lease) route.Want {
+	sn := p.Subnet
+	w := route.Want{Attrs: []any{"key", p.Key(), "public_ip", p.Attrs.PublicIP}}
+	switch {
+	case !sn.IsValid() || sn == b.own:
+		return route.Want{}
+	case !b.network.Contains(sn.Addr()) || sn.Bits() < b.network.Bits():
+		w.Problem = fmt.Sprintf("subnet outside network %s", b.network)
+		return w
+	case !p.Attrs.PublicIP.Is4():
+		w.Problem = "no IPv4 PublicIP"
+		return w
+	}
+	d := b.decode(p)
+	switch {
+	case d.err != nil:
+		w.Problem = d.err.Error()
+		return w
+	case d.vni != b.opts.VNI:
+		w.Problem = fmt.Sprintf("VNI %d, ours is %d", d.vni, b.opts.VNI)
+		return w
+	}
+	if b.opts.DirectRouting && b.isOnLink(p.Attrs.PublicIP) {
+		w.Routes = []route.Route{{Dst: sn, Gw: p.Attrs.PublicIP, LinkIndex: b.ext.Index}}
+		return w
+	}
 	idx := b.link.Attrs().Index
-	macOwner := make(map[route.MAC]netip.Prefix, n)
-	skip := func(p lease.Lease, problem string) {
-		b.f.Skip(p.Subnet, problem, "key", p.Key(), "public_ip", p.Attrs.PublicIP)
-	}
-	for _, p := range peers {
-		sn := p.Subnet
-		switch {
-		case !sn.IsValid() || sn == b.own:
-			continue
-		case !b.network.Contains(sn.Addr()) || sn.Bits() < b.network.Bits():
-			skip(p, fmt.Sprintf("subnet outside network %s", b.network))
-			continue
-		case !p.Attrs.PublicIP.Is4():
-			skip(p, "no IPv4 PublicIP")
-			continue
-		}
-		d := b.decode(p)
-		if d.err != nil {
-			skip(p, d.err.Error())
-			continue
-		}
-		vni, mac := d.vni, d.mac
-		if vni != b.opts.VNI {
-			skip(p, fmt.Sprintf("VNI %d, ours is %d", vni, b.opts.VNI))
-			continue
-		}
-		if b.opts.DirectRouting && b.isOnLink(p.Attrs.PublicIP) {
-			s.Routes = append(s.Routes, route.Route{Dst: sn, Gw: p.Attrs.PublicIP, LinkIndex: b.ext.Index})
-			continue
-		}
-		if other, dup := macOwner[mac]; dup {
-			skip(p, fmt.Sprintf("VtepMAC %s is also used by %s", mac, other))
-			continue
-		}
-		macOwner[mac] = sn
-		s.Neighs = append(s.Neighs, route.Neigh{IP: sn.Addr(), MAC: mac, LinkIndex: idx})
-		s.FDB = append(s.FDB, route.FDB{MAC: mac, Dst: p.Attrs.PublicIP, LinkIndex: idx})
-		s.Routes = append(s.Routes, route.Route{Dst: sn, Gw: sn.Addr(), LinkIndex: idx, OnLink: true})
-	}
-	// Departed peers' entries are dropped once they outnumber the
-	// present ones, which keeps the pruning cost off every Sync.
-	if len(b.decoded) > 2*n+64 {
-		keep := make(map[netip.Prefix]peerData, n)
-		for _, p := range peers {
-			if d, ok := b.decoded[p.Subnet]; ok {
-				keep[p.Subnet] = d
-			}
-		}
-		b.decoded = keep
-	}
-	return s
+	w.Claims = []string{"VtepMAC " + d.mac.String(), "address " + sn.Addr().String()}
+	w.Neighs = []route.Neigh{{IP: sn.Addr(), MAC: d.mac, LinkIndex: idx}}
+	w.FDB = []route.FDB{{MAC: d.mac, Dst: p.Attrs.PublicIP, LinkIndex: idx}}
+	w.Routes = []route.Route{{Dst: sn, Gw: sn.Addr(), LinkIndex: idx, OnLink: true}}
+	return w
 }
 
 // decode returns p's BackendData decoded, from the cache while the raw
