@@ -51,6 +51,7 @@ type Frame[P any] struct {
 	claims  map[string]map[netip.Prefix]struct{} // claim → its claimants
 	release func()
 	closed  bool
+	stale   bool // the last Sync, Update or Apply failed in part
 }
 
 type peer[P any] struct {
@@ -113,6 +114,10 @@ func (f *Frame[P]) Peers() []P {
 // Len is the number of peers.
 func (f *Frame[P]) Len() int { return len(f.peers) }
 
+// Stale reports whether a change failed since the last complete Apply:
+// Apply must run again even if the kernel lost nothing.
+func (f *Frame[P]) Stale() bool { return f.stale }
+
 // Desired returns what the peers want of the kernel: the entries of every
 // peer that has no problem and holds its claims.
 func (f *Frame[P]) Desired() State {
@@ -164,6 +169,7 @@ func (f *Frame[P]) Apply() error {
 		f.evaluate(sn, pr)
 	}
 	c, err := f.Table.Set(f.Desired())
+	f.stale = err != nil
 	if !c.None() {
 		f.log.Debug(f.name+": applied peers", "peers", len(f.peers), "added", c.Added, "removed", c.Removed, "failed", c.Failed)
 	}
@@ -268,6 +274,7 @@ func (f *Frame[P]) Update(put []P, removed []netip.Prefix) error {
 		}
 	}
 	c, err := f.Table.Update(add, del)
+	f.stale = f.stale || err != nil
 	if !c.None() {
 		f.log.Debug(f.name+": updated peers", "changed", len(puts)+len(removed), "peers", len(f.peers), "added", c.Added, "removed", c.Removed, "failed", c.Failed)
 	}
