@@ -23,8 +23,6 @@ type Want struct {
 	// Problem, if not empty, is why the peer gets no entries; its Claims
 	// are then ignored. It is logged once per peer and problem.
 	Problem string
-	// Attrs are added to the peer's log lines.
-	Attrs []any
 }
 
 // Frame is what backends that keep per-peer kernel entries in a Table
@@ -46,7 +44,11 @@ type Frame[P any] struct {
 	subnet func(P) netip.Prefix
 	want   func(P) Want
 
-	Table   *Table // nil until the backend's Init succeeds
+	Table *Table // nil until the backend's Init succeeds
+	// LogAttrs, if set, describes a peer in its warnings. It is called
+	// only to warn, so per-peer descriptions cost nothing otherwise.
+	LogAttrs func(P) []any
+
 	peers   map[netip.Prefix]*peer[P]
 	claims  map[string]map[netip.Prefix]struct{} // claim → its claimants
 	release func()
@@ -335,7 +337,11 @@ func (f *Frame[P]) evaluate(sn netip.Prefix, pr *peer[P]) bool {
 	}
 	pr.held = problem == ""
 	if problem != "" && problem != pr.warned {
-		f.log.Warn(f.name+": skipping peer", append([]any{"subnet", sn, "reason", problem}, pr.w.Attrs...)...)
+		attrs := []any{"subnet", sn, "reason", problem}
+		if f.LogAttrs != nil {
+			attrs = append(attrs, f.LogAttrs(pr.p)...)
+		}
+		f.log.Warn(f.name+": skipping peer", attrs...)
 	}
 	pr.warned = problem
 	return pr.held

@@ -56,6 +56,7 @@ func newBackend(cfg backend.Config) (backend.Backend, error) {
 		log:     log.With("backend", Type),
 	}
 	b.f = route.NewFrame(Type, b.log, func(l lease.Lease) netip.Prefix { return l.Subnet }, b.want)
+	b.f.LogAttrs = logAttrs
 	return b, nil
 }
 
@@ -151,7 +152,7 @@ func (b *Backend) Close() error {
 // per peer and problem.
 func (b *Backend) want(p lease.Lease) route.Want {
 	sn, ip := p.Subnet, p.Attrs.PublicIP
-	w := route.Want{Attrs: []any{"key", p.Key(), "public_ip", ip}}
+	var w route.Want
 	switch {
 	case !sn.IsValid() || sn == b.own:
 		return route.Want{}
@@ -178,3 +179,6 @@ func (b *Backend) load() error {
 	b.f.Table.Load(route.State{Routes: routes})
 	return nil
 }
+
+// logAttrs describes a skipped peer in its warning.
+func logAttrs(p lease.Lease) []any { return []any{"key", p.Key(), "public_ip", p.Attrs.PublicIP} }

@@ -96,6 +96,7 @@ func newBackend(cfg backend.Config, o Options) (backend.Backend, error) {
 		decoded: map[netip.Prefix]peerData{},
 	}
 	b.f = route.NewFrame(Type, b.log, subnet, b.want)
+	b.f.LogAttrs = logAttrs
 	return b, nil
 }
 
@@ -253,7 +254,7 @@ func (b *Backend) Close() error {
 // cannot overwrite each other's entries.
 func (b *Backend) want(p lease.Lease) route.Want {
 	sn := p.Subnet
-	w := route.Want{Attrs: []any{"key", p.Key(), "public_ip", p.Attrs.PublicIP}}
+	var w route.Want
 	switch {
 	case !sn.IsValid() || sn == b.own:
 		return route.Want{}
@@ -507,3 +508,6 @@ func randomMAC() route.MAC {
 	m[0] = (m[0] | 0x02) &^ 0x01
 	return m
 }
+
+// logAttrs describes a skipped peer in its warning.
+func logAttrs(p lease.Lease) []any { return []any{"key", p.Key(), "public_ip", p.Attrs.PublicIP} }
