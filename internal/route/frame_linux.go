@@ -50,7 +50,7 @@ type Frame[P any] struct {
 	LogAttrs func(P) []any
 
 	peers   map[netip.Prefix]*peer[P]
-	claims  map[string]map[netip.Prefix]struct{} // claim → its claimants
+	claims  map[string][]netip.Prefix // claim → its claimants, most often one
 	release func()
 	closed  bool
 	stale   bool // the last Sync, Update or Apply failed in part
@@ -67,7 +67,7 @@ type peer[P any] struct {
 // and log messages).
 func NewFrame[P any](name string, log *slog.Logger, subnet func(P) netip.Prefix, want func(P) Want) *Frame[P] {
 	return &Frame[P]{name: name, log: log, subnet: subnet, want: want,
-		peers: map[netip.Prefix]*peer[P]{}, claims: map[string]map[netip.Prefix]struct{}{}}
+		peers: map[netip.Prefix]*peer[P]{}, claims: map[string][]netip.Prefix{}}
 }
 
 // OnClose sets what Close releases: the netlink handle the backend opened.
@@ -162,7 +162,7 @@ func (f *Frame[P]) Apply() error {
 	if f.Table == nil {
 		return errors.New(f.name + ": Init has not succeeded")
 	}
-	f.claims = make(map[string]map[netip.Prefix]struct{}, len(f.claims))
+	f.claims = make(map[string][]netip.Prefix, len(f.claims))
 	for sn, pr := range f.peers {
 		pr.w = f.want(pr.p)
 		f.claim(sn, pr.w)
@@ -221,7 +221,7 @@ func (f *Frame[P]) Update(put []P, removed []netip.Prefix) error {
 	}
 	touch := func(claims []string) {
 		for _, c := range claims {
-			for sn := range f.claims[c] {
+			for _, sn := range f.claims[c] {
 				note(sn)
 			}
 		}
@@ -291,12 +291,7 @@ func (f *Frame[P]) claim(sn netip.Prefix, w Want) {
 		return
 	}
 	for _, c := range w.Claims {
-		m := f.claims[c]
-		if m == nil {
-			m = map[netip.Prefix]struct{}{}
-			f.claims[c] = m
-		}
-		m[sn] = struct{}{}
+		f.claims[c] = append(f.claims[c], sn)
 	}
 }
 
@@ -305,9 +300,11 @@ func (f *Frame[P]) unclaim(sn netip.Prefix, w Want) {
 		return
 	}
 	for _, c := range w.Claims {
-		delete(f.claims[c], sn)
-		if len(f.claims[c]) == 0 {
+		l := slices.DeleteFunc(f.claims[c], func(o netip.Prefix) bool { return o == sn })
+		if len(l) == 0 {
 			delete(f.claims, c)
+		} else {
+			f.claims[c] = l
 		}
 	}
 }
@@ -315,7 +312,7 @@ func (f *Frame[P]) unclaim(sn netip.Prefix, w Want) {
 // holder is the claimant of c with the lowest subnet.
 func (f *Frame[P]) holder(c string) netip.Prefix {
 	var h netip.Prefix
-	for sn := range f.claims[c] {
+	for _, sn := range f.claims[c] {
 		if !h.IsValid() || sn.Compare(h) < 0 {
 			h = sn
 		}
