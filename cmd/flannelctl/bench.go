@@ -24,7 +24,7 @@ type benchCase struct {
 	ref      string // the case this one is compared to, besides the underlay
 	results  []lab.Throughput
 	// cpuPIDs are the processes doing this path's forwarding in userspace
-	// (the udp backend's flanneld on both ends); their CPU time per GB is
+	// (the udp backend's flanneld on both ends, and wireguard's when it runs in userspace); their CPU time per GB is
 	// reported. Kernel paths forward in softirq, which no process owns.
 	cpuPIDs []int
 	cpuSecs float64
@@ -42,7 +42,7 @@ func labBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	rounds := fs.Int("rounds", 3, "interleaved rounds")
 	seconds := fs.Int("seconds", 5, "seconds per iperf3 run")
 	streams := fs.Int("streams", 1, "parallel TCP streams")
-	backendList := fs.String("backends", "vxlan,host-gw,udp", "backends to measure")
+	backendList := fs.String("backends", "vxlan,host-gw,udp,wireguard", "backends to measure")
 	flanneld := fs.String("flanneld", "", "flanneld binary")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -87,7 +87,7 @@ func labBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			cases = append(cases, &benchCase{name: "underlay (host → host)", lab: l, from: h1.NS, to: h2.NS, addr: h2.Addr})
 		}
 		c := &benchCase{name: b, lab: l, from: h1.CNS, to: h2.CNS, addr: h2.Container}
-		if b == "udp" {
+		if b == "udp" || b == "wireguard" { // wireguard: userspace where the kernel has no module
 			c.cpuPIDs = []int{h1.FlanneldPID, h2.FlanneldPID}
 		}
 		cases = append(cases, c)
@@ -148,9 +148,12 @@ func labBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	tw.Flush()
 
-	if u, v := byName["udp"], byName["vxlan"]; u != nil && v != nil {
-		fmt.Fprintf(stdout, "\nudp / vxlan: %.3f\n", lab.Summarize(u.results).Median/lab.Summarize(v.results).Median)
+	for _, b := range []string{"udp", "wireguard"} {
+		if u, v := byName[b], byName["vxlan"]; u != nil && v != nil {
+			fmt.Fprintf(stdout, "\n%s / vxlan: %.3f", b, lab.Summarize(u.results).Median/lab.Summarize(v.results).Median)
+		}
 	}
+	fmt.Fprintln(stdout)
 	if l := labByID(labs, "fbvxlan"); l != nil {
 		if err := benchStartup(ctx, stdout, l); err != nil {
 			return err

@@ -74,7 +74,7 @@ func labFlags(name string, stderr io.Writer) (*flag.FlagSet, *string) {
 func labUp(ctx context.Context, demo bool, args []string, stdout, stderr io.Writer) error {
 	fs, id := labFlags("up", stderr)
 	hosts := fs.Int("hosts", 3, "number of hosts")
-	backendType := fs.String("backend", "vxlan", "backend type: vxlan, host-gw, udp, alloc")
+	backendType := fs.String("backend", "vxlan", "backend type: vxlan, host-gw, udp, wireguard, alloc")
 	config := fs.String("config", "", `network config JSON (default {"Network":"10.5.0.0/16","Backend":{"Type":<backend>}})`)
 	flanneld := fs.String("flanneld", "", "flanneld binary (default: next to flannelctl, else $PATH)")
 	etcdEndpoints := fs.String("etcd-endpoints", "", "use this etcd (reachable from the lab hosts) instead of starting one")

@@ -1,10 +1,10 @@
 package main
 
 import (
-	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -47,6 +47,52 @@ type options struct {
 	logBacktraceAt    string
 	logToStderr       bool
 	alsoLogToStderr   bool
+
+	// stray are the positional arguments, which flanneld takes none of.
+	// Upstream ignores them (Go's flag package stops at the first one);
+	// a sysconfig written as one tutorial shows, FLANNEL_OPTIONS="eno1",
+	// passes one, so they are warned about, not refused.
+	stray []string
+}
+
+// parseAround parses args as flags, stepping over positional arguments
+// instead of stopping at the first one as the flag package does, so that
+// a flag after a stray word still counts; it returns the stray words.
+// Everything after "--" is stray.
+func parseAround(fs *flag.FlagSet, args []string) ([]string, error) {
+	var stray []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			return stray, nil
+		}
+		if used := len(args) - len(rest); used > 0 && args[used-1] == "--" {
+			return append(stray, rest...), nil
+		}
+		stray = append(stray, rest[0])
+		args = rest[1:]
+	}
+}
+
+// strayHint says which flag a stray argument was probably meant as:
+// "-ip-masq" for a flag name without its dash, else "-iface=<arg>" (what
+// the tutorials' FLANNEL_OPTIONS="eno1" means), with whether the host has
+// an interface of that name.
+func strayHint(arg string, isFlag func(string) bool, ifaceExists func(string) bool) string {
+	name, _, _ := strings.Cut(arg, "=")
+	if isFlag(name) {
+		return fmt.Sprintf("did you mean -%s?", arg)
+	}
+	if _, err := netip.ParseAddr(arg); err == nil {
+		return fmt.Sprintf("did you mean -iface=%s (or -public-ip=%s)?", arg, arg)
+	}
+	if ifaceExists(arg) {
+		return fmt.Sprintf("did you mean -iface=%s? an interface named %s exists", arg, arg)
+	}
+	return fmt.Sprintf("did you mean -iface=%s? (no interface named %s exists on this host)", arg, arg)
 }
 
 // stringList is a repeatable flag (--iface a --iface b).
@@ -99,12 +145,11 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 	o := &options{}
 	fs := newFlagSet(o)
 	fs.SetOutput(stderr)
-	if err := fs.Parse(args); err != nil {
+	stray, err := parseAround(fs, args)
+	if err != nil {
 		return nil, err
 	}
-	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
+	o.stray = stray
 	if err := flagenv.Set(fs, etcdconf.EnvPrefix, getenv, nil); err != nil {
 		return nil, err
 	}
@@ -117,9 +162,6 @@ func parseOptions(args []string, getenv func(string) string, stderr io.Writer) (
 }
 
 func (o *options) validate() error {
-	if o.kubeSubnetMgr {
-		return errors.New("--kube-subnet-mgr: the Kubernetes subnet manager is not supported by this flanneld yet; use etcd (--etcd-endpoints)")
-	}
 	if o.renewMargin < 1 || o.renewMargin > 1439 {
 		return fmt.Errorf("--subnet-lease-renew-margin=%d: must be between 1 and 1439 minutes", o.renewMargin)
 	}

@@ -84,15 +84,12 @@ func TestRejected(t *testing.T) {
 		env  map[string]string
 		want string // the flag the message must name
 	}{
-		{[]string{"--kube-subnet-mgr"}, nil, "--kube-subnet-mgr"},
-		{nil, map[string]string{"FLANNELD_KUBE_SUBNET_MGR": "true"}, "--kube-subnet-mgr"},
 		{[]string{"--subnet-lease-renew-margin=0"}, nil, "--subnet-lease-renew-margin"},
 		{[]string{"--subnet-lease-renew-margin=1440"}, nil, "--subnet-lease-renew-margin"},
 		{[]string{"--healthz-port=70000"}, nil, "--healthz-port"},
 		{nil, map[string]string{"FLANNELD_IP_MASQ": "maybe"}, "FLANNELD_IP_MASQ"},
 		{[]string{"--etcd-certfile=/x"}, nil, "--etcd-keyfile"},
 		{[]string{"--no-such-flag"}, nil, "no-such-flag"},
-		{[]string{"stray"}, nil, "stray"},
 	}
 	for _, c := range cases {
 		var stderr bytes.Buffer
@@ -107,14 +104,25 @@ func TestRejected(t *testing.T) {
 	}
 }
 
-func TestKubeSubnetMgrExitsWithOneLine(t *testing.T) {
-	var stderr bytes.Buffer
-	code := run([]string{"--kube-subnet-mgr"}, env(nil), &stderr)
-	if code != 1 {
-		t.Errorf("exit code %d, want 1", code)
-	}
-	if lines := strings.Count(strings.TrimSpace(stderr.String()), "\n") + 1; lines != 1 || !strings.Contains(stderr.String(), "--kube-subnet-mgr") {
-		t.Errorf("want one line naming the flag, got:\n%s", stderr.String())
+// --kube-subnet-mgr (or FLANNELD_KUBE_SUBNET_MGR) outside a pod and
+// without --kubeconfig-file is one line that says what to give, exit 1.
+func TestKubeSubnetMgrWithoutClusterSaysWhatToGive(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		env  map[string]string
+	}{
+		{[]string{"--kube-subnet-mgr"}, nil},
+		{nil, map[string]string{"FLANNELD_KUBE_SUBNET_MGR": "true"}},
+	} {
+		var stderr bytes.Buffer
+		code := run(c.args, env(c.env), &stderr)
+		if code != 1 {
+			t.Errorf("%v %v: exit code %d, want 1", c.args, c.env, code)
+		}
+		out := stderr.String()
+		if !strings.Contains(out, "--kubeconfig-file") || !strings.Contains(out, "level=ERROR") || strings.Count(out, "level=ERROR") != 1 {
+			t.Errorf("%v %v: want one error line naming --kubeconfig-file, got:\n%s", c.args, c.env, out)
+		}
 	}
 }
 

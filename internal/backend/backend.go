@@ -20,6 +20,11 @@ type Config struct {
 	Network *netconf.Config
 	Ext     iface.ExtIface
 	Log     *slog.Logger
+	// Prev is what this host published before, when the lease source
+	// keeps it across a reboot (Kubernetes: the node's annotations), so a
+	// backend that creates its device anew can keep what peers already
+	// know (vxlan's VTEP MAC). Zero when unknown. optional
+	Prev lease.Attrs
 }
 
 // Factory builds a backend; it validates options but touches no kernel state.

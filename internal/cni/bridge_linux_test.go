@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sigs.k8s.io/yaml"
 	"slices"
 	"strings"
 	"testing"
@@ -181,11 +182,10 @@ func TestRealBridge(t *testing.T) {
 	}
 	checkBridge(t, host)
 
-	// Pod 2: through libcni with the manifest's kind of conflist
-	// (flannel, then portmap), as containerd and CRI-O drive it.
-	list, err := libcni.ConfListFromBytes(fmt.Appendf(nil, `{"cniVersion": "1.0.0", "name": "flannel-test", "plugins": [
-		{"type": "flannel", "subnetFile": %q, "dataDir": %q, "delegate": {"hairpinMode": true}, "ipam": {"dataDir": %q}},
-		{"type": "portmap", "capabilities": {"portMappings": true}}]}`, subnetFile, dataDir, ipamDir))
+	// Pod 2: through libcni with the conflist of dist/kube-flannel.yml
+	// (flannel, then portmap), as containerd and CRI-O drive it; only its
+	// paths are the test's.
+	list, err := libcni.ConfListFromBytes(conflistOfManifest(t, subnetFile, dataDir, ipamDir))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -424,4 +424,47 @@ func TestRealBridgeDualStack(t *testing.T) {
 			t.Errorf("DEL dual%d: %v", i, res.err)
 		}
 	}
+}
+
+// conflistOfManifest is the cni-conf.json of dist/kube-flannel.yml's
+// ConfigMap, with the flannel entry's files moved to the test's
+// directories (subnetFile, dataDir and host-local's dataDir).
+func conflistOfManifest(t *testing.T, subnetFile, dataDir, ipamDir string) []byte {
+	t.Helper()
+	raw, err := os.ReadFile("../../dist/kube-flannel.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conflist string
+	for _, doc := range strings.Split(string(raw), "\n---\n") {
+		var obj struct {
+			Kind string            `json:"kind"`
+			Data map[string]string `json:"data"`
+		}
+		if err := yaml.Unmarshal([]byte(doc), &obj); err != nil {
+			t.Fatalf("dist/kube-flannel.yml: %v", err)
+		}
+		if obj.Kind == "ConfigMap" {
+			conflist = obj.Data["cni-conf.json"]
+		}
+	}
+	var list map[string]any
+	if err := json.Unmarshal([]byte(conflist), &list); err != nil {
+		t.Fatalf("the manifest's cni-conf.json: %v\n%s", err, conflist)
+	}
+	plugins, _ := list["plugins"].([]any)
+	if len(plugins) != 2 {
+		t.Fatalf("the manifest's conflist has %d plugins, want flannel and portmap", len(plugins))
+	}
+	flannel := plugins[0].(map[string]any)
+	if flannel["type"] != "flannel" {
+		t.Fatalf("the manifest's first plugin is %v, want flannel", flannel["type"])
+	}
+	flannel["subnetFile"], flannel["dataDir"] = subnetFile, dataDir
+	flannel["ipam"] = map[string]any{"dataDir": ipamDir}
+	out, err := json.Marshal(list)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }

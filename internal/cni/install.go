@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 
 	"github.com/containernetworking/cni/libcni"
+
+	"github.com/flannel-go/flannel/internal/atomicfile"
 )
 
 // InstallOptions says what Install copies where. An empty source skips
@@ -64,7 +66,7 @@ func Install(log *slog.Logger, o InstallOptions) error {
 	return nil
 }
 
-func installFile(log *slog.Logger, src, dir, name string, mode fs.FileMode) (err error) {
+func installFile(log *slog.Logger, src, dir, name string, mode fs.FileMode) error {
 	dst := filepath.Join(dir, name)
 	b, err := os.ReadFile(src)
 	if err != nil {
@@ -77,36 +79,9 @@ func installFile(log *slog.Logger, src, dir, name string, mode fs.FileMode) (err
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("install: %w", err)
 	}
-	// The leading dot keeps runtimes from loading the temporary file as a
-	// configuration (libcni reads only *.conf, *.conflist and *.json).
-	f, err := os.CreateTemp(dir, "."+name+".tmp*")
-	if err != nil {
+	if err := atomicfile.Write(dst, b, mode); err != nil {
 		return fmt.Errorf("install %s: %w", dst, err)
 	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(tmp)
-			err = fmt.Errorf("install %s: %w", dst, err)
-		}
-	}()
-	if _, err := f.Write(b); err != nil {
-		return err
-	}
-	if err := f.Chmod(mode); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, dst); err != nil {
-		return err
-	}
-	syncDir(dir)
 	log.Info("installed", "file", dst, "from", src)
 	return nil
 }

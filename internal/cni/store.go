@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 
 	"github.com/containernetworking/cni/pkg/utils"
+
+	"github.com/flannel-go/flannel/internal/atomicfile"
 )
 
 // The store keeps, for each container, the delegate configuration ADD used,
@@ -29,7 +31,7 @@ func statePath(dataDir, containerID string) (string, error) {
 // one or the new one, never empty or partial. The directory is created 0700
 // and the file is 0600, as upstream's are (the configuration may hold
 // runtime secrets).
-func SaveState(dataDir, containerID string, conf []byte) (err error) {
+func SaveState(dataDir, containerID string, conf []byte) error {
 	path, err := statePath(dataDir, containerID)
 	if err != nil {
 		return err
@@ -37,36 +39,11 @@ func SaveState(dataDir, containerID string, conf []byte) (err error) {
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return fmt.Errorf("flannel: create data directory: %w", err)
 	}
-	// Container IDs never start with '.', so the temporary name cannot be
-	// another container's state.
-	f, err := os.CreateTemp(dataDir, ".tmp-"+containerID+"-*")
-	if err != nil {
-		return fmt.Errorf("flannel: save state for %s: %w", containerID, err)
+	// Container IDs never start with '.', so atomicfile's temporary name
+	// cannot be another container's state.
+	if err := atomicfile.Write(path, conf, 0o600); err != nil {
+		return fmt.Errorf("flannel: save state to %s: %w", path, err)
 	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(tmp)
-			err = fmt.Errorf("flannel: save state to %s: %w", path, err)
-		}
-	}()
-	if _, err := f.Write(conf); err != nil {
-		return err
-	}
-	if err := f.Chmod(0o600); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	syncDir(dataDir)
 	return nil
 }
 
@@ -94,16 +71,6 @@ func RemoveState(dataDir, containerID string) error {
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("flannel: remove state: %w", err)
 	}
-	syncDir(dataDir)
+	atomicfile.SyncDir(dataDir)
 	return nil
-}
-
-// syncDir makes a rename or removal in dir durable. Not every filesystem
-// can sync a directory, and the change is already visible, so it is best
-// effort.
-func syncDir(dir string) {
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		d.Close()
-	}
 }

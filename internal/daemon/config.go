@@ -13,6 +13,13 @@ import (
 	"github.com/flannel-go/flannel/internal/netconf"
 )
 
+// prevAttrser is a lease source that remembers what this host published
+// before a restart or reboot (the Kubernetes source: its node's
+// annotations).
+type prevAttrser interface {
+	PrevAttrs(ctx context.Context) (lease.Attrs, error)
+}
+
 // waitConfig reads the network config until it exists, parses, names a
 // known backend whose options are valid, and an external interface is
 // found. Each distinct problem is logged once, not on every retry, and
@@ -58,7 +65,13 @@ func (d *Daemon) tryConfig(ctx context.Context) (string, error) {
 	if err != nil {
 		return fmt.Sprintf("external interface: %v", err), err
 	}
-	be, err := def.New(backend.Config{Options: nc.Backend, Network: nc, Ext: ext, Log: d.log})
+	var prev lease.Attrs
+	if p, ok := d.deps.Source.(prevAttrser); ok {
+		if prev, err = p.PrevAttrs(ctx); err != nil {
+			return fmt.Sprintf("read what this host published before: %v", err), err
+		}
+	}
+	be, err := def.New(backend.Config{Options: nc.Backend, Network: nc, Ext: ext, Log: d.log, Prev: prev})
 	if err != nil {
 		return fmt.Sprintf("invalid network config: backend %s: %v", nc.BackendType, err), err
 	}

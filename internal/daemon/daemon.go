@@ -78,18 +78,17 @@ type Daemon struct {
 	feed  *feed
 
 	// Set during start-up, then owned by the run loop.
-	net     *netconf.Config
-	ext     iface.ExtIface
-	be      backend.Backend
-	beType  string
-	beInfo  backend.Info
-	rules   Rules
-	own     lease.Lease
-	mtu     int
-	leases  map[string]lease.Lease // by key, every lease in the feed (ours too)
-	applied map[string]lease.Lease // what the backend was last given
-	warned  map[string]string      // key → reason last warned about
-	vetted  map[string]vetted      // key → the backend's verdict on its value
+	net      *netconf.Config
+	ext      iface.ExtIface
+	be       backend.Backend
+	beType   string
+	beInfo   backend.Info
+	rules    Rules
+	own      lease.Lease
+	mtu      int
+	peers    *peerSet              // nil until the lease is acquired
+	fullSync bool                  // the backend must get the whole set next
+	known    map[string]netip.Addr // peers logged as added, by key: their public IP
 }
 
 // New returns a daemon; Run starts it.
@@ -106,7 +105,7 @@ func New(cfg Config, deps Deps) *Daemon {
 	if deps.Log == nil {
 		deps.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Daemon{cfg: cfg, deps: deps, log: deps.Log, feed: newFeed(), leases: map[string]lease.Lease{}}
+	return &Daemon{cfg: cfg, deps: deps, log: deps.Log, feed: newFeed(), fullSync: true, known: map[string]netip.Addr{}}
 }
 
 // Ready reports whether subnet.env has been written (/readyz).
@@ -120,8 +119,11 @@ func (d *Daemon) Lease() lease.Lease { return d.own }
 // given (for status output and tests). Only safe to call from Run's
 // goroutine or after Run returned.
 func (d *Daemon) PeerAddrs() []netip.Prefix {
-	out := make([]netip.Prefix, 0, len(d.applied))
-	for _, l := range d.applied {
+	if d.peers == nil {
+		return nil
+	}
+	out := make([]netip.Prefix, 0, len(d.peers.valid))
+	for _, l := range d.peers.valid {
 		out = append(out, l.Subnet)
 	}
 	slices.SortFunc(out, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })

@@ -64,6 +64,7 @@ func (d *Daemon) loop(ctx context.Context) error {
 			d.deps.Metrics.RepairFailed()
 		}
 	}
+	d.peers = newPeerSet(d.net, d.beInfo, d.own, d.log)
 	rulesT := time.NewTicker(d.cfg.RulesResync)
 	defer rulesT.Stop()
 
@@ -72,10 +73,7 @@ func (d *Daemon) loop(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-d.feed.kick:
-			for _, u := range d.feed.take() {
-				d.apply(u)
-			}
-			d.sync(ctx)
+			d.handle(ctx, d.feed.take())
 		case l := <-lost:
 			if l.ID != d.own.ID || l.Key() != d.own.Key() {
 				continue // a lease already replaced
@@ -87,7 +85,9 @@ func (d *Daemon) loop(ctx context.Context) error {
 				return err
 			}
 			stopKeep = startKeep(d.own)
-			d.sync(ctx)
+			d.peers.setOwn(d.own)
+			d.fullSync = true
+			d.push(ctx)
 		case <-kernelChanged:
 			if repairSoon == nil {
 				repairSoon = time.After(max(200*time.Millisecond, time.Second-time.Since(lastRepair)))

@@ -1,10 +1,8 @@
 package daemon
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/flannel-go/flannel/internal/backend"
@@ -12,110 +10,87 @@ import (
 	"github.com/flannel-go/flannel/internal/netconf"
 )
 
-// apply folds a feed update into d.leases. Our own lease stays in the
-// set (sync leaves it out): if our subnet is taken over while we hold it,
-// the new holder is known once we have moved on.
-func (d *Daemon) apply(u lease.Update) {
-	if u.Reset {
-		d.deps.Metrics.Relist()
-		d.leases = make(map[string]lease.Lease, len(u.Leases))
-		for _, l := range u.Leases {
-			d.leases[l.Key()] = l
-		}
-		return
-	}
-	for _, ev := range u.Events {
-		d.deps.Metrics.WatchEvent(ev.Type.String())
-		if ev.Type == lease.Removed {
-			delete(d.leases, ev.Lease.Key())
-		} else {
-			d.leases[ev.Lease.Key()] = ev.Lease
-		}
-	}
-}
-
-// sync hands the backend the valid peers, and logs each peer that came or
-// went.
-func (d *Daemon) sync(ctx context.Context) {
-	ownKey := d.own.Key()
-	peers := make(map[string]lease.Lease, len(d.leases))
-	for k, l := range d.leases {
-		if k != ownKey {
-			peers[k] = l
-		}
-	}
-	valid := make([]lease.Lease, 0, len(peers))
-	now := make(map[string]lease.Lease, len(peers))
-	overlapped := overlaps(d.net.SubnetLen, peers)
-	for k, l := range peers {
-		reason := checkPeer(d.net, d.own, d.beInfo, l)
-		if reason == "" {
-			reason = overlapped[k]
-		}
-		if reason == "" {
-			reason = d.vet(k, l)
-		}
-		if reason != "" {
-			if d.warned[k] != reason {
-				d.log.Warn("ignoring lease", "key", k, "reason", reason)
-				if d.warned == nil {
-					d.warned = map[string]string{}
-				}
-				d.warned[k] = reason
-			}
+// handle folds feed updates into the peer set and hands the backend the
+// result: the whole set after a re-list (or to a backend that takes no
+// changes), else only what changed. The work is proportional to the
+// updates, not to the size of the cluster, for a backend.Updater.
+func (d *Daemon) handle(ctx context.Context, ups []lease.Update) {
+	for _, u := range ups {
+		if u.Reset {
+			d.deps.Metrics.Relist()
+			d.peers.reset(u.Leases)
+			d.fullSync = true
 			continue
 		}
-		delete(d.warned, k)
-		valid = append(valid, l)
-		now[k] = l
-	}
-	for k := range d.warned {
-		if _, ok := peers[k]; !ok {
-			delete(d.warned, k)
+		for _, ev := range u.Events {
+			d.deps.Metrics.WatchEvent(ev.Type.String())
+			d.peers.apply(ev)
 		}
 	}
-	for k := range d.vetted {
-		if _, ok := peers[k]; !ok {
-			delete(d.vetted, k)
-		}
+	d.push(ctx)
+}
+
+// push applies the peer set's pending changes to the backend.
+func (d *Daemon) push(ctx context.Context) {
+	changes := d.peers.flush()
+	up, incremental := d.be.(backend.Updater)
+	if !d.fullSync && len(changes) == 0 {
+		return
 	}
-	slices.SortFunc(valid, func(a, b lease.Lease) int { return a.Subnet.Addr().Compare(b.Subnet.Addr()) })
 	start := time.Now()
-	err := d.be.Sync(ctx, valid)
-	d.deps.Metrics.Synced(time.Since(start), err)
-	d.deps.Metrics.Peers(len(valid), len(peers)-len(valid))
-	if err != nil {
-		d.log.Warn("backend sync", "peers", len(valid), "err", err)
-	}
-	var added, changed, removed []lease.Lease
-	for k, l := range now {
-		if old, ok := d.applied[k]; !ok {
-			added = append(added, l)
-		} else if !old.Attrs.Equal(l.Attrs) {
-			changed = append(changed, l)
+	var err error
+	if incremental && !d.fullSync {
+		if err = up.Update(ctx, changes); err != nil {
+			d.log.Warn("backend update; syncing every peer instead", "changes", len(changes), "err", err)
+			err = d.be.Sync(ctx, d.peers.peers())
 		}
-	}
-	for k, l := range d.applied {
-		if _, ok := now[k]; !ok {
-			removed = append(removed, l)
-		}
-	}
-	// One line per peer event, but a summary for a burst (the first sync
-	// of a large cluster) so the log stays readable.
-	if n := len(added) + len(changed) + len(removed); n > 16 {
-		d.log.Info("peers synced", "peers", len(now), "added", len(added), "changed", len(changed), "removed", len(removed))
 	} else {
-		for _, l := range added {
-			d.log.Info("peer added", "subnet", l.Subnet, "public_ip", l.Attrs.PublicIP)
-		}
-		for _, l := range changed {
-			d.log.Info("peer changed", "subnet", l.Subnet, "public_ip", l.Attrs.PublicIP)
-		}
-		for _, l := range removed {
-			d.log.Info("peer removed", "subnet", l.Subnet, "public_ip", l.Attrs.PublicIP)
+		err = d.be.Sync(ctx, d.peers.peers())
+	}
+	d.fullSync = err != nil // a failed sync is retried whole at the next event
+	d.deps.Metrics.Synced(time.Since(start), err)
+	d.deps.Metrics.Peers(len(d.peers.valid), d.peers.ignored())
+	if err != nil {
+		d.log.Warn("backend sync", "peers", len(d.peers.valid), "err", err)
+	}
+	d.logChanges(changes)
+}
+
+// logChanges writes one line per peer that came, changed or went, or a
+// summary for a burst (the first sync of a large cluster), so the log
+// stays readable.
+func (d *Daemon) logChanges(changes []backend.Change) {
+	var added, changed, removed int
+	for _, c := range changes {
+		switch {
+		case c.Removed:
+			removed++
+		case d.known[c.Lease.Key()].IsValid():
+			changed++
+		default:
+			added++
 		}
 	}
-	d.applied = now
+	if len(changes) > 16 {
+		d.log.Info("peers synced", "peers", len(d.peers.valid), "added", added, "changed", changed, "removed", removed)
+	}
+	for _, c := range changes {
+		k, ip := c.Lease.Key(), c.Lease.Attrs.PublicIP
+		what := "peer added"
+		switch {
+		case c.Removed:
+			what, ip = "peer removed", d.known[k]
+			delete(d.known, k)
+		case d.known[k].IsValid():
+			what = "peer changed"
+		}
+		if !c.Removed {
+			d.known[k] = ip
+		}
+		if len(changes) <= 16 {
+			d.log.Info(what, "subnet", c.Lease.Subnet, "public_ip", ip)
+		}
+	}
 }
 
 // checkPeer says why a peer lease must not become a route, or "".
@@ -144,38 +119,4 @@ func checkPeer(nc *netconf.Config, own lease.Lease, be backend.Info, l lease.Lea
 		return fmt.Sprintf("backend %q, this host runs %q", l.Attrs.BackendType, be.Type)
 	}
 	return ""
-}
-
-// vetted is the backend's verdict on one lease value.
-type vetted struct {
-	attrs  lease.Attrs
-	reason string
-}
-
-// vet returns the backend's objection to peer l (Info.ValidatePeer: vxlan
-// decodes its BackendData), asking again only when l's value changed, so
-// a sync of thousands of unchanged peers decodes nothing.
-func (d *Daemon) vet(k string, l lease.Lease) string {
-	if d.beInfo.ValidatePeer == nil {
-		return ""
-	}
-	if v, ok := d.vetted[k]; ok && sameAttrs(v.attrs, l.Attrs) {
-		return v.reason
-	}
-	reason := ""
-	if err := d.beInfo.ValidatePeer(l); err != nil {
-		reason = err.Error()
-	}
-	if d.vetted == nil {
-		d.vetted = map[string]vetted{}
-	}
-	d.vetted[k] = vetted{attrs: l.Attrs, reason: reason}
-	return reason
-}
-
-// sameAttrs compares byte for byte, which is cheaper than Attrs.Equal and
-// errs only towards asking the backend again.
-func sameAttrs(a, b lease.Attrs) bool {
-	return a.PublicIP == b.PublicIP && a.PublicIPv6 == b.PublicIPv6 && a.BackendType == b.BackendType &&
-		bytes.Equal(a.BackendData, b.BackendData) && bytes.Equal(a.BackendV6Data, b.BackendV6Data)
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/flannel-go/flannel/internal/backend/hostgw"
 	"github.com/flannel-go/flannel/internal/backend/udp"
 	"github.com/flannel-go/flannel/internal/backend/vxlan"
+	"github.com/flannel-go/flannel/internal/backend/wireguard"
 	"github.com/flannel-go/flannel/internal/lease"
 	"github.com/flannel-go/flannel/internal/netconf"
 )
@@ -122,10 +123,11 @@ func backendOf(cfg *netconf.Config, own *lease.Lease) string {
 // backends are the facts of every backend the doctor can diagnose, from
 // the backend packages themselves.
 var backends = map[string]backend.Info{
-	vxlan.Type:  vxlan.Info,
-	hostgw.Type: hostgw.Info,
-	udp.Type:    udp.Info,
-	alloc.Type:  alloc.Info,
+	vxlan.Type:     vxlan.Info,
+	hostgw.Type:    hostgw.Info,
+	udp.Type:       udp.Info,
+	alloc.Type:     alloc.Info,
+	wireguard.Type: wireguard.Info,
 }
 
 // DeviceName is the overlay device of a backend, "" for none or an unknown

@@ -3,8 +3,9 @@
 // what to do: a stale or missing subnet.env, a device or bridge with the
 // wrong MTU, forwarding switched off or blocked by the firewall, strict
 // reverse-path filtering, missing br_netfilter, VXLAN checksum offload
-// behind NAT, and peers that cannot be reached (or only with small
-// packets) through the overlay.
+// behind NAT, peers that cannot be reached (or only with small packets)
+// through the overlay, and WireGuard peers without a handshake (another
+// PSK or key), on the wrong port, or left behind.
 //
 // The checks read the kernel through the System interface, so their logic
 // is tested against a fake; Linux implements it with netlink, /proc/sys,
@@ -174,6 +175,7 @@ func Run(ctx context.Context, sys System, in Input) []Finding {
 	add(h.checkBrNetfilter())
 	add(h.checkOffload(ctx)...)
 	add(h.checkPeers(ctx)...)
+	add(h.checkWireGuard(time.Now())...)
 	return slices.DeleteFunc(out, func(f Finding) bool { return f.Check == "" })
 }
 

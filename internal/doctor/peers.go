@@ -43,7 +43,7 @@ func (h *host) checkPeers(ctx context.Context) []Finding {
 		return nil
 	}
 	switch h.backend {
-	case "vxlan", "udp", "host-gw":
+	case "vxlan", "udp", "host-gw", "wireguard":
 	default:
 		return []Finding{skip(c, "backend %q has no datapath to probe", h.backend)}
 	}
@@ -140,6 +140,8 @@ func (h *host) unreachableFix(p lease.Lease) string {
 		return fmt.Sprintf("check on %s that flanneld runs and its %s exists, and that UDP port 8472 (VXLAN) is allowed between the hosts (firewalls, security groups)", p.Attrs.PublicIP, h.devOr("flannel.1"))
 	case "udp":
 		return fmt.Sprintf("check on %s that flanneld runs, and that UDP port 8285 is allowed between the hosts", p.Attrs.PublicIP)
+	case "wireguard":
+		return fmt.Sprintf("check on %s that flanneld runs, that every host has the same PSK, and that the WireGuard port (51820 unless ListenPort says otherwise) is allowed between the hosts; the wireguard findings below say more", p.Attrs.PublicIP)
 	}
 	return fmt.Sprintf("check on %s that flanneld runs and the hosts share an L2 segment (host-gw needs it); `ip route get %s` shows the route used", p.Attrs.PublicIP, p.Subnet.Addr())
 }

@@ -12,12 +12,14 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/flannel-go/flannel/internal/etcdconf/etcdopt"
 )
 
 // Upstream's defaults.
 const (
 	DefaultEndpoints = "http://127.0.0.1:4001,http://127.0.0.1:2379"
-	DefaultPrefix    = "/coreos.com/network"
+	DefaultPrefix    = etcdopt.DefaultPrefix
 )
 
 // The values of Options.API.

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 
+	"github.com/flannel-go/flannel/internal/etcdconf/etcdopt"
 	"github.com/flannel-go/flannel/internal/lease/etcdstore"
 	"github.com/flannel-go/flannel/internal/lease/etcdv2store"
 )
@@ -31,19 +32,19 @@ func Open(o Options, log *slog.Logger, h Hooks) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("etcd: %w", err)
 	}
+	base := etcdopt.Options{
+		Endpoints: o.Endpoints, Prefix: o.Prefix, TLS: tc,
+		Username: o.Username, Password: o.Password, Timeout: o.Timeout,
+	}
 	v3 := func() (keyspace, error) {
-		return etcdstore.New(etcdstore.Options{
-			Endpoints: o.Endpoints, Prefix: o.Prefix, TLS: tc,
-			Username: o.Username, Password: o.Password,
-			Log: log.With("component", "etcd"), Timeout: o.Timeout, OnConnState: h.OnConnState,
-		})
+		so := base
+		so.Log, so.OnConnState = log.With("component", "etcd"), h.OnConnState
+		return etcdstore.New(so)
 	}
 	v2 := func() (keyspace, error) {
-		return etcdv2store.New(etcdv2store.Options{
-			Endpoints: o.Endpoints, Prefix: o.Prefix, TLS: tc,
-			Username: o.Username, Password: o.Password,
-			Log: log.With("component", "etcd-v2"), Timeout: o.Timeout,
-		})
+		so := base
+		so.Log = log.With("component", "etcd-v2")
+		return etcdv2store.New(so)
 	}
 	switch o.API {
 	case APIv3:

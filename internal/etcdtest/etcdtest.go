@@ -1,4 +1,5 @@
-// Package etcdtest starts throw-away embedded etcd servers for tests. It
+// Package etcdtest starts throw-away embedded etcd servers for tests and
+// makes the stores and client TLS configs tests connect to them with. It
 // lives apart from leasetest so that tests which only need the in-memory
 // fake do not link an etcd server.
 package etcdtest

@@ -4,6 +4,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -13,6 +14,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/flannel-go/flannel/internal/etcdconf"
 )
 
 // TLSFiles are PEM files for a TLS test: a CA, a server certificate for
@@ -95,4 +98,15 @@ func writePEM(t testing.TB, path, typ string, der []byte) {
 	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// ClientTLS is the client TLS config etcdconf builds from these files (any
+// of them may be empty); it fails t when they cannot be used.
+func ClientTLS(t testing.TB, cert, key, ca string) *tls.Config {
+	t.Helper()
+	tc, err := etcdconf.TLSFiles(cert, key, ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tc
 }

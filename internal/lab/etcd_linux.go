@@ -71,7 +71,7 @@ func (l *Lab) buildMembers(o Options) error {
 		if _, err := ns.Create(m.NS); err != nil {
 			return err
 		}
-		if err := l.plug(m.NS, m.Name, netip.PrefixFrom(addr, o.Underlay.Bits()), netip.Addr{}); err != nil {
+		if err := l.plug(m.NS, m.Name, netip.PrefixFrom(addr, o.Underlay.Bits()), netip.Addr{}, netip.Prefix{}); err != nil {
 			return err
 		}
 	}

@@ -31,8 +31,10 @@ import (
 	"github.com/vishvananda/netns"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 
+	"github.com/flannel-go/flannel/internal/backend/wireguard"
 	"github.com/flannel-go/flannel/internal/lab/proc"
 	"github.com/flannel-go/flannel/internal/netconf"
 	"github.com/flannel-go/flannel/internal/ns"
@@ -56,8 +58,16 @@ type Options struct {
 	EtcdCmd       func(listen, dataDir string) []string
 	EtcdEndpoints []string
 	FlanneldArgs  []string // extra flags for every flanneld
-	Underlay      netip.Prefix
-	Log           *slog.Logger
+	// FlanneldWrap, when set, is put in front of every flanneld's command
+	// line (inside the host's namespace), e.g. confine.Unit.Prefix to run
+	// it as a systemd unit confines it.
+	FlanneldWrap []string
+	Underlay     netip.Prefix
+	// Underlay6, when valid, also gives every host an IPv6 address of
+	// it on eth0 (hosts ::11, ::12, ...; etcd stays on IPv4), for
+	// backends whose endpoints can be IPv6.
+	Underlay6 netip.Prefix
+	Log       *slog.Logger
 
 	// EtcdMembers > 1 runs an etcd cluster of that many members instead of
 	// EtcdCmd's single one, each in its own namespace <ID>-e1, <ID>-e2, ...
@@ -79,11 +89,13 @@ type Host struct {
 	NS          string       // namespace of the host
 	CNS         string       // namespace of its container
 	Addr        netip.Addr   // underlay address (eth0)
+	Addr6       netip.Addr   // IPv6 underlay address, with Options.Underlay6
 	Subnet      netip.Prefix // leased subnet, from subnet.env
 	MTU         int
 	Container   netip.Addr // container's address
 	FlanneldPID int
 	Args        []string // extra flags for this host's flanneld, after the lab's
+	Env         []string // extra environment for this host's flanneld (NODE_NAME=…)
 }
 
 // State is what `lab up` records for `lab status`, `lab exec` and `lab down`.
@@ -100,6 +112,7 @@ type State struct {
 	Hosts         []*Host
 	Flanneld      string
 	FlanneldArgs  []string
+	FlanneldWrap  []string `json:",omitempty"`
 }
 
 // Lab is a running lab.
@@ -147,7 +160,7 @@ func Up(ctx context.Context, o Options) (l *Lab, err error) {
 		return nil, fmt.Errorf("lab %s is already up; run `flannelctl lab down` first", o.ID)
 	}
 	l = &Lab{log: o.Log, State: State{
-		ID: o.ID, Dir: Dir(o.ID), Prefix: o.Prefix, Flanneld: o.Flanneld, FlanneldArgs: o.FlanneldArgs,
+		ID: o.ID, Dir: Dir(o.ID), Prefix: o.Prefix, Flanneld: o.Flanneld, FlanneldArgs: o.FlanneldArgs, FlanneldWrap: o.FlanneldWrap,
 		SwitchNS: o.ID + "-sw", EtcdNS: o.ID + "-etcd",
 	}}
 	defer func() {
@@ -268,7 +281,7 @@ func (l *Lab) buildUnderlay(o Options) error {
 	if _, err := ns.Create(l.EtcdNS); err != nil {
 		return err
 	}
-	if err := l.plug(l.EtcdNS, "etcd", netip.PrefixFrom(etcdAddr, o.Underlay.Bits()), netip.Addr{}); err != nil {
+	if err := l.plug(l.EtcdNS, "etcd", netip.PrefixFrom(etcdAddr, o.Underlay.Bits()), netip.Addr{}, netip.Prefix{}); err != nil {
 		return err
 	}
 	if o.EtcdMembers > 1 {
@@ -283,11 +296,16 @@ func (l *Lab) buildUnderlay(o Options) error {
 			CNS:  fmt.Sprintf("%s-c%d", l.ID, i),
 			Addr: nthAddr(base, 10+i),
 		}
+		var addr6 netip.Prefix
+		if o.Underlay6.IsValid() {
+			h.Addr6 = nthAddr(o.Underlay6.Masked().Addr(), 0x10+i)
+			addr6 = netip.PrefixFrom(h.Addr6, o.Underlay6.Bits())
+		}
 		l.Hosts = append(l.Hosts, h)
 		if _, err := ns.Create(h.NS); err != nil {
 			return err
 		}
-		if err := l.plug(h.NS, h.Name, netip.PrefixFrom(h.Addr, o.Underlay.Bits()), etcdAddr); err != nil {
+		if err := l.plug(h.NS, h.Name, netip.PrefixFrom(h.Addr, o.Underlay.Bits()), etcdAddr, addr6); err != nil {
 			return err
 		}
 		if err := os.MkdirAll(filepath.Join(l.Dir, h.Name), 0o755); err != nil {
@@ -299,8 +317,10 @@ func (l *Lab) buildUnderlay(o Options) error {
 
 // plug connects namespace nsName to the switch with a veth: eth0 inside,
 // the port named port on the bridge. A valid gw becomes the default route
-// and turns on forwarding (a host); without one it is a plain end node.
-func (l *Lab) plug(nsName, port string, addr netip.Prefix, gw netip.Addr) error {
+// and turns on forwarding (a host); without one it is a plain end node. A
+// valid addr6 is added too, without duplicate address detection (nothing
+// else on the switch has it, and DAD would keep it unusable a while).
+func (l *Lab) plug(nsName, port string, addr netip.Prefix, gw netip.Addr, addr6 netip.Prefix) error {
 	swh, err := netns.GetFromName(l.SwitchNS)
 	if err != nil {
 		return err
@@ -327,6 +347,11 @@ func (l *Lab) plug(nsName, port string, addr netip.Prefix, gw netip.Addr) error 
 		}
 		if err := netlink.AddrAdd(eth0, &netlink.Addr{IPNet: ipnet(addr)}); err != nil {
 			return err
+		}
+		if addr6.IsValid() {
+			if err := netlink.AddrAdd(eth0, &netlink.Addr{IPNet: ipnet(addr6), Flags: unix.IFA_F_NODAD}); err != nil {
+				return fmt.Errorf("ipv6 address: %w", err)
+			}
 		}
 		if err := netlink.LinkSetUp(eth0); err != nil {
 			return err
@@ -383,7 +408,7 @@ func (l *Lab) startEtcd(ctx context.Context, o Options) error {
 
 // spawn starts argv inside namespace nsName in its own session, so it
 // outlives `flannelctl lab up`, with output to logName in the lab dir.
-func (l *Lab) spawn(nsName, logName string, argv []string) (int, error) {
+func (l *Lab) spawn(nsName, logName string, argv []string, env ...string) (int, error) {
 	logf, err := os.OpenFile(filepath.Join(l.Dir, logName), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return 0, err
@@ -391,6 +416,9 @@ func (l *Lab) spawn(nsName, logName string, argv []string) (int, error) {
 	defer logf.Close()
 	cmd := exec.Command("ip", append([]string{"netns", "exec", nsName}, argv...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	if len(env) > 0 {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		return 0, err
@@ -417,12 +445,18 @@ func (l *Lab) FlanneldArgv(h *Host) []string {
 // SubnetFile is host h's subnet.env.
 func (l *Lab) SubnetFile(h *Host) string { return filepath.Join(l.Dir, h.Name, "subnet.env") }
 
+// KeyFile is host h's WireGuard private key (flanneld's WIREGUARD_KEY_FILE).
+func (l *Lab) KeyFile(h *Host) string { return filepath.Join(l.Dir, h.Name, "wgkey") }
+
 // LogFile is host h's flanneld log.
 func (l *Lab) LogFile(h *Host) string { return filepath.Join(l.Dir, h.Name, "flanneld.log") }
 
 // StartFlanneld starts flanneld on host h.
 func (l *Lab) StartFlanneld(h *Host) error {
-	pid, err := l.spawn(h.NS, filepath.Join(h.Name, "flanneld.log"), l.FlanneldArgv(h))
+	argv := append(slices.Clone(l.FlanneldWrap), l.FlanneldArgv(h)...)
+	// Hosts share the filesystem: each keeps its own WireGuard key.
+	env := append([]string{"WIREGUARD_KEY_FILE=" + l.KeyFile(h)}, h.Env...)
+	pid, err := l.spawn(h.NS, filepath.Join(h.Name, "flanneld.log"), argv, env...)
 	if err != nil {
 		return fmt.Errorf("lab: start flanneld on %s: %w", h.Name, err)
 	}
@@ -663,6 +697,9 @@ func Down(id string) error {
 			if numbered(suffix) && !isDigits(rest) || !numbered(suffix) && rest != "" {
 				continue
 			}
+			if suffix == "-h" {
+				removeWireGuardSockets(name)
+			}
 			if err := (&ns.NS{Name: name}).Delete(); err != nil {
 				errs = append(errs, err)
 			}
@@ -672,6 +709,24 @@ func Down(id string) error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// removeWireGuardSockets removes the UAPI sockets a wireguard flanneld
+// killed with SIGKILL left behind in host namespace nsName: they are named
+// by the namespace, which is about to go.
+func removeWireGuardSockets(nsName string) {
+	n, err := ns.Open(nsName)
+	if err != nil {
+		return
+	}
+	_ = n.Do(func() error {
+		for _, dev := range []string{wireguard.DeviceV4, wireguard.DeviceV6} {
+			if name := wireguard.UAPIName(dev); name != dev { // never the host's own
+				_ = os.Remove(filepath.Join(wireguard.SocketDir, name+".sock"))
+			}
+		}
+		return nil
+	})
 }
 
 func isDigits(s string) bool {

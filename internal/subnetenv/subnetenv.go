@@ -19,6 +19,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/flannel-go/flannel/internal/atomicfile"
 )
 
 // DefaultPath is where flanneld writes the file unless told otherwise.
@@ -84,45 +86,13 @@ func Format(e Env) []byte {
 // file or the new one, never a partial one, even if flanneld dies midway.
 // The directory is created (0755) if missing; the file is 0644 whatever the
 // umask, because the CNI plugin and other users read it.
-func Write(path string, e Env) (err error) {
+func Write(path string, e Env) error {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("subnetenv: create directory %s: %w", dir, err)
 	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*.tmp")
-	if err != nil {
+	if err := atomicfile.Write(path, Format(e), 0o644); err != nil {
 		return fmt.Errorf("subnetenv: write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(tmp)
-			err = fmt.Errorf("subnetenv: write %s: %w", path, err)
-		}
-	}()
-	if _, err := f.Write(Format(e)); err != nil {
-		return err
-	}
-	if err := f.Chmod(0o644); err != nil {
-		return err
-	}
-	// Without the fsync a crash after the rename can leave an empty file
-	// under the new name (ext4 delayed allocation).
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	// Make the rename itself durable. Not every filesystem can sync a
-	// directory, and the file is already in place, so this is best effort.
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
 	}
 	return nil
 }

@@ -104,13 +104,13 @@ func (b *Backend) Configure(ctx context.Context, own lease.Lease) (int, error) {
 
 // Sync makes the owned routes match peers.
 func (b *Backend) Sync(ctx context.Context, peers []lease.Lease) error {
-	return b.f.Sync(peers)
+	return backend.NeedPermission(Type, "CAP_NET_ADMIN", b.f.Sync(peers))
 }
 
 // Update applies the changed peers' routes only: its cost does not grow
 // with the number of peers.
 func (b *Backend) Update(ctx context.Context, changes []backend.Change) error {
-	return b.f.Update(backend.Split(changes))
+	return backend.NeedPermission(Type, "CAP_NET_ADMIN", b.f.Update(backend.Split(changes)))
 }
 
 // Repair re-reads the owned routes (one dump) and re-applies the peers

@@ -8,12 +8,10 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
-	"runtime"
 	"sync/atomic"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
+	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 
 	"github.com/flannel-go/flannel/internal/backend"
@@ -41,10 +39,18 @@ type Backend struct {
 	ifaceIdx int
 	ifname   atomic.Pointer[string]
 
-	// Set by Init: the namespace the device and socket live in, and a
-	// netlink handle bound to it, so later calls work from any thread.
-	nsh netns.NsHandle
-	nl  *netlink.Handle
+	// Set by Init: a netlink handle and a raw NETLINK_ROUTE socket, both
+	// bound to the namespace Init ran in, so later calls work from any
+	// thread without switching namespaces.
+	nl *netlink.Handle
+	rt *nl.NetlinkSocket
+
+	// inNS, when set, runs a rebuild of the device and socket in the
+	// namespace Init ran in. flanneld never sets it: it lives in one
+	// namespace, and switching would need CAP_SYS_ADMIN, which the
+	// shipped unit does not grant. Tests that call Repair from a thread
+	// of another namespace set it.
+	inNS func(func() error) error
 
 	own netip.Prefix // our subnet, after Configure
 }
@@ -103,7 +109,6 @@ func newBackend(cfg backend.Config, set settings) (*Backend, error) {
 		port:    port,
 		want:    set.offloads,
 		procs:   set.raiseProcs,
-		nsh:     -1,
 	}, nil
 }
 
@@ -116,21 +121,23 @@ func (b *Backend) Init(ctx context.Context) (lease.Attrs, error) {
 	if b.nl != nil {
 		return lease.Attrs{}, errors.New("udp: Init called twice")
 	}
-	nsh, err := netns.Get()
+	// Both are opened in the calling thread's namespace, with no setns
+	// (netlink.NewHandleAt would switch, needing CAP_SYS_ADMIN).
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
-		return lease.Attrs{}, fmt.Errorf("udp: current network namespace: %w", err)
-	}
-	nl, err := netlink.NewHandleAt(nsh)
-	if err != nil {
-		nsh.Close()
 		return lease.Attrs{}, fmt.Errorf("udp: netlink handle: %w", err)
 	}
-	b.nsh, b.nl = nsh, nl
+	rt, err := openRouteSocket()
+	if err != nil {
+		h.Close()
+		return lease.Attrs{}, fmt.Errorf("udp: %w", err)
+	}
+	b.nl, b.rt = h, rt
 	if err := b.open(ctx); err != nil {
 		b.nl.Close()
-		b.nsh.Close()
-		b.nl, b.nsh = nil, -1
-		return lease.Attrs{}, err
+		b.rt.Close()
+		b.nl, b.rt = nil, nil
+		return lease.Attrs{}, backend.NeedPermission(Type, "CAP_NET_ADMIN and /dev/net/tun", err)
 	}
 	return lease.Attrs{PublicIP: b.ext.ExtAddr}, nil
 }
@@ -184,7 +191,7 @@ func (b *Backend) Configure(ctx context.Context, own lease.Lease) (int, error) {
 	b.own = own.Subnet.Masked()
 	b.sh.own.Store(newOwnState(b.own))
 	if err := b.configureLink(); err != nil {
-		return 0, err
+		return 0, backend.NeedPermission(Type, "CAP_NET_ADMIN", err)
 	}
 	return b.mtu(), nil
 }
@@ -202,7 +209,7 @@ func (b *Backend) configureLink() error {
 			return fmt.Errorf("udp: set %s mtu %d: %w", name, b.mtu(), err)
 		}
 	}
-	if err := b.deviceSysctls(name); err != nil {
+	if err := b.deviceConf(link); err != nil {
 		return err
 	}
 	a := &netlink.Addr{IPNet: &net.IPNet{IP: net.IP(b.own.Addr().AsSlice()), Mask: net.CIDRMask(32, 32)}}
@@ -234,35 +241,27 @@ func (b *Backend) configureLink() error {
 	return nil
 }
 
-// deviceSysctls sets two per-device knobs. accept_local lets the kernel
-// take packets whose source is one of its own addresses from the device:
-// our ICMP errors come from the device's own address (as upstream's do),
-// and without it the kernel drops them as martians so nobody ever sees
-// them; inbound traffic from peers claiming a source in our subnet is
-// dropped by the datapath instead. disable_ipv6 stops the kernel sending
-// router solicitations and MLD reports into a device that carries IPv4
-// only (they would be counted as malformed). Equivalent to:
+// deviceConf sets two per-device knobs over netlink (see devconf_linux.go
+// for why not /proc/sys). accept_local lets the kernel take packets whose
+// source is one of its own addresses from the device: our ICMP errors come
+// from the device's own address (as upstream's do), and without it the
+// kernel drops them as martians so nobody ever sees them; inbound traffic
+// from peers claiming a source in our subnet is dropped by the datapath
+// instead. IPv6 address generation is turned off so the kernel gives the
+// device no link-local address and so sends no router solicitations or
+// MLD reports into a device that carries IPv4 only (they would be counted
+// as malformed); it must happen before the device goes up. Equivalent to:
 //
-//	sysctl net.ipv4.conf.flannel0.accept_local=1 net.ipv6.conf.flannel0.disable_ipv6=1
-func (b *Backend) deviceSysctls(name string) error {
-	set := func(path string) error {
-		if v, err := os.ReadFile(path); err == nil && string(v) == "1\n" {
-			return nil
-		}
-		return os.WriteFile(path, []byte("1"), 0o644)
-	}
-	// /proc/sys/net shows the namespace of the thread that opens it.
-	err := doInNS(b.nsh, func() error {
-		if err := set("/proc/sys/net/ipv4/conf/" + name + "/accept_local"); err != nil {
-			return err
-		}
-		if err := set("/proc/sys/net/ipv6/conf/" + name + "/disable_ipv6"); err != nil && !errors.Is(err, os.ErrNotExist) {
-			b.log.Debug("could not disable IPv6 on the device", "device", name, "err", err)
-		}
-		return nil
-	})
-	if err != nil {
+//	sysctl net.ipv4.conf.flannel0.accept_local=1
+//	ip link set flannel0 addrgenmode none
+func (b *Backend) deviceConf(link netlink.Link) error {
+	name := link.Attrs().Name
+	if err := setAcceptLocal(b.rt, link.Attrs().Index); err != nil {
 		return fmt.Errorf("udp: set %s accept_local: %w", name, err)
+	}
+	if err := b.nl.LinkSetIP6AddrGenMode(link, in6AddrGenModeNone); err != nil {
+		// A kernel without IPv6 has nothing to turn off.
+		b.log.Debug("could not turn off IPv6 address generation on the device", "device", name, "err", err)
 	}
 	return nil
 }
@@ -352,14 +351,20 @@ func (b *Backend) Repair(ctx context.Context) error {
 		b.log.Warn("rebuilding the datapath", "device_deleted", gone, "loop_error", failed)
 		b.dp.Store(nil)
 		_ = dp.close()
-		if err := doInNS(b.nsh, func() error { return b.open(ctx) }); err != nil {
-			return err
+		open := func() error { return b.open(ctx) }
+		if b.inNS != nil {
+			err = b.inNS(open)
+		} else {
+			err = open()
+		}
+		if err != nil {
+			return backend.NeedPermission(Type, "CAP_NET_ADMIN and /dev/net/tun", err)
 		}
 	}
 	if !b.own.IsValid() {
 		return nil
 	}
-	return b.configureLink()
+	return backend.NeedPermission(Type, "CAP_NET_ADMIN", b.configureLink())
 }
 
 // Close stops forwarding and waits for the loops. The TUN device goes away
@@ -373,9 +378,9 @@ func (b *Backend) Close() error {
 		b.nl.Close()
 		b.nl = nil
 	}
-	if b.nsh >= 0 {
-		b.nsh.Close()
-		b.nsh = -1
+	if b.rt != nil {
+		b.rt.Close()
+		b.rt = nil
 	}
 	return err
 }
@@ -395,31 +400,4 @@ func (b *Backend) Device() string {
 		return *n
 	}
 	return ""
-}
-
-// doInNS runs fn on a locked thread switched into h. A thread that cannot
-// be switched back is left locked, so the runtime discards it.
-func doInNS(h netns.NsHandle, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- fmt.Errorf("udp: current network namespace: %w", err)
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(h); err != nil {
-			errc <- fmt.Errorf("udp: enter network namespace: %w", err)
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			errc <- errors.Join(ferr, err)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
 }

@@ -136,6 +136,8 @@ func (l *lab) start(h *host, want offloadSet) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Repair is called from the test's thread, in another namespace.
+	b.inNS = h.ns.Do
 	ctx := context.Background()
 	if err := h.ns.Do(func() error {
 		var err error

@@ -32,6 +32,10 @@ const tunOffloads = unix.TUN_F_CSUM | unix.TUN_F_TSO4
 // `ip tuntap add mode tun name flannelN` without `persist`.
 func openTUN(pattern string, vnet bool) (*tunDev, error) {
 	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENXIO) || errors.Is(err, unix.ENODEV) {
+		// A container without the device, or a kernel without tun.
+		return nil, fmt.Errorf("udp backend needs /dev/net/tun (in a container: pass the device): open /dev/net/tun: %w", err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("open /dev/net/tun: %w", err)
 	}

@@ -129,7 +129,7 @@ func (b *Backend) Init(ctx context.Context) (lease.Attrs, error) {
 		b.f.OnClose(h.Close)
 	}
 	if err := b.ensureDevice(false); err != nil {
-		return lease.Attrs{}, err
+		return lease.Attrs{}, backend.NeedPermission(Type, "CAP_NET_ADMIN", err)
 	}
 	b.f.Table = route.NewTable(b.nl)
 	if err := b.load(); err != nil {
@@ -159,14 +159,14 @@ func (b *Backend) Configure(ctx context.Context, own lease.Lease) (int, error) {
 	}
 	b.own = own.Subnet
 	if err := b.ensureAddr(); err != nil {
-		return 0, err
+		return 0, backend.NeedPermission(Type, "CAP_NET_ADMIN", err)
 	}
 	return b.mtu, nil
 }
 
 // Sync makes the neighbour, FDB and route entries match peers.
 func (b *Backend) Sync(ctx context.Context, peers []lease.Lease) error {
-	err := b.f.Sync(peers)
+	err := backend.NeedPermission(Type, "CAP_NET_ADMIN", b.f.Sync(peers))
 	// Departed peers' decodings are dropped once they outnumber the
 	// present ones, which keeps the pruning cost off every Sync.
 	if len(b.decoded) > 2*len(peers)+64 {
@@ -188,7 +188,7 @@ func (b *Backend) Update(ctx context.Context, changes []backend.Change) error {
 	for _, sn := range removed {
 		delete(b.decoded, sn)
 	}
-	return b.f.Update(put, removed)
+	return backend.NeedPermission(Type, "CAP_NET_ADMIN", b.f.Update(put, removed))
 }
 
 // Repair restores the device (same MAC, address, MTU, up) and, when the

@@ -53,9 +53,15 @@ var ErrNoDocker = errors.New("docker engine cannot run here")
 
 // Options say how to start a Docker engine in a lab host.
 type Options struct {
-	MkDockerOpts string // required: path to mk-docker-opts.sh
-	Dockerd      string // optional: dockerd binary, default "dockerd" from PATH
-	CLI          string // optional: docker client, default "docker" from PATH
+	MkDockerOpts string // required unless Runtime: path to mk-docker-opts.sh
+	// Runtime starts the engine only as a container runtime, as a
+	// Kubernetes node's is: not on the flannel subnet (no DOCKER_OPTS, no
+	// docker0: --bridge=none) and with no iptables rules of its own, so
+	// it can start before flanneld, which then runs in it as the
+	// DaemonSet's container does (--network host).
+	Runtime bool
+	Dockerd string // optional: dockerd binary, default "dockerd" from PATH
+	CLI     string // optional: docker client, default "docker" from PATH
 	// Dir holds everything of the engine; optional, default
 	// <lab dir>/<host>/docker. Keep it short: containerd's sockets live
 	// under it and a socket path has at most 107 bytes.
@@ -65,7 +71,7 @@ type Options struct {
 }
 
 func (o *Options) defaults(l *lab.Lab, h *lab.Host) error {
-	if o.MkDockerOpts == "" {
+	if o.MkDockerOpts == "" && !o.Runtime {
 		return errors.New("lab: docker: no mk-docker-opts.sh given")
 	}
 	if o.Dockerd == "" {
@@ -300,21 +306,26 @@ func Start(ctx context.Context, l *lab.Lab, h *lab.Host, o Options) (*Docker, er
 		// Docker's own rules and its FORWARD policy DROP, as on a real
 		// host: traffic from other hosts then passes only thanks to
 		// flanneld's forward rules.
-		"--iptables=true",
+		"--iptables=" + strconv.FormatBool(!o.Runtime),
 		// vfs works on any filesystem and the images here are tiny.
 		"--storage-driver=vfs",
 		"--exec-opt=native.cgroupdriver=cgroupfs",
 		"--userland-proxy=false",
 	}, o.Args...)
+	if o.Runtime {
+		args = append(args, "--bridge=none")
+	}
 	var s strings.Builder
 	s.WriteString("set -e\n")
 	s.WriteString(cg)
 	s.WriteString("for d in /run/containerd /run/docker; do mkdir -p $d && mount -t tmpfs -o mode=711 tmpfs $d; done\n")
 	s.WriteString("if [ -d /etc/docker ]; then mount --bind " + shellQuote(filepath.Join(d.Dir, "etc")) + " /etc/docker; fi\n")
-	// The tutorial's two steps.
 	s.WriteString("unset DOCKER_OPTS\n")
-	s.WriteString(shellQuote(o.MkDockerOpts) + " -c -f " + shellQuote(l.SubnetFile(h)) + " -d " + shellQuote(optsFile) + "\n")
-	s.WriteString(". " + shellQuote(optsFile) + "\n")
+	if !o.Runtime {
+		// The tutorial's two steps.
+		s.WriteString(shellQuote(o.MkDockerOpts) + " -c -f " + shellQuote(l.SubnetFile(h)) + " -d " + shellQuote(optsFile) + "\n")
+		s.WriteString(". " + shellQuote(optsFile) + "\n")
+	}
 	s.WriteString("exec " + shellQuote(o.Dockerd) + " $DOCKER_OPTS")
 	for _, a := range args {
 		s.WriteString(" " + shellQuote(a))

@@ -33,34 +33,13 @@ import (
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/status"
 
+	"github.com/flannel-go/flannel/internal/etcdconf/etcdopt"
 	"github.com/flannel-go/flannel/internal/lease"
 )
 
-// DefaultPrefix is upstream's etcd prefix.
-const DefaultPrefix = "/coreos.com/network"
-
-// DefaultTimeout bounds each etcd request.
-const DefaultTimeout = 10 * time.Second
-
-// Options configures New.
-type Options struct {
-	Endpoints []string // required, e.g. https://10.0.0.1:2379
-	Prefix    string   // optional; default DefaultPrefix
-
-	// TLS secures https:// endpoints (etcdconf builds it from the
-	// --etcd-*file flags); optional: nil means TLS 1.2+ trusting the
-	// system's roots. Unused for plain http endpoints.
-	TLS *tls.Config
-	// Username and Password for etcd's auth; optional. With them, New
-	// authenticates and so needs etcd to be reachable.
-	Username, Password string
-
-	Log     *slog.Logger  // optional; default discards
-	Timeout time.Duration // optional per-request timeout; default DefaultTimeout
-	// OnConnState is told when etcd becomes unreachable (false) and when
-	// it is reachable again (true); optional, for metrics.
-	OnConnState func(up bool)
-}
+// Options configures New: the connection options shared with the v2
+// store.
+type Options = etcdopt.Options
 
 // Store is a lease.Store on etcd v3. It is safe for concurrent use.
 type Store struct {
@@ -87,19 +66,10 @@ func New(o Options) (*Store, error) {
 	if len(o.Endpoints) == 0 {
 		return nil, errors.New("etcdstore: no etcd endpoints")
 	}
-	log := o.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	o = o.WithDefaults()
+	log, timeout := o.Log, o.Timeout
 	tc := tlsFor(o)
 	prefix := strings.TrimRight(o.Prefix, "/")
-	if o.Prefix == "" {
-		prefix = DefaultPrefix
-	}
-	timeout := o.Timeout
-	if timeout <= 0 {
-		timeout = DefaultTimeout
-	}
 	errs := &connErrors{}
 	dialOpts := append([]grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
 		Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},

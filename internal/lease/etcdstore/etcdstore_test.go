@@ -2,8 +2,6 @@ package etcdstore_test
 
 import (
 	"context"
-	"crypto/tls"
-	"errors"
 	"log/slog"
 	"net/netip"
 	"strings"
@@ -12,7 +10,6 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/flannel-go/flannel/internal/etcdconf"
 	"github.com/flannel-go/flannel/internal/etcdembed"
 	"github.com/flannel-go/flannel/internal/etcdtest"
 	"github.com/flannel-go/flannel/internal/lease"
@@ -36,25 +33,7 @@ func (s testStore) PutRaw(ctx context.Context, key string, value []byte) error {
 
 func newStore(t testing.TB, o etcdstore.Options) *etcdstore.Store {
 	t.Helper()
-	if o.Prefix == "" {
-		o.Prefix = "/test/" + t.Name()
-	}
-	s, err := etcdstore.New(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := s.Close(); err != nil {
-			t.Error(err)
-		}
-	})
-	return s
-}
-
-func ctxT(t testing.TB) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	t.Cleanup(cancel)
-	return ctx
+	return etcdtest.NewStore(t, etcdstore.New, o)
 }
 
 func TestConforms(t *testing.T) {
@@ -72,13 +51,13 @@ func TestUpstreamLayout(t *testing.T) {
 	eps := etcdtest.StartEtcd(t)
 	s := newStore(t, etcdstore.Options{Endpoints: eps, Prefix: "/coreos.com/network/"})
 	cli := s.Client()
-	if _, err := cli.Put(ctxT(t), "/coreos.com/network/config", `{"Network":"10.5.0.0/16"}`); err != nil {
+	if _, err := cli.Put(leasetest.Ctx(t), "/coreos.com/network/config", `{"Network":"10.5.0.0/16"}`); err != nil {
 		t.Fatal(err)
 	}
-	if cfg, err := s.Config(ctxT(t)); err != nil || string(cfg) != `{"Network":"10.5.0.0/16"}` {
+	if cfg, err := s.Config(leasetest.Ctx(t)); err != nil || string(cfg) != `{"Network":"10.5.0.0/16"}` {
 		t.Fatalf("Config = %q, %v", cfg, err)
 	}
-	l, err := s.Create(ctxT(t), lease.Lease{
+	l, err := s.Create(leasetest.Ctx(t), lease.Lease{
 		Subnet:  netip.MustParsePrefix("10.5.52.0/24"),
 		Subnet6: netip.MustParsePrefix("fc00:0:0:1::/64"),
 		Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("192.168.64.3"), BackendType: "vxlan",
@@ -87,7 +66,7 @@ func TestUpstreamLayout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := cli.Get(ctxT(t), "/coreos.com/network/subnets/10.5.52.0-24&fc00:0:0:1::-64")
+	r, err := cli.Get(leasetest.Ctx(t), "/coreos.com/network/subnets/10.5.52.0-24&fc00:0:0:1::-64")
 	if err != nil || len(r.Kvs) != 1 {
 		t.Fatalf("raw get: %v, %v", r, err)
 	}
@@ -98,7 +77,7 @@ func TestUpstreamLayout(t *testing.T) {
 	if r.Kvs[0].Lease != l.ID || l.ID == 0 {
 		t.Errorf("key attached to etcd lease %x, Create returned %x", r.Kvs[0].Lease, l.ID)
 	}
-	ttl, err := cli.TimeToLive(ctxT(t), clientv3.LeaseID(l.ID))
+	ttl, err := cli.TimeToLive(leasetest.Ctx(t), clientv3.LeaseID(l.ID))
 	if err != nil || ttl.GrantedTTL != 3600 {
 		t.Errorf("granted TTL = %v, %v; want 3600 s", ttl, err)
 	}
@@ -110,19 +89,19 @@ func TestReservationKeepsNoTTL(t *testing.T) {
 	eps := etcdtest.StartEtcd(t)
 	s := newStore(t, etcdstore.Options{Endpoints: eps})
 	key := lease.KeyPath(s.Prefix(), "10.5.7.0-24")
-	if _, err := s.Client().Put(ctxT(t), key, `{"PublicIP":"192.168.1.7"}`); err != nil {
+	if _, err := s.Client().Put(leasetest.Ctx(t), key, `{"PublicIP":"192.168.1.7"}`); err != nil {
 		t.Fatal(err)
 	}
-	ls, _, err := s.Leases(ctxT(t))
+	ls, _, err := s.Leases(leasetest.Ctx(t))
 	if err != nil || len(ls) != 1 || !ls[0].Reserved() {
 		t.Fatalf("Leases = %+v, %v; want one reservation", ls, err)
 	}
 	r := ls[0]
 	r.Attrs.BackendType = "vxlan"
-	if _, err := s.Renew(ctxT(t), r, time.Hour); err != nil {
+	if _, err := s.Renew(leasetest.Ctx(t), r, time.Hour); err != nil {
 		t.Fatal(err)
 	}
-	g, err := s.Client().Get(ctxT(t), key)
+	g, err := s.Client().Get(leasetest.Ctx(t), key)
 	if err != nil || len(g.Kvs) != 1 {
 		t.Fatal(g, err)
 	}
@@ -138,7 +117,7 @@ func TestReservationKeepsNoTTL(t *testing.T) {
 func TestRenewExtendsTTL(t *testing.T) {
 	eps := etcdtest.StartEtcd(t)
 	s := newStore(t, etcdstore.Options{Endpoints: eps})
-	l, err := s.Create(ctxT(t), lease.Lease{Subnet: netip.MustParsePrefix("10.5.1.0/24"),
+	l, err := s.Create(leasetest.Ctx(t), lease.Lease{Subnet: netip.MustParsePrefix("10.5.1.0/24"),
 		Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("192.168.1.1")}}, 3*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -148,12 +127,12 @@ func TestRenewExtendsTTL(t *testing.T) {
 	// original end.
 	for range 2 {
 		time.Sleep(time.Until(l.Expires) - 1500*time.Millisecond)
-		if l, err = s.Renew(ctxT(t), l, 0); err != nil {
+		if l, err = s.Renew(leasetest.Ctx(t), l, 0); err != nil {
 			t.Fatal(err)
 		}
 	}
 	time.Sleep(time.Until(deadline.Add(500 * time.Millisecond)))
-	got, err := s.Lookup(ctxT(t), l.Key())
+	got, err := s.Lookup(leasetest.Ctx(t), l.Key())
 	if err != nil {
 		t.Fatalf("lease gone after its original TTL despite renewals: %v", err)
 	}
@@ -167,11 +146,11 @@ func TestBadEntriesWarnOncePerKey(t *testing.T) {
 	var buf logbuf.Buffer
 	s := newStore(t, etcdstore.Options{Endpoints: eps, Log: bufLog(&buf)})
 	for k, v := range map[string]string{"10.5.11.0-24": "garbage", "bogus": `{"PublicIP":"1.2.3.4"}`, "10.5.12.0-24": `{"PublicIP":"1.2.3.4"}`} {
-		if _, err := s.Client().Put(ctxT(t), lease.KeyPath(s.Prefix(), k), v); err != nil {
+		if _, err := s.Client().Put(leasetest.Ctx(t), lease.KeyPath(s.Prefix(), k), v); err != nil {
 			t.Fatal(err)
 		}
 	}
-	ls, _, err := s.Leases(ctxT(t))
+	ls, _, err := s.Leases(leasetest.Ctx(t))
 	if err != nil || len(ls) != 1 || ls[0].Key() != "10.5.12.0-24" {
 		t.Fatalf("Leases = %v, %v", ls, err)
 	}
@@ -192,26 +171,12 @@ func TestOutageAndReconnect(t *testing.T) {
 	eps := srv.Endpoints()
 	var buf logbuf.Buffer
 	s := newStore(t, etcdstore.Options{Endpoints: eps, Log: bufLog(&buf), Timeout: time.Second})
-	_, rev, err := s.Leases(ctxT(t))
+	_, rev, err := s.Leases(leasetest.Ctx(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	events := make(chan lease.Event, 10)
-	wctx, stop := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- s.Watch(wctx, rev, func(evs []lease.Event) {
-			for _, e := range evs {
-				events <- e
-			}
-		})
-	}()
-	defer func() {
-		stop()
-		if err := <-done; !errors.Is(err, context.Canceled) {
-			t.Errorf("Watch returned %v, want context.Canceled", err)
-		}
-	}()
+	w := leasetest.StartWatch(t, s, rev)
+	defer w.Stop(t)
 
 	srv.Close()
 	start := time.Now()
@@ -242,7 +207,7 @@ func TestOutageAndReconnect(t *testing.T) {
 	}
 	t.Logf("first request succeeded %v after etcd returned", time.Since(back))
 	select {
-	case e := <-events:
+	case e := <-w.Events():
 		if e.Type != lease.Added || e.Lease.Key() != l.Key() {
 			t.Fatalf("watch after reconnect: %v %s", e.Type, e.Lease.Key())
 		}
@@ -285,19 +250,19 @@ func TestTLS(t *testing.T) {
 	eps := srv.Endpoints()
 
 	t.Run("client cert", func(t *testing.T) {
-		s := newStore(t, etcdstore.Options{Endpoints: eps, TLS: tlsFiles(t, f.ClientCert, f.ClientKey, f.CA)})
-		l, err := s.Create(ctxT(t), lease.Lease{Subnet: netip.MustParsePrefix("10.5.1.0/24"),
+		s := newStore(t, etcdstore.Options{Endpoints: eps, TLS: etcdtest.ClientTLS(t, f.ClientCert, f.ClientKey, f.CA)})
+		l, err := s.Create(leasetest.Ctx(t), lease.Lease{Subnet: netip.MustParsePrefix("10.5.1.0/24"),
 			Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("192.168.1.1")}}, time.Hour)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if ls, _, err := s.Leases(ctxT(t)); err != nil || len(ls) != 1 || ls[0].ID != l.ID {
+		if ls, _, err := s.Leases(leasetest.Ctx(t)); err != nil || len(ls) != 1 || ls[0].ID != l.ID {
 			t.Fatalf("Leases = %v, %v", ls, err)
 		}
 	})
 	t.Run("wrong CA", func(t *testing.T) {
 		other := etcdtest.WriteTLS(t)
-		s := newStore(t, etcdstore.Options{Endpoints: eps, TLS: tlsFiles(t, f.ClientCert, f.ClientKey, other.CA), Timeout: 2 * time.Second})
+		s := newStore(t, etcdstore.Options{Endpoints: eps, TLS: etcdtest.ClientTLS(t, f.ClientCert, f.ClientKey, other.CA), Timeout: 2 * time.Second})
 		start := time.Now()
 		_, _, err := s.Leases(context.Background())
 		if err == nil {
@@ -312,7 +277,7 @@ func TestTLS(t *testing.T) {
 		}
 	})
 	t.Run("no client cert", func(t *testing.T) {
-		s := newStore(t, etcdstore.Options{Endpoints: eps, TLS: tlsFiles(t, "", "", f.CA), Timeout: 2 * time.Second})
+		s := newStore(t, etcdstore.Options{Endpoints: eps, TLS: etcdtest.ClientTLS(t, "", "", f.CA), Timeout: 2 * time.Second})
 		_, _, err := s.Leases(context.Background())
 		if err == nil {
 			t.Fatal("Leases succeeded without the client certificate the server requires")
@@ -333,7 +298,7 @@ func TestAuth(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer admin.Close()
-	ctx := ctxT(t)
+	ctx := leasetest.Ctx(t)
 	steps := []func() error{
 		func() error { _, err := admin.UserAdd(ctx, "root", "rootpw"); return err },
 		func() error { _, err := admin.UserGrantRole(ctx, "root", "root"); return err },
@@ -354,19 +319,19 @@ func TestAuth(t *testing.T) {
 	}
 
 	s := newStore(t, etcdstore.Options{Endpoints: eps, Prefix: prefix, Username: "flannel", Password: "s3cret"})
-	if _, err := s.Config(ctxT(t)); err != nil {
+	if _, err := s.Config(leasetest.Ctx(t)); err != nil {
 		t.Fatal(err)
 	}
-	_, rev, err := s.Leases(ctxT(t))
+	_, rev, err := s.Leases(leasetest.Ctx(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := s.Create(ctxT(t), lease.Lease{Subnet: netip.MustParsePrefix("10.5.1.0/24"),
+	l, err := s.Create(leasetest.Ctx(t), lease.Lease{Subnet: netip.MustParsePrefix("10.5.1.0/24"),
 		Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("192.168.1.1")}}, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if l, err = s.Renew(ctxT(t), l, time.Hour); err != nil {
+	if l, err = s.Renew(leasetest.Ctx(t), l, time.Hour); err != nil {
 		t.Fatal(err)
 	}
 	got := make(chan lease.Event, 1)
@@ -391,7 +356,7 @@ func TestAuth(t *testing.T) {
 	default:
 		t.Fatal("no watch event as the restricted user")
 	}
-	if err := s.Revoke(ctxT(t), l); err != nil {
+	if err := s.Revoke(leasetest.Ctx(t), l); err != nil {
 		t.Fatal(err)
 	}
 
@@ -402,17 +367,9 @@ func TestAuth(t *testing.T) {
 		t.Fatalf("wrong password: %v", err)
 	}
 	anon := newStore(t, etcdstore.Options{Endpoints: eps, Prefix: prefix})
-	if _, err := anon.Config(ctxT(t)); err == nil {
+	if _, err := anon.Config(leasetest.Ctx(t)); err == nil {
 		t.Fatal("Config without credentials succeeded with auth enabled")
 	}
 }
 
 // tlsFiles is the TLS config etcdconf builds from the --etcd-*file flags.
-func tlsFiles(t testing.TB, cert, key, ca string) *tls.Config {
-	t.Helper()
-	tc, err := etcdconf.TLSFiles(cert, key, ca)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tc
-}

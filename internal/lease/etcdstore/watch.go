@@ -5,12 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/flannel-go/flannel/internal/backoff"
 	"github.com/flannel-go/flannel/internal/lease"
 )
 
@@ -26,31 +24,10 @@ import (
 // keeping a stale one. Keys that do not parse are skipped with a warning.
 func (s *Store) Watch(ctx context.Context, rev int64, fn func([]lease.Event)) error {
 	last := rev
-	delay := backoff.Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second, Jitter: backoff.Within10}
-	broken := false
-	healthy := func() {
-		delay.Reset()
-		if broken {
-			broken = false
-			s.log.Info("etcd watch resumed", "prefix", s.subnets, "revision", last)
-		}
-	}
-	for {
-		err := s.watchOnce(ctx, &last, fn, healthy)
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		if errors.Is(err, lease.ErrCompacted) {
-			return err
-		}
-		if !broken {
-			broken = true
-			s.log.Warn("etcd watch interrupted; re-creating it", "prefix", s.subnets, "from_revision", last+1, "err", err)
-		}
-		if err := backoff.Sleep(ctx, delay.Next()); err != nil {
-			return err
-		}
-	}
+	w := lease.WatchRetry{Log: s.log, Prefix: s.subnets, Unit: "revision"}
+	return w.Run(ctx, &last, func(healthy func()) error {
+		return s.watchOnce(ctx, &last, fn, healthy)
+	})
 }
 
 // watchOnce runs one etcd watch from *last+1 until it fails, advancing

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/flannel-go/flannel/internal/lease/etcdv2store"
+	"github.com/flannel-go/flannel/internal/lease/leasetest"
 )
 
 // A write that reached an endpoint is not repeated on the next one (it may
@@ -49,7 +50,7 @@ func TestFailoverOnlyWhenSafe(t *testing.T) {
 	}
 
 	s := newStore(t, etcdv2store.Options{Endpoints: []string{hangup.URL, good.URL}, Prefix: "/p", Timeout: time.Second})
-	_, err := s.Create(ctxT(t), mkLease("10.5.2.0/24", "192.168.1.2"), time.Hour)
+	_, err := s.Create(leasetest.Ctx(t), mkLease("10.5.2.0/24", "192.168.1.2"), time.Hour)
 	if err == nil || !strings.Contains(err.Error(), "outcome unknown") || !strings.Contains(err.Error(), hangup.URL) {
 		t.Fatalf("Create through a dropped connection: %v, want an error naming %s with unknown outcome", err, hangup.URL)
 	}
@@ -58,7 +59,7 @@ func TestFailoverOnlyWhenSafe(t *testing.T) {
 	}
 	for _, eps := range [][]string{{hangup.URL, good.URL}, {broken.URL, good.URL}} {
 		s := newStore(t, etcdv2store.Options{Endpoints: eps, Prefix: "/p", Timeout: time.Second})
-		ls, rev, err := s.Leases(ctxT(t))
+		ls, rev, err := s.Leases(leasetest.Ctx(t))
 		if err != nil || rev != 7 || len(ls) != 1 || ls[0].Subnet != netip.MustParsePrefix("10.5.1.0/24") || !ls[0].Reserved() {
 			t.Fatalf("Leases via %s then %s = %+v, %d, %v", eps[0], eps[1], ls, rev, err)
 		}

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flannel-go/flannel/internal/etcdtest"
 	"github.com/flannel-go/flannel/internal/lease"
 	"github.com/flannel-go/flannel/internal/lease/etcdv2store"
 	"github.com/flannel-go/flannel/internal/lease/leasetest"
@@ -70,7 +71,7 @@ func (r *rawEtcd) do(ctx context.Context, method, path string, form url.Values) 
 // must is do that fails the test unless the status is 2xx.
 func (r *rawEtcd) must(t testing.TB, method, path string, form url.Values) []byte {
 	t.Helper()
-	st, b, err := r.do(ctxT(t), method, path, form)
+	st, b, err := r.do(leasetest.Ctx(t), method, path, form)
 	if err != nil || st/100 != 2 {
 		t.Fatalf("%s %s: %d %s %v", method, path, st, b, err)
 	}
@@ -80,7 +81,7 @@ func (r *rawEtcd) must(t testing.TB, method, path string, form url.Values) []byt
 // get reads one key's node; ok is false when it does not exist.
 func (r *rawEtcd) get(t testing.TB, key string) (n node, ok bool) {
 	t.Helper()
-	st, b, err := r.do(ctxT(t), http.MethodGet, "/v2/keys"+key, nil)
+	st, b, err := r.do(leasetest.Ctx(t), http.MethodGet, "/v2/keys"+key, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,33 +131,15 @@ func fillHistory(ctx context.Context, r *rawEtcd, key string) error {
 
 func newStore(t testing.TB, o etcdv2store.Options) *etcdv2store.Store {
 	t.Helper()
-	if o.Prefix == "" {
-		o.Prefix = "/test/" + t.Name()
-	}
 	if o.Log == nil {
 		o.Log = testLog(t)
 	}
-	s, err := etcdv2store.New(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := s.Close(); err != nil {
-			t.Error(err)
-		}
-	})
-	return s
+	return etcdtest.NewStore(t, etcdv2store.New, o)
 }
 
 // testLog sends the store's log to the test's output.
 func testLog(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-func ctxT(t testing.TB) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	t.Cleanup(cancel)
-	return ctx
 }
 
 func TestConforms(t *testing.T) {

@@ -33,7 +33,6 @@ package etcdv2store
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -45,32 +44,14 @@ import (
 	"sync"
 	"time"
 
+	"github.com/flannel-go/flannel/internal/etcdconf/etcdopt"
 	"github.com/flannel-go/flannel/internal/lease"
 )
 
-// DefaultPrefix is upstream's etcd prefix.
-const DefaultPrefix = "/coreos.com/network"
-
-// DefaultTimeout bounds each etcd request (each attempt on one endpoint).
-const DefaultTimeout = 10 * time.Second
-
-// Options configures New. It has the shape of etcdstore.Options, so the
-// daemon can switch stores with a flag.
-type Options struct {
-	Endpoints []string // required, e.g. https://10.0.0.1:2379
-	Prefix    string   // optional; default DefaultPrefix
-
-	// TLS secures https:// endpoints (etcdconf builds it from the
-	// --etcd-*file flags); optional: nil means Go's defaults, trusting
-	// the system's roots.
-	TLS *tls.Config
-	// Username and Password for etcd's v2 auth (HTTP basic auth);
-	// optional.
-	Username, Password string
-
-	Log     *slog.Logger  // optional; default discards
-	Timeout time.Duration // optional per-request timeout; default DefaultTimeout
-}
+// Options configures New: the connection options shared with the v3
+// store, so the daemon can switch stores with a flag. OnConnState is not
+// used: this client keeps no connection to watch.
+type Options = etcdopt.Options
 
 // Store is a lease.Store on etcd's v2 API. It is safe for concurrent use
 // and owns no goroutines.
@@ -97,10 +78,8 @@ func New(o Options) (*Store, error) {
 	if len(o.Endpoints) == 0 {
 		return nil, errors.New("etcdv2store: no etcd endpoints")
 	}
-	log := o.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	o = o.WithDefaults()
+	log, timeout := o.Log, o.Timeout
 	eps := make([]*url.URL, 0, len(o.Endpoints))
 	for _, e := range o.Endpoints {
 		u, err := url.Parse(e)
@@ -109,14 +88,7 @@ func New(o Options) (*Store, error) {
 		}
 		eps = append(eps, u)
 	}
-	timeout := o.Timeout
-	if timeout <= 0 {
-		timeout = DefaultTimeout
-	}
-	prefix := DefaultPrefix
-	if o.Prefix != "" {
-		prefix = path.Clean("/" + o.Prefix)
-	}
+	prefix := path.Clean("/" + o.Prefix)
 	tr := &http.Transport{
 		// No proxy from the environment: a proxy set for image pulls
 		// must not intercept the cluster's datastore or its long polls.

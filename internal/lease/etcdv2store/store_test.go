@@ -18,10 +18,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flannel-go/flannel/internal/etcdconf"
 	"github.com/flannel-go/flannel/internal/etcdtest"
 	"github.com/flannel-go/flannel/internal/lease"
 	"github.com/flannel-go/flannel/internal/lease/etcdv2store"
+	"github.com/flannel-go/flannel/internal/lease/leasetest"
 	"github.com/flannel-go/flannel/internal/logbuf"
 	"github.com/flannel-go/flannel/internal/netconf"
 )
@@ -59,24 +59,24 @@ func TestUpstreamLayout(t *testing.T) {
 	raw := newRaw(e.URL)
 	s := newStore(t, etcdv2store.Options{Endpoints: []string{e.URL}, Prefix: "/coreos.com/network/"})
 
-	if ok, err := s.HasConfig(ctxT(t)); ok || err != nil {
+	if ok, err := s.HasConfig(leasetest.Ctx(t)); ok || err != nil {
 		t.Fatalf("HasConfig on empty etcd = %v, %v", ok, err)
 	}
-	if _, err := s.Config(ctxT(t)); !errors.Is(err, lease.ErrNoConfig) {
+	if _, err := s.Config(leasetest.Ctx(t)); !errors.Is(err, lease.ErrNoConfig) {
 		t.Fatalf("Config on empty etcd: %v, want ErrNoConfig", err)
 	}
 	cfg := `{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}`
 	if _, ok := etcdctl(t, e.URL, "set", "/coreos.com/network/config", cfg); !ok {
 		raw.must(t, http.MethodPut, "/v2/keys/coreos.com/network/config", url.Values{"value": {cfg}})
 	}
-	if got, err := s.Config(ctxT(t)); err != nil || string(got) != cfg {
+	if got, err := s.Config(leasetest.Ctx(t)); err != nil || string(got) != cfg {
 		t.Fatalf("Config = %q, %v; want %q", got, err, cfg)
 	}
-	if ok, err := s.HasConfig(ctxT(t)); !ok || err != nil {
+	if ok, err := s.HasConfig(leasetest.Ctx(t)); !ok || err != nil {
 		t.Fatalf("HasConfig = %v, %v after etcdctl set", ok, err)
 	}
 
-	l, err := s.Create(ctxT(t), lease.Lease{
+	l, err := s.Create(leasetest.Ctx(t), lease.Lease{
 		Subnet:  netip.MustParsePrefix("10.5.52.0/24"),
 		Subnet6: netip.MustParsePrefix("fc00:0:0:1::/64"),
 		Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("192.168.64.3"), BackendType: "vxlan",
@@ -121,7 +121,7 @@ func TestAcquireRace(t *testing.T) {
 	for i := range n {
 		s := newStore(t, etcdv2store.Options{Endpoints: []string{e.URL}, Prefix: prefix, Log: slog.New(slog.DiscardHandler)})
 		wg.Go(func() {
-			got[i], errs[i] = lease.Acquire(ctxT(t), s, cfg, lease.Attrs{
+			got[i], errs[i] = lease.Acquire(leasetest.Ctx(t), s, cfg, lease.Attrs{
 				PublicIP: netip.AddrFrom4([4]byte{192, 168, 1, byte(i + 1)}), BackendType: "vxlan"}, lease.Prev{}, time.Hour, nil)
 		})
 	}
@@ -140,7 +140,7 @@ func TestAcquireRace(t *testing.T) {
 		}
 	}
 	s := newStore(t, etcdv2store.Options{Endpoints: []string{e.URL}, Prefix: prefix})
-	ls, _, err := s.Leases(ctxT(t))
+	ls, _, err := s.Leases(leasetest.Ctx(t))
 	if err != nil || len(ls) != n {
 		t.Fatalf("Leases = %d leases, %v; want %d", len(ls), err, n)
 	}
@@ -149,12 +149,12 @@ func TestAcquireRace(t *testing.T) {
 			t.Errorf("listed %+v, not what a host acquired", l)
 		}
 	}
-	_, err = lease.Acquire(ctxT(t), s, cfg, lease.Attrs{PublicIP: netip.MustParseAddr("192.168.1.99")}, lease.Prev{}, time.Hour, nil)
+	_, err = lease.Acquire(leasetest.Ctx(t), s, cfg, lease.Attrs{PublicIP: netip.MustParseAddr("192.168.1.99")}, lease.Prev{}, time.Hour, nil)
 	if !errors.Is(err, lease.ErrNoFreeSubnet) {
 		t.Fatalf("17th host: %v, want ErrNoFreeSubnet", err)
 	}
 	// A host that restarts gets its own lease back, the same incarnation.
-	again, err := lease.Acquire(ctxT(t), s, cfg, got[5].Attrs, lease.Prev{}, time.Hour, nil)
+	again, err := lease.Acquire(leasetest.Ctx(t), s, cfg, got[5].Attrs, lease.Prev{}, time.Hour, nil)
 	if err != nil || again.Subnet != got[5].Subnet || again.ID != got[5].ID {
 		t.Fatalf("restarted host 5 got %+v, %v; want %s (ID %d)", again, err, got[5].Subnet, got[5].ID)
 	}
@@ -168,7 +168,7 @@ func TestKeepRenews(t *testing.T) {
 	raw := newRaw(e.URL)
 	s := newStore(t, etcdv2store.Options{Endpoints: []string{e.URL}})
 	const ttl = 3 * time.Second
-	l, err := s.Create(ctxT(t), mkLease("10.5.1.0/24", "192.168.1.1"), ttl)
+	l, err := s.Create(leasetest.Ctx(t), mkLease("10.5.1.0/24", "192.168.1.1"), ttl)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -224,23 +224,23 @@ func TestOwnKeyDeleted(t *testing.T) {
 	e := startEtcd(t, etcdOpts{})
 	raw := newRaw(e.URL)
 	s := newStore(t, etcdv2store.Options{Endpoints: []string{e.URL}})
-	l, err := s.Create(ctxT(t), mkLease("10.5.1.0/24", "192.168.1.1"), time.Hour)
+	l, err := s.Create(leasetest.Ctx(t), mkLease("10.5.1.0/24", "192.168.1.1"), time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
 	key := lease.KeyPath(s.Prefix(), l.Key())
 	raw.must(t, http.MethodDelete, "/v2/keys"+key, nil)
-	if _, err := s.Renew(ctxT(t), l, time.Hour); !errors.Is(err, lease.ErrNotFound) {
+	if _, err := s.Renew(leasetest.Ctx(t), l, time.Hour); !errors.Is(err, lease.ErrNotFound) {
 		t.Fatalf("Renew of deleted key: %v, want ErrNotFound", err)
 	}
-	other, err := s.Create(ctxT(t), mkLease("10.5.1.0/24", "192.168.1.2"), time.Hour)
+	other, err := s.Create(leasetest.Ctx(t), mkLease("10.5.1.0/24", "192.168.1.2"), time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Renew(ctxT(t), l, time.Hour); !errors.Is(err, lease.ErrNotFound) {
+	if _, err := s.Renew(leasetest.Ctx(t), l, time.Hour); !errors.Is(err, lease.ErrNotFound) {
 		t.Fatalf("Renew of a key re-created by another host: %v, want ErrNotFound", err)
 	}
-	if err := s.Revoke(ctxT(t), l); !errors.Is(err, lease.ErrNotFound) {
+	if err := s.Revoke(leasetest.Ctx(t), l); !errors.Is(err, lease.ErrNotFound) {
 		t.Fatalf("Revoke of a key re-created by another host: %v, want ErrNotFound", err)
 	}
 	n, ok := raw.get(t, key)
@@ -257,7 +257,7 @@ func TestOperatorReservation(t *testing.T) {
 	s := newStore(t, etcdv2store.Options{Endpoints: []string{e.URL}})
 	key := lease.KeyPath(s.Prefix(), "10.5.7.0-24")
 	raw.must(t, http.MethodPut, "/v2/keys"+key, url.Values{"value": {`{"PublicIP":"192.168.1.7"}`}})
-	ls, _, err := s.Leases(ctxT(t))
+	ls, _, err := s.Leases(leasetest.Ctx(t))
 	if err != nil || len(ls) != 1 || !ls[0].Reserved() || !ls[0].Expires.IsZero() {
 		t.Fatalf("Leases = %+v, %v; want one reservation", ls, err)
 	}
@@ -265,7 +265,7 @@ func TestOperatorReservation(t *testing.T) {
 		SubnetMin: netip.MustParseAddr("10.5.1.0"), SubnetMax: netip.MustParseAddr("10.5.255.0")}
 	want := lease.Attrs{PublicIP: netip.MustParseAddr("192.168.1.7"), BackendType: "vxlan",
 		BackendData: json.RawMessage(`{"VNI":1,"VtepMAC":"02:00:00:00:00:07"}`)}
-	l, err := lease.Acquire(ctxT(t), s, cfg, want, lease.Prev{}, time.Hour, nil)
+	l, err := lease.Acquire(leasetest.Ctx(t), s, cfg, want, lease.Prev{}, time.Hour, nil)
 	if err != nil || l.Subnet != netip.MustParsePrefix("10.5.7.0/24") || !l.Reserved() {
 		t.Fatalf("Acquire = %+v, %v; want the reservation 10.5.7.0/24", l, err)
 	}
@@ -283,31 +283,17 @@ func TestOperatorReservation(t *testing.T) {
 func TestWatchManyEvents(t *testing.T) {
 	e := startEtcd(t, etcdOpts{})
 	s := newStore(t, etcdv2store.Options{Endpoints: []string{e.URL}})
-	start, rev, err := s.Leases(ctxT(t))
+	start, rev, err := s.Leases(leasetest.Ctx(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	events := make(chan lease.Event, 1000)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- s.Watch(ctx, rev, func(evs []lease.Event) {
-			for _, e := range evs {
-				events <- e
-			}
-		})
-	}()
-	defer func() {
-		cancel()
-		if err := <-done; !errors.Is(err, context.Canceled) {
-			t.Errorf("Watch returned %v, want context.Canceled", err)
-		}
-	}()
+	w := leasetest.StartWatch(t, s, rev)
+	defer w.Stop(t)
 
 	ops := 0
 	var mine []lease.Lease
 	for i := range 60 {
-		l, err := s.Create(ctxT(t), mkLease(fmt.Sprintf("10.5.%d.0/24", i), "192.168.1.1"), time.Hour)
+		l, err := s.Create(leasetest.Ctx(t), mkLease(fmt.Sprintf("10.5.%d.0/24", i), "192.168.1.1"), time.Hour)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -315,25 +301,25 @@ func TestWatchManyEvents(t *testing.T) {
 		ops++
 	}
 	for i := range 5 {
-		if _, err := s.Create(ctxT(t), mkLease(fmt.Sprintf("10.6.%d.0/24", i), "192.168.2.1"), 0); err != nil {
+		if _, err := s.Create(leasetest.Ctx(t), mkLease(fmt.Sprintf("10.6.%d.0/24", i), "192.168.2.1"), 0); err != nil {
 			t.Fatal(err)
 		}
 		ops++
 	}
 	for i, l := range mine {
 		l.Attrs.PublicIP = netip.AddrFrom4([4]byte{192, 168, 3, byte(i)})
-		if mine[i], err = s.Renew(ctxT(t), l, time.Hour); err != nil {
+		if mine[i], err = s.Renew(leasetest.Ctx(t), l, time.Hour); err != nil {
 			t.Fatal(err)
 		}
 		ops++
 	}
 	for i := 0; i < len(mine); i += 3 {
-		if err := s.Revoke(ctxT(t), mine[i]); err != nil {
+		if err := s.Revoke(leasetest.Ctx(t), mine[i]); err != nil {
 			t.Fatal(err)
 		}
 		ops++
 	}
-	sentinel, err := s.Create(ctxT(t), mkLease("10.7.0.0/24", "192.168.9.9"), time.Hour)
+	sentinel, err := s.Create(leasetest.Ctx(t), mkLease("10.7.0.0/24", "192.168.9.9"), time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -345,7 +331,7 @@ func TestWatchManyEvents(t *testing.T) {
 	timeout := time.After(15 * time.Second)
 	for i := 0; i <= ops; i++ {
 		select {
-		case ev := <-events:
+		case ev := <-w.Events():
 			if i == ops && ev.Lease.Key() != sentinel.Key() {
 				t.Fatalf("event %d is %v %s, want the last write %s: duplicate or extra events", i, ev.Type, ev.Lease.Key(), sentinel.Key())
 			}
@@ -358,7 +344,7 @@ func TestWatchManyEvents(t *testing.T) {
 			t.Fatalf("only %d of %d events arrived", i, ops+1)
 		}
 	}
-	final, _, err := s.Leases(ctxT(t))
+	final, _, err := s.Leases(leasetest.Ctx(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -383,16 +369,16 @@ func TestDirectoryRemoved(t *testing.T) {
 		t.Run("rm -r prefix/"+dir, func(t *testing.T) {
 			s := newStore(t, etcdv2store.Options{Endpoints: []string{e.URL}})
 			for _, sn := range []string{"10.5.1.0/24", "10.5.2.0/24"} {
-				if _, err := s.Create(ctxT(t), mkLease(sn, "192.168.1.1"), time.Hour); err != nil {
+				if _, err := s.Create(leasetest.Ctx(t), mkLease(sn, "192.168.1.1"), time.Hour); err != nil {
 					t.Fatal(err)
 				}
 			}
-			_, rev, err := s.Leases(ctxT(t))
+			_, rev, err := s.Leases(leasetest.Ctx(t))
 			if err != nil {
 				t.Fatal(err)
 			}
 			done := make(chan error, 1)
-			go func() { done <- s.Watch(ctxT(t), rev, func([]lease.Event) {}) }()
+			go func() { done <- s.Watch(leasetest.Ctx(t), rev, func([]lease.Event) {}) }()
 			raw.must(t, http.MethodDelete, "/v2/keys"+strings.TrimSuffix(s.Prefix()+"/"+dir, "/"), url.Values{"recursive": {"true"}})
 			select {
 			case err := <-done:
@@ -402,7 +388,7 @@ func TestDirectoryRemoved(t *testing.T) {
 			case <-time.After(5 * time.Second):
 				t.Fatal("Watch did not return after the directory was removed")
 			}
-			ls, _, err := s.Leases(ctxT(t))
+			ls, _, err := s.Leases(leasetest.Ctx(t))
 			if err != nil || len(ls) != 0 {
 				t.Fatalf("re-list = %v, %v; want empty", ls, err)
 			}
@@ -419,7 +405,7 @@ func TestBadEntriesWarnOncePerKey(t *testing.T) {
 		"10.5.12.0-24": `{"PublicIP":"1.2.3.4"}`, "adir/10.5.13.0-24": `{"PublicIP":"1.2.3.4"}`} {
 		raw.must(t, http.MethodPut, "/v2/keys"+lease.KeyPath(s.Prefix(), k), url.Values{"value": {v}})
 	}
-	ls, _, err := s.Leases(ctxT(t))
+	ls, _, err := s.Leases(leasetest.Ctx(t))
 	if err != nil || len(ls) != 1 || ls[0].Key() != "10.5.12.0-24" {
 		t.Fatalf("Leases = %v, %v", ls, err)
 	}
@@ -438,26 +424,12 @@ func TestOutageAndReconnect(t *testing.T) {
 	e := startEtcd(t, etcdOpts{})
 	var buf logbuf.Buffer
 	s := newStore(t, etcdv2store.Options{Endpoints: []string{e.URL}, Log: bufLog(&buf), Timeout: time.Second})
-	_, rev, err := s.Leases(ctxT(t))
+	_, rev, err := s.Leases(leasetest.Ctx(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	events := make(chan lease.Event, 10)
-	wctx, stop := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- s.Watch(wctx, rev, func(evs []lease.Event) {
-			for _, e := range evs {
-				events <- e
-			}
-		})
-	}()
-	defer func() {
-		stop()
-		if err := <-done; !errors.Is(err, context.Canceled) {
-			t.Errorf("Watch returned %v, want context.Canceled", err)
-		}
-	}()
+	w := leasetest.StartWatch(t, s, rev)
+	defer w.Stop(t)
 
 	e.stop()
 	start := time.Now()
@@ -485,7 +457,7 @@ func TestOutageAndReconnect(t *testing.T) {
 		t.Fatalf("no successful request within 5 s of etcd's return: %v", err)
 	}
 	select {
-	case ev := <-events:
+	case ev := <-w.Events():
 		if ev.Type != lease.Added || ev.Lease.Key() != l.Key() {
 			t.Fatalf("watch after reconnect: %v %s", ev.Type, ev.Lease.Key())
 		}
@@ -508,11 +480,11 @@ func TestFailover(t *testing.T) {
 	dead := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
 	var buf logbuf.Buffer
 	s := newStore(t, etcdv2store.Options{Endpoints: []string{dead, e.URL}, Log: bufLog(&buf)})
-	_, rev, err := s.Leases(ctxT(t))
+	_, rev, err := s.Leases(leasetest.Ctx(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := s.Create(ctxT(t), mkLease("10.5.1.0/24", "192.168.1.1"), time.Hour)
+	l, err := s.Create(leasetest.Ctx(t), mkLease("10.5.1.0/24", "192.168.1.1"), time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -536,7 +508,7 @@ func TestCloseEndsWatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, rev, err := s.Leases(ctxT(t))
+	_, rev, err := s.Leases(leasetest.Ctx(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -556,7 +528,7 @@ func TestCloseEndsWatch(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Watch did not return after Close")
 	}
-	if _, err := s.Config(ctxT(t)); err == nil || errors.Is(err, lease.ErrNoConfig) {
+	if _, err := s.Config(leasetest.Ctx(t)); err == nil || errors.Is(err, lease.ErrNoConfig) {
 		t.Fatalf("Config after Close: %v", err)
 	}
 }
@@ -577,12 +549,12 @@ func TestTLS(t *testing.T) {
 	e := startEtcd(t, etcdOpts{CertFile: f.ServerCert, KeyFile: f.ServerKey, ClientCA: f.CA, Probe: probe})
 
 	t.Run("client cert", func(t *testing.T) {
-		s := newStore(t, etcdv2store.Options{Endpoints: []string{e.URL}, TLS: tlsFiles(t, f.ClientCert, f.ClientKey, f.CA)})
-		_, rev, err := s.Leases(ctxT(t))
+		s := newStore(t, etcdv2store.Options{Endpoints: []string{e.URL}, TLS: etcdtest.ClientTLS(t, f.ClientCert, f.ClientKey, f.CA)})
+		_, rev, err := s.Leases(leasetest.Ctx(t))
 		if err != nil {
 			t.Fatal(err)
 		}
-		l, err := s.Create(ctxT(t), mkLease("10.5.1.0/24", "192.168.1.1"), time.Hour)
+		l, err := s.Create(leasetest.Ctx(t), mkLease("10.5.1.0/24", "192.168.1.1"), time.Hour)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -597,8 +569,8 @@ func TestTLS(t *testing.T) {
 		name string
 		o    etcdv2store.Options
 	}{
-		{"wrong CA", etcdv2store.Options{TLS: tlsFiles(t, f.ClientCert, f.ClientKey, etcdtest.WriteTLS(t).CA)}},
-		{"no client cert", etcdv2store.Options{TLS: tlsFiles(t, "", "", f.CA)}},
+		{"wrong CA", etcdv2store.Options{TLS: etcdtest.ClientTLS(t, f.ClientCert, f.ClientKey, etcdtest.WriteTLS(t).CA)}},
+		{"no client cert", etcdv2store.Options{TLS: etcdtest.ClientTLS(t, "", "", f.CA)}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.o.Endpoints = []string{e.URL}
@@ -634,7 +606,7 @@ func TestAuth(t *testing.T) {
 		{"/v2/auth/roles/flannel", `{"role":"flannel","permissions":{"kv":{"read":["` + prefix + `/*"],"write":["` + prefix + `/*"]}}}`},
 		{"/v2/auth/users/flannel", `{"user":"flannel","password":"s3cret","roles":["flannel"]}`},
 	} {
-		req, _ := http.NewRequestWithContext(ctxT(t), http.MethodPut, e.URL+step.path, strings.NewReader(step.body))
+		req, _ := http.NewRequestWithContext(leasetest.Ctx(t), http.MethodPut, e.URL+step.path, strings.NewReader(step.body))
 		req.Header.Set("Content-Type", "application/json")
 		if step.path != "/v2/auth/users/root" && step.path != "/v2/auth/enable" {
 			req.SetBasicAuth("root", "rootpw")
@@ -650,18 +622,18 @@ func TestAuth(t *testing.T) {
 	}
 
 	s := newStore(t, etcdv2store.Options{Endpoints: []string{e.URL}, Prefix: prefix, Username: "flannel", Password: "s3cret"})
-	if _, err := s.Config(ctxT(t)); err != nil {
+	if _, err := s.Config(leasetest.Ctx(t)); err != nil {
 		t.Fatal(err)
 	}
-	_, rev, err := s.Leases(ctxT(t))
+	_, rev, err := s.Leases(leasetest.Ctx(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := s.Create(ctxT(t), mkLease("10.5.1.0/24", "192.168.1.1"), time.Hour)
+	l, err := s.Create(leasetest.Ctx(t), mkLease("10.5.1.0/24", "192.168.1.1"), time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if l, err = s.Renew(ctxT(t), l, time.Hour); err != nil {
+	if l, err = s.Renew(leasetest.Ctx(t), l, time.Hour); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -670,13 +642,13 @@ func TestAuth(t *testing.T) {
 	if err := s.Watch(ctx, rev, func(evs []lease.Event) { got = evs; cancel() }); len(got) != 1 || got[0].Lease.Key() != l.Key() {
 		t.Fatalf("Watch as the restricted user = %v, %v", got, err)
 	}
-	if err := s.Revoke(ctxT(t), l); err != nil {
+	if err := s.Revoke(leasetest.Ctx(t), l); err != nil {
 		t.Fatal(err)
 	}
 	for _, o := range []etcdv2store.Options{{Username: "flannel", Password: "wrong"}, {}} {
 		o.Endpoints, o.Prefix = []string{e.URL}, prefix
 		bad := newStore(t, o)
-		_, err := bad.Config(ctxT(t))
+		_, err := bad.Config(leasetest.Ctx(t))
 		if err == nil || errors.Is(err, lease.ErrNoConfig) || !strings.Contains(err.Error(), "authentication") {
 			t.Fatalf("Config as %q: %v, want an authentication error", o.Username, err)
 		}
@@ -707,11 +679,3 @@ func TestNewErrors(t *testing.T) {
 }
 
 // tlsFiles is the TLS config etcdconf builds from the --etcd-*file flags.
-func tlsFiles(t testing.TB, cert, key, ca string) *tls.Config {
-	t.Helper()
-	tc, err := etcdconf.TLSFiles(cert, key, ca)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tc
-}

@@ -8,9 +8,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"time"
 
-	"github.com/flannel-go/flannel/internal/backoff"
 	"github.com/flannel-go/flannel/internal/lease"
 )
 
@@ -31,57 +29,44 @@ import (
 // not parse are skipped with a warning.
 func (s *Store) Watch(ctx context.Context, rev int64, fn func([]lease.Event)) error {
 	last := rev
-	delay := backoff.Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second, Jitter: backoff.Within10}
-	broken := false
-	healthy := func() {
-		delay.Reset()
-		if broken {
-			broken = false
-			s.log.Info("etcd watch resumed", "prefix", s.subnets, "index", last)
-		}
+	w := lease.WatchRetry{Log: s.log, Prefix: s.subnets, Unit: "index",
+		Final: func(err error) bool { return errors.Is(err, errClosed) }}
+	return w.Run(ctx, &last, func(healthy func()) error {
+		return s.pollOnce(ctx, &last, fn, healthy)
+	})
+}
+
+// pollOnce long-polls for the event after *last and reports it, advancing
+// *last to its index. healthy is called when etcd answers.
+func (s *Store) pollOnce(ctx context.Context, last *int64, fn func([]lease.Event), healthy func()) error {
+	r, err := s.c.do(ctx, request{
+		method: http.MethodGet,
+		key:    s.subnets,
+		query: url.Values{"wait": {"true"}, "recursive": {"true"},
+			"waitIndex": {strconv.FormatInt(*last+1, 10)}},
+		wait:      true,
+		onHeaders: healthy,
+	})
+	if isCode(err, codeEventIndexCleared, codeWatcherCleared) {
+		return fmt.Errorf("etcdv2store: watch %s from index %d: %v: %w", s.subnets, *last+1, err, lease.ErrCompacted)
 	}
-	for {
-		r, err := s.c.do(ctx, request{
-			method: http.MethodGet,
-			key:    s.subnets,
-			query: url.Values{"wait": {"true"}, "recursive": {"true"},
-				"waitIndex": {strconv.FormatInt(last+1, 10)}},
-			wait:      true,
-			onHeaders: healthy,
-		})
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		if errors.Is(err, errClosed) {
-			return err
-		}
-		if err == nil {
-			if idx := r.Node.ModifiedIndex; idx <= last {
-				// Polling again from the same index would loop.
-				err = fmt.Errorf("etcd answered waitIndex %d with an event at index %d", last+1, idx)
-			} else {
-				last = idx
-				ev, ok, err := s.toEvent(r.response)
-				if err != nil {
-					return fmt.Errorf("etcdv2store: watch %s at index %d: %w", s.subnets, idx, err)
-				}
-				if ok {
-					fn([]lease.Event{ev})
-				}
-				continue
-			}
-		}
-		if isCode(err, codeEventIndexCleared, codeWatcherCleared) {
-			return fmt.Errorf("etcdv2store: watch %s from index %d: %v: %w", s.subnets, last+1, err, lease.ErrCompacted)
-		}
-		if !broken {
-			broken = true
-			s.log.Warn("etcd watch interrupted; re-creating it", "prefix", s.subnets, "from_index", last+1, "err", err)
-		}
-		if err := backoff.Sleep(ctx, delay.Next()); err != nil {
-			return err
-		}
+	if err != nil {
+		return err
 	}
+	idx := r.Node.ModifiedIndex
+	if idx <= *last {
+		// Polling again from the same index would loop.
+		return fmt.Errorf("etcd answered waitIndex %d with an event at index %d", *last+1, idx)
+	}
+	*last = idx
+	ev, ok, err := s.toEvent(r.response)
+	if err != nil {
+		return fmt.Errorf("etcdv2store: watch %s at index %d: %w", s.subnets, idx, err)
+	}
+	if ok {
+		fn([]lease.Event{ev})
+	}
+	return nil
 }
 
 // toEvent maps one watch response to a lease event; ok is false when

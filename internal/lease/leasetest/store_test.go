@@ -43,17 +43,17 @@ func TestDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, rev, _ := s.Leases(ctx)
-	w := startWatch(t, s, rev)
+	w := StartWatch(t, s, rev)
 	s.SetDown(true)
 	if _, err := s.Renew(ctx, l, time.Minute); !errors.Is(err, ErrDown) {
 		t.Fatalf("Renew while down: %v, want ErrDown", err)
 	}
 	s.Advance(2 * time.Minute)
 	select {
-	case e := <-w.events:
+	case e := <-w.Events():
 		t.Fatalf("event %v while down", e)
 	case <-time.After(50 * time.Millisecond):
 	}
 	s.SetDown(false)
-	expectEvent(t, w.next(t, 5*time.Second), lease.Removed, l)
+	expectEvent(t, w.Next(t, 5*time.Second), lease.Removed, l)
 }

@@ -64,7 +64,9 @@ func RunStoreTests(t *testing.T, newStore func(t *testing.T) lease.Store) {
 	t.Run("BadEntries", func(t *testing.T) { testBadEntries(t, newStore(t)) })
 }
 
-func ctxT(t *testing.T) context.Context {
+// Ctx is a context for one request of a test: it ends after 20 s, or
+// with the test.
+func Ctx(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	t.Cleanup(cancel)
 	return ctx
@@ -92,7 +94,7 @@ func find(ls []lease.Lease, key string) (lease.Lease, bool) {
 
 func list(t *testing.T, s lease.Store) ([]lease.Lease, int64) {
 	t.Helper()
-	ls, rev, err := s.Leases(ctxT(t))
+	ls, rev, err := s.Leases(Ctx(t))
 	if err != nil {
 		t.Fatalf("Leases: %v", err)
 	}
@@ -101,7 +103,7 @@ func list(t *testing.T, s lease.Store) ([]lease.Lease, int64) {
 
 func mustCreate(t *testing.T, s lease.Store, l lease.Lease, ttl time.Duration) lease.Lease {
 	t.Helper()
-	got, err := s.Create(ctxT(t), l, ttl)
+	got, err := s.Create(Ctx(t), l, ttl)
 	if err != nil {
 		t.Fatalf("Create(%s): %v", l, err)
 	}
@@ -109,7 +111,7 @@ func mustCreate(t *testing.T, s lease.Store, l lease.Lease, ttl time.Duration) l
 }
 
 func testConfig(t *testing.T, s lease.Store) {
-	if _, err := s.Config(ctxT(t)); !errors.Is(err, lease.ErrNoConfig) {
+	if _, err := s.Config(Ctx(t)); !errors.Is(err, lease.ErrNoConfig) {
 		t.Fatalf("Config on empty store: err = %v, want ErrNoConfig", err)
 	}
 	w, ok := s.(ConfigWriter)
@@ -117,10 +119,10 @@ func testConfig(t *testing.T, s lease.Store) {
 		t.Skip("store cannot write config")
 	}
 	cfg := []byte(`{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}`)
-	if err := w.PutConfig(ctxT(t), cfg); err != nil {
+	if err := w.PutConfig(Ctx(t), cfg); err != nil {
 		t.Fatal(err)
 	}
-	got, err := s.Config(ctxT(t))
+	got, err := s.Config(Ctx(t))
 	if err != nil || string(got) != string(cfg) {
 		t.Fatalf("Config = %q, %v; want %q", got, err, cfg)
 	}
@@ -163,14 +165,14 @@ func testCreateAndList(t *testing.T, s lease.Store) {
 		}
 	}
 	if lk, ok := s.(Looker); ok {
-		l, err := lk.Lookup(ctxT(t), got.Key())
+		l, err := lk.Lookup(Ctx(t), got.Key())
 		if err != nil {
 			t.Fatal(err)
 		}
 		if l.ID != got.ID || l.Expires.Sub(got.Expires).Abs() > 2*time.Second {
 			t.Errorf("Lookup = ID %x expires %v, want ID %x expires about %v", l.ID, l.Expires, got.ID, got.Expires)
 		}
-		if _, err := lk.Lookup(ctxT(t), "10.5.99.0-24"); !errors.Is(err, lease.ErrNotFound) {
+		if _, err := lk.Lookup(Ctx(t), "10.5.99.0-24"); !errors.Is(err, lease.ErrNotFound) {
 			t.Errorf("Lookup of missing key: err = %v, want ErrNotFound", err)
 		}
 	}
@@ -178,7 +180,7 @@ func testCreateAndList(t *testing.T, s lease.Store) {
 
 func testCreateExists(t *testing.T, s lease.Store) {
 	first := mustCreate(t, s, sample(1, "192.168.1.1"), time.Hour)
-	_, err := s.Create(ctxT(t), sample(1, "192.168.1.99"), time.Hour)
+	_, err := s.Create(Ctx(t), sample(1, "192.168.1.99"), time.Hour)
 	if !errors.Is(err, lease.ErrExists) {
 		t.Fatalf("second Create of %s: err = %v, want ErrExists", first, err)
 	}
@@ -194,7 +196,7 @@ func testCreateRace(t *testing.T, s lease.Store) {
 	errs := make([]error, n)
 	for i := range n {
 		wg.Go(func() {
-			_, errs[i] = s.Create(ctxT(t), sample(7, fmt.Sprintf("192.168.1.%d", i+1)), time.Hour)
+			_, errs[i] = s.Create(Ctx(t), sample(7, fmt.Sprintf("192.168.1.%d", i+1)), time.Hour)
 		})
 	}
 	wg.Wait()
@@ -218,7 +220,7 @@ func testReservation(t *testing.T, s lease.Store) {
 		t.Fatalf("Create with ttl 0 gave ID %x expires %v, want a reservation", r.ID, r.Expires)
 	}
 	r.Attrs.BackendData = json.RawMessage(`{"VNI":1,"VtepMAC":"02:00:00:00:00:33"}`)
-	nr, err := s.Renew(ctxT(t), r, time.Hour)
+	nr, err := s.Renew(Ctx(t), r, time.Hour)
 	if err != nil {
 		t.Fatalf("Renew reservation: %v", err)
 	}
@@ -230,14 +232,14 @@ func testReservation(t *testing.T, s lease.Store) {
 		t.Fatalf("listed %+v (found %v), want reservation with new attrs %+v", l, ok, r.Attrs)
 	}
 	if lk, ok := s.(Looker); ok {
-		if l, err := lk.Lookup(ctxT(t), r.Key()); err != nil || !l.Reserved() || !l.Expires.IsZero() {
+		if l, err := lk.Lookup(Ctx(t), r.Key()); err != nil || !l.Reserved() || !l.Expires.IsZero() {
 			t.Fatalf("Lookup = %+v, %v; want reservation without expiry", l, err)
 		}
 	}
-	if _, err := s.Create(ctxT(t), sample(3, "192.168.1.4"), time.Hour); !errors.Is(err, lease.ErrExists) {
+	if _, err := s.Create(Ctx(t), sample(3, "192.168.1.4"), time.Hour); !errors.Is(err, lease.ErrExists) {
 		t.Fatalf("Create over a reservation: err = %v, want ErrExists", err)
 	}
-	if err := s.Revoke(ctxT(t), r); err != nil {
+	if err := s.Revoke(Ctx(t), r); err != nil {
 		t.Fatalf("Revoke reservation: %v", err)
 	}
 	if ls, _ := list(t, s); len(ls) != 0 {
@@ -252,8 +254,8 @@ func testReserve(t *testing.T, s lease.Store) {
 	}
 	l := mustCreate(t, s, sample(5, "192.168.1.5"), time.Hour)
 	_, rev := list(t, s)
-	w := startWatch(t, s, rev)
-	r, err := rs.Reserve(ctxT(t), l)
+	w := StartWatch(t, s, rev)
+	r, err := rs.Reserve(Ctx(t), l)
 	if err != nil {
 		t.Fatalf("Reserve: %v", err)
 	}
@@ -261,23 +263,23 @@ func testReserve(t *testing.T, s lease.Store) {
 		t.Fatalf("Reserve = %+v, want a reservation with the lease's attrs", r)
 	}
 	// The key is rewritten, never deleted: a watcher sees it stay.
-	expectEvent(t, w.next(t, 5*time.Second), lease.Added, r)
+	expectEvent(t, w.Next(t, 5*time.Second), lease.Added, r)
 	ls, _ := list(t, s)
 	if got, ok := find(ls, l.Key()); !ok || !got.Reserved() || !got.Attrs.Equal(l.Attrs) {
 		t.Fatalf("listed %+v (found %v), want the reservation", got, ok)
 	}
 	// The lease it was is gone: renewing or reserving it again fails.
-	if _, err := s.Renew(ctxT(t), l, time.Hour); !errors.Is(err, lease.ErrNotFound) {
+	if _, err := s.Renew(Ctx(t), l, time.Hour); !errors.Is(err, lease.ErrNotFound) {
 		t.Fatalf("Renew of the reserved lease: err = %v, want ErrNotFound", err)
 	}
-	if _, err := rs.Reserve(ctxT(t), l); !errors.Is(err, lease.ErrNotFound) {
+	if _, err := rs.Reserve(Ctx(t), l); !errors.Is(err, lease.ErrNotFound) {
 		t.Fatalf("Reserve again: err = %v, want ErrNotFound", err)
 	}
-	if _, err := rs.Reserve(ctxT(t), sample(6, "192.168.1.6")); !errors.Is(err, lease.ErrNotFound) {
+	if _, err := rs.Reserve(Ctx(t), sample(6, "192.168.1.6")); !errors.Is(err, lease.ErrNotFound) {
 		t.Fatalf("Reserve of an absent key: err = %v, want ErrNotFound", err)
 	}
 	// Reserving a reservation rewrites it.
-	if _, err := rs.Reserve(ctxT(t), r); err != nil {
+	if _, err := rs.Reserve(Ctx(t), r); err != nil {
 		t.Fatalf("Reserve of a reservation: %v", err)
 	}
 	if ls, _ := list(t, s); len(ls) != 1 {
@@ -289,7 +291,7 @@ func testRenewGuards(t *testing.T, s lease.Store) {
 	l := mustCreate(t, s, sample(4, "192.168.1.4"), time.Hour)
 
 	l.Attrs.PublicIP = netip.MustParseAddr("192.168.1.44")
-	nl, err := s.Renew(ctxT(t), l, time.Hour)
+	nl, err := s.Renew(Ctx(t), l, time.Hour)
 	if err != nil {
 		t.Fatalf("Renew: %v", err)
 	}
@@ -307,27 +309,27 @@ func testRenewGuards(t *testing.T, s lease.Store) {
 	other := mustCreate(t, s, sample(5, "192.168.1.5"), time.Hour)
 	stale := l
 	stale.ID = other.ID
-	if _, err := s.Renew(ctxT(t), stale, time.Hour); !errors.Is(err, lease.ErrNotFound) {
+	if _, err := s.Renew(Ctx(t), stale, time.Hour); !errors.Is(err, lease.ErrNotFound) {
 		t.Errorf("Renew with another lease's ID: err = %v, want ErrNotFound", err)
 	}
 	asRes := l
 	asRes.ID = 0
-	if _, err := s.Renew(ctxT(t), asRes, time.Hour); !errors.Is(err, lease.ErrNotFound) {
+	if _, err := s.Renew(Ctx(t), asRes, time.Hour); !errors.Is(err, lease.ErrNotFound) {
 		t.Errorf("Renew of a lease as a reservation: err = %v, want ErrNotFound", err)
 	}
 	missing := sample(6, "192.168.1.6")
 	missing.ID = l.ID
-	if _, err := s.Renew(ctxT(t), missing, time.Hour); !errors.Is(err, lease.ErrNotFound) {
+	if _, err := s.Renew(Ctx(t), missing, time.Hour); !errors.Is(err, lease.ErrNotFound) {
 		t.Errorf("Renew of a missing key: err = %v, want ErrNotFound", err)
 	}
 	ls, _ = list(t, s)
 	if got, _ := find(ls, l.Key()); got.ID != l.ID || got.Attrs.PublicIP != l.Attrs.PublicIP {
 		t.Errorf("failed renewals changed the lease to %+v", got)
 	}
-	if err := s.Revoke(ctxT(t), l); err != nil {
+	if err := s.Revoke(Ctx(t), l); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Renew(ctxT(t), l, time.Hour); !errors.Is(err, lease.ErrNotFound) {
+	if _, err := s.Renew(Ctx(t), l, time.Hour); !errors.Is(err, lease.ErrNotFound) {
 		t.Errorf("Renew after Revoke: err = %v, want ErrNotFound", err)
 	}
 }
@@ -337,64 +339,23 @@ func testRevokeGuards(t *testing.T, s lease.Store) {
 	b := mustCreate(t, s, sample(2, "192.168.1.2"), time.Hour)
 	wrong := a
 	wrong.ID = b.ID + 1000
-	if err := s.Revoke(ctxT(t), wrong); !errors.Is(err, lease.ErrNotFound) {
+	if err := s.Revoke(Ctx(t), wrong); !errors.Is(err, lease.ErrNotFound) {
 		t.Errorf("Revoke with wrong ID: err = %v, want ErrNotFound", err)
 	}
 	ls, _ := list(t, s)
 	if _, ok := find(ls, a.Key()); !ok {
 		t.Fatalf("Revoke with wrong ID deleted %s", a)
 	}
-	if err := s.Revoke(ctxT(t), a); err != nil {
+	if err := s.Revoke(Ctx(t), a); err != nil {
 		t.Fatalf("Revoke: %v", err)
 	}
-	if err := s.Revoke(ctxT(t), a); !errors.Is(err, lease.ErrNotFound) {
+	if err := s.Revoke(Ctx(t), a); !errors.Is(err, lease.ErrNotFound) {
 		t.Errorf("second Revoke: err = %v, want ErrNotFound", err)
 	}
 	ls, _ = list(t, s)
 	if len(ls) != 1 || ls[0].Key() != b.Key() {
 		t.Fatalf("after Revoke: %v, want only %s", ls, b)
 	}
-}
-
-// watcher runs Watch in the background and collects its events.
-type watcher struct {
-	events chan lease.Event
-	done   chan error
-	cancel context.CancelFunc
-}
-
-func startWatch(t *testing.T, s lease.Store, rev int64) *watcher {
-	ctx, cancel := context.WithCancel(context.Background())
-	w := &watcher{events: make(chan lease.Event, 100), done: make(chan error, 1), cancel: cancel}
-	go func() {
-		w.done <- s.Watch(ctx, rev, func(evs []lease.Event) {
-			if len(evs) == 0 {
-				t.Error("Watch delivered an empty batch")
-			}
-			for _, e := range evs {
-				w.events <- e
-			}
-		})
-	}()
-	t.Cleanup(func() {
-		cancel()
-		<-w.done
-	})
-	return w
-}
-
-// next waits for the next event.
-func (w *watcher) next(t *testing.T, within time.Duration) lease.Event {
-	t.Helper()
-	select {
-	case e := <-w.events:
-		return e
-	case err := <-w.done:
-		t.Fatalf("Watch returned early: %v", err)
-	case <-time.After(within):
-		t.Fatalf("no watch event within %v", within)
-	}
-	return lease.Event{}
 }
 
 func expectEvent(t *testing.T, got lease.Event, typ lease.EventType, want lease.Lease) {
@@ -412,31 +373,22 @@ func expectEvent(t *testing.T, got lease.Event, typ lease.EventType, want lease.
 
 func testWatch(t *testing.T, s lease.Store) {
 	_, rev := list(t, s)
-	w := startWatch(t, s, rev)
+	w := StartWatch(t, s, rev)
 
 	a := mustCreate(t, s, sample(1, "192.168.1.1"), time.Hour)
-	expectEvent(t, w.next(t, 5*time.Second), lease.Added, a)
+	expectEvent(t, w.Next(t, 5*time.Second), lease.Added, a)
 	a.Attrs.PublicIP = netip.MustParseAddr("192.168.1.11")
-	a, err := s.Renew(ctxT(t), a, time.Hour)
+	a, err := s.Renew(Ctx(t), a, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	expectEvent(t, w.next(t, 5*time.Second), lease.Added, a)
-	if err := s.Revoke(ctxT(t), a); err != nil {
+	expectEvent(t, w.Next(t, 5*time.Second), lease.Added, a)
+	if err := s.Revoke(Ctx(t), a); err != nil {
 		t.Fatal(err)
 	}
-	expectEvent(t, w.next(t, 5*time.Second), lease.Removed, a)
+	expectEvent(t, w.Next(t, 5*time.Second), lease.Removed, a)
 
-	w.cancel()
-	select {
-	case err := <-w.done:
-		w.done <- err // for cleanup
-		if !errors.Is(err, context.Canceled) {
-			t.Fatalf("Watch after cancel returned %v, want context.Canceled", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Watch did not return after cancel")
-	}
+	w.Stop(t)
 }
 
 // Changes made between listing and watching are not lost.
@@ -444,31 +396,31 @@ func testWatchFromPast(t *testing.T, s lease.Store) {
 	_, rev := list(t, s)
 	a := mustCreate(t, s, sample(1, "192.168.1.1"), time.Hour)
 	b := mustCreate(t, s, sample(2, "192.168.1.2"), time.Hour)
-	w := startWatch(t, s, rev)
-	expectEvent(t, w.next(t, 5*time.Second), lease.Added, a)
-	expectEvent(t, w.next(t, 5*time.Second), lease.Added, b)
+	w := StartWatch(t, s, rev)
+	expectEvent(t, w.Next(t, 5*time.Second), lease.Added, a)
+	expectEvent(t, w.Next(t, 5*time.Second), lease.Added, b)
 
 	// Watching from the current revision reports nothing old.
 	_, rev = list(t, s)
-	w2 := startWatch(t, s, rev)
+	w2 := StartWatch(t, s, rev)
 	c := mustCreate(t, s, sample(3, "192.168.1.3"), time.Hour)
-	expectEvent(t, w2.next(t, 5*time.Second), lease.Added, c)
+	expectEvent(t, w2.Next(t, 5*time.Second), lease.Added, c)
 }
 
 func testExpiry(t *testing.T, s lease.Store) {
 	_, rev := list(t, s)
-	w := startWatch(t, s, rev)
+	w := StartWatch(t, s, rev)
 	short := mustCreate(t, s, sample(1, "192.168.1.1"), ShortTTL)
 	long := mustCreate(t, s, sample(2, "192.168.1.2"), time.Hour)
 	res := mustCreate(t, s, sample(3, "192.168.1.3"), 0)
 	for range 3 {
-		w.next(t, 5*time.Second)
+		w.Next(t, 5*time.Second)
 	}
 
 	if a, ok := s.(Advancer); ok {
 		a.Advance(ShortTTL + time.Second)
 	}
-	e := w.next(t, ShortTTL+5*time.Second)
+	e := w.Next(t, ShortTTL+5*time.Second)
 	expectEvent(t, e, lease.Removed, short)
 
 	ls, _ := list(t, s)
@@ -480,7 +432,7 @@ func testExpiry(t *testing.T, s lease.Store) {
 			t.Errorf("lease %s vanished with the expired one", l)
 		}
 	}
-	if _, err := s.Renew(ctxT(t), short, time.Hour); !errors.Is(err, lease.ErrNotFound) {
+	if _, err := s.Renew(Ctx(t), short, time.Hour); !errors.Is(err, lease.ErrNotFound) {
 		t.Errorf("Renew of expired lease: err = %v, want ErrNotFound", err)
 	}
 	// The subnet is free again.
@@ -495,15 +447,15 @@ func testCompaction(t *testing.T, s lease.Store) {
 	_, rev0 := list(t, s)
 	a := mustCreate(t, s, sample(1, "192.168.1.1"), time.Hour)
 	b := mustCreate(t, s, sample(2, "192.168.1.2"), time.Hour)
-	if err := s.Revoke(ctxT(t), a); err != nil {
+	if err := s.Revoke(Ctx(t), a); err != nil {
 		t.Fatal(err)
 	}
 	_, rev := list(t, s)
-	if err := c.Compact(ctxT(t), rev); err != nil {
+	if err := c.Compact(Ctx(t), rev); err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
-	go func() { done <- s.Watch(ctxT(t), rev0, func([]lease.Event) {}) }()
+	go func() { done <- s.Watch(Ctx(t), rev0, func([]lease.Event) {}) }()
 	select {
 	case err := <-done:
 		if !errors.Is(err, lease.ErrCompacted) {
@@ -518,9 +470,9 @@ func testCompaction(t *testing.T, s lease.Store) {
 	if len(ls) != 1 || ls[0].Key() != b.Key() {
 		t.Fatalf("re-list after compaction: %v, want only %s", ls, b)
 	}
-	w := startWatch(t, s, rev)
+	w := StartWatch(t, s, rev)
 	d := mustCreate(t, s, sample(4, "192.168.1.4"), time.Hour)
-	expectEvent(t, w.next(t, 5*time.Second), lease.Added, d)
+	expectEvent(t, w.Next(t, 5*time.Second), lease.Added, d)
 }
 
 func testBadEntries(t *testing.T, s lease.Store) {
@@ -531,7 +483,7 @@ func testBadEntries(t *testing.T, s lease.Store) {
 	good := mustCreate(t, s, sample(1, "192.168.1.1"), time.Hour)
 	soured := mustCreate(t, s, sample(2, "192.168.1.2"), 0)
 	_, rev := list(t, s)
-	w := startWatch(t, s, rev)
+	w := StartWatch(t, s, rev)
 
 	bad := map[string]string{
 		"not-a-subnet":                `{"PublicIP":"192.168.1.9"}`,
@@ -543,7 +495,7 @@ func testBadEntries(t *testing.T, s lease.Store) {
 		"10.5.14.0-24&fc00:0000::-64": `{"PublicIP":"192.168.1.9"}`, // not canonical
 	}
 	for k, v := range bad {
-		if err := rw.PutRaw(ctxT(t), k, []byte(v)); err != nil {
+		if err := rw.PutRaw(Ctx(t), k, []byte(v)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -554,7 +506,7 @@ func testBadEntries(t *testing.T, s lease.Store) {
 	// Bad keys produce no event; bad values for good keys are removals.
 	removed := map[string]bool{}
 	for range 3 {
-		e := w.next(t, 5*time.Second)
+		e := w.Next(t, 5*time.Second)
 		if e.Type != lease.Removed {
 			t.Fatalf("bad entry delivered as %v %+v", e.Type, e.Lease)
 		}
@@ -566,10 +518,10 @@ func testBadEntries(t *testing.T, s lease.Store) {
 		}
 	}
 	// A good entry whose value turns to garbage is reported as removed.
-	if err := rw.PutRaw(ctxT(t), soured.Key(), []byte(`{"PublicIP":`)); err != nil {
+	if err := rw.PutRaw(Ctx(t), soured.Key(), []byte(`{"PublicIP":`)); err != nil {
 		t.Fatal(err)
 	}
-	expectEvent(t, w.next(t, 5*time.Second), lease.Removed, soured)
+	expectEvent(t, w.Next(t, 5*time.Second), lease.Removed, soured)
 	d := mustCreate(t, s, sample(4, "192.168.1.4"), time.Hour)
-	expectEvent(t, w.next(t, 5*time.Second), lease.Added, d)
+	expectEvent(t, w.Next(t, 5*time.Second), lease.Added, d)
 }

@@ -1,0 +1,174 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/flannel-go/flannel/internal/kubetest"
+	"github.com/flannel-go/flannel/internal/lab"
+)
+
+// kubeLab is a lab whose flanneld run in Kubernetes mode against a real
+// kube-apiserver on the lab's etcd, one Node object per lab host.
+type kubeLab struct {
+	*lab.Lab
+	api    *kubetest.Server
+	client kubernetes.Interface
+	cidrs  map[string]netip.Prefix // node name → podCIDR
+}
+
+// startKubeLab builds n hosts, runs the API server beside the lab's etcd,
+// applies dist/kube-flannel.yml (so flanneld's credentials carry exactly
+// the manifest's RBAC), creates a Node per host with a podCIDR, as the
+// controller-manager's node IPAM would, and starts flanneld on each with
+// --kube-subnet-mgr.
+func startKubeLab(t *testing.T, n int, backend string) *kubeLab {
+	t.Helper()
+	bin := kubetest.Require(t)
+	o := labOpts(t, n, backendConfig(backend))
+	o.NoFlanneld = true
+	l := startLab(t, o)
+	from := l.EtcdNS
+	if from == "" {
+		from = l.Hosts[0].NS
+	}
+	etcdURL := l.EtcdEndpoints[0]
+	host, _, err := net.SplitHostPort(strings.TrimPrefix(etcdURL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dial := lab.DialerIn(from)
+	api := kubetest.Start(t, kubetest.Options{
+		Binary:  bin,
+		Etcd:    l.EtcdEndpoints,
+		Address: netip.MustParseAddr(host),
+		Wrap:    []string{"ip", "netns", "exec", from},
+		Dial:    func(ctx context.Context, _, addr string) (net.Conn, error) { return dial(ctx, addr) },
+	})
+	kl := &kubeLab{Lab: l, api: api, client: api.MustClient(t), cidrs: map[string]netip.Prefix{}}
+
+	admin, err := api.WriteKubeconfig("admin.conf", "kubetest-admin", "system:masters")
+	if err != nil {
+		t.Fatal(err)
+	}
+	manifest, err := filepath.Abs("../dist/kube-flannel.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "ip", "netns", "exec", from,
+		"kubectl", "--kubeconfig", admin, "apply", "--server-side", "-f", manifest).CombinedOutput()
+	if err != nil {
+		t.Fatalf("kubectl apply -f dist/kube-flannel.yml: %v\n%s", err, out)
+	}
+	// flanneld authenticates as the manifest's ServiceAccount would.
+	kubeconfig, err := api.WriteKubeconfig("flanneld.conf", "system:serviceaccount:kube-flannel:flannel")
+	if err != nil {
+		t.Fatal(err)
+	}
+	netConf := filepath.Join(t.TempDir(), "net-conf.json")
+	if err := os.WriteFile(netConf, []byte(fmt.Sprintf(`{"Network":"10.244.0.0/16","Backend":{"Type":%q}}`, backend)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for i, h := range l.Hosts {
+		cidr := netip.MustParsePrefix(fmt.Sprintf("10.244.%d.0/24", 10+i))
+		kubetest.CreateNode(t, kl.client, h.Name, cidr.String())
+		kl.cidrs[h.Name] = cidr
+		h.Env = []string{"NODE_NAME=" + h.Name}
+		h.Args = append(h.Args, "--kube-subnet-mgr", "--kubeconfig-file="+kubeconfig, "--net-config-path="+netConf)
+		startHost(t, l, h)
+	}
+	return kl
+}
+
+// Three nodes in Kubernetes mode, per backend: each takes its podCIDR,
+// publishes upstream's annotations byte for byte, is marked network-
+// available, and every pod pings every other. A deleted node's routes are
+// gone from the others within a second.
+func TestKubeMode(t *testing.T) {
+	for _, b := range backends {
+		t.Run(b, func(t *testing.T) {
+			kl := startKubeLab(t, 3, b)
+			ctx := context.Background()
+			for _, h := range kl.Hosts {
+				if h.Subnet != kl.cidrs[h.Name] {
+					t.Errorf("%s: subnet.env has %s, want the node's podCIDR %s", h.Name, h.Subnet, kl.cidrs[h.Name])
+				}
+				node, err := kl.client.CoreV1().Nodes().Get(ctx, h.Name, metav1.GetOptions{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				assertUpstreamAnnotations(t, node, b, h.Addr)
+				assertNetworkAvailable(t, node)
+			}
+			assertAllPairsPing(t, kl.Lab)
+
+			gone := kl.Hosts[2]
+			if err := kl.client.CoreV1().Nodes().Delete(ctx, gone.Name, metav1.DeleteOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			sn := kl.cidrs[gone.Name]
+			for _, h := range kl.Hosts[:2] {
+				if took, ok := pollUntil(time.Second, func() bool { return !entriesFor(h, sn, gone.Addr).any() }); !ok {
+					t.Errorf("%s still routes the deleted node's %s after %s: %s", h.Name, sn, took, entriesFor(h, sn, gone.Addr))
+				}
+			}
+		})
+	}
+}
+
+// assertUpstreamAnnotations checks the annotations upstream's flanneld
+// writes, in its exact form.
+func assertUpstreamAnnotations(t *testing.T, n *v1.Node, backend string, pub netip.Addr) {
+	t.Helper()
+	const p = "flannel.alpha.coreos.com/"
+	a := n.Annotations
+	want := map[string]string{
+		p + "kube-subnet-manager": "true",
+		p + "backend-type":        backend,
+		p + "public-ip":           pub.String(),
+	}
+	for k, v := range want {
+		if a[k] != v {
+			t.Errorf("node %s: annotation %s = %q, want %q", n.Name, k, a[k], v)
+		}
+	}
+	data := a[p+"backend-data"]
+	switch backend {
+	case "vxlan":
+		if !regexp.MustCompile(`^\{"VNI":1,"VtepMAC":"[0-9a-f]{2}(:[0-9a-f]{2}){5}"\}$`).MatchString(data) {
+			t.Errorf("node %s: backend-data %q, want upstream's {\"VNI\":1,\"VtepMAC\":\"…\"}", n.Name, data)
+		}
+	case "host-gw":
+		if data != "null" {
+			t.Errorf("node %s: backend-data %q, want null as upstream writes it", n.Name, data)
+		}
+	}
+}
+
+func assertNetworkAvailable(t *testing.T, n *v1.Node) {
+	t.Helper()
+	for _, c := range n.Status.Conditions {
+		if c.Type == v1.NodeNetworkUnavailable {
+			if c.Status != v1.ConditionFalse || c.Reason != "FlannelIsUp" {
+				t.Errorf("node %s: NetworkUnavailable %s reason %q, want False FlannelIsUp", n.Name, c.Status, c.Reason)
+			}
+			return
+		}
+	}
+	t.Errorf("node %s has no NetworkUnavailable condition", n.Name)
+}
