@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"os"
+	"runtime"
+	"strings"
 	"syscall"
 	"time"
 
@@ -21,6 +24,8 @@ type ScaleOptions struct {
 	NewLeases int           // required: leases written one at a time afterwards, for the latency
 	Interval  time.Duration // time between new leases
 	Progress  io.Writer     // optional: a line per step
+	// SyncTimeout bounds the wait for the full sync; 0 means 2 minutes.
+	SyncTimeout time.Duration
 }
 
 // ScaleResult holds the figures of one RunScale.
@@ -135,7 +140,11 @@ func (s *scaleRun) measureSync(ctx context.Context, w *EntryWatch) error {
 		return err
 	}
 	pid := h.FlanneldPID
-	last, err := w.WaitExpected(ctx, 2*time.Minute, pid)
+	timeout := s.o.SyncTimeout
+	if timeout <= 0 {
+		timeout = 2 * time.Minute
+	}
+	last, err := w.WaitExpected(ctx, timeout, pid)
 	if err != nil {
 		have, want := w.Progress()
 		return fmt.Errorf("waiting for the full sync (have %+v of %+v): %w", have, want, err)
@@ -227,4 +236,31 @@ func (s *scaleRun) measureNew(ctx context.Context, w *EntryWatch, cli *clientv3.
 		return err
 	}
 	return nil
+}
+
+// MachineDescription names the CPU and the cpuidle driver (whose wake-up
+// latency shows in the latency figures), as lscpu and sysfs give them.
+func MachineDescription() string {
+	model := "unknown CPU"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				model = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	idle := "none"
+	if b, err := os.ReadFile("/sys/devices/system/cpu/cpuidle/current_driver"); err == nil {
+		idle = strings.TrimSpace(string(b))
+	}
+	return fmt.Sprintf("%s, %d CPUs, cpuidle driver %s, kernel %s", model, runtime.NumCPU(), idle, kernelRelease())
+}
+
+func kernelRelease() string {
+	b, err := os.ReadFile("/proc/sys/kernel/osrelease")
+	if err != nil {
+		return "unknown"
+	}
+	return strings.TrimSpace(string(b))
 }

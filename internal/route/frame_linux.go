@@ -8,33 +8,66 @@ import (
 	"slices"
 )
 
+// Want is what one peer asks of the kernel, as a backend's want function
+// describes it.
+type Want struct {
+	// State is the peer's entries. Entries of different peers must not
+	// share a key unless Claims keep them apart.
+	State
+	// Claims are what the peer must hold alone (a VTEP MAC, a neighbour
+	// address): of the peers claiming the same string, the one with the
+	// lowest subnet holds it, and a peer gets its entries only if it holds
+	// all its claims. The outcome depends on the set, never on the order
+	// peers arrive in, so an Update ends where a Sync would.
+	Claims []string
+	// Problem, if not empty, is why the peer gets no entries; its Claims
+	// are then ignored. It is logged once per peer and problem.
+	Problem string
+}
+
 // Frame is what backends that keep per-peer kernel entries in a Table
 // (host-gw, vxlan) share around it: the Table once Init has succeeded,
-// the peers of the last Sync (which Repair re-applies), the release of the
-// netlink handle, the guard against use before Init or after Close, and a
-// warning logged once per skipped peer and problem. P is the backend's
-// peer type; desired, given by the backend, turns peers into entries.
+// the peers by subnet with what each wants (which Repair re-applies), the
+// holders of claims, the release of the netlink handle, the guard against
+// use before Init or after Close, and a warning logged once per skipped
+// peer and problem. P is the backend's peer type; subnet keys a peer
+// (peers without a valid one are ignored) and want, given by the backend,
+// turns one peer into entries.
+//
+// Sync costs O(N) in the peers; Update costs O(changes) (plus the other
+// claimants of the claims the changed peers touch).
 //
 // The zero Frame is not usable; NewFrame makes one.
 type Frame[P any] struct {
-	name    string
-	log     *slog.Logger
-	desired func([]P) State
+	name   string
+	log    *slog.Logger
+	subnet func(P) netip.Prefix
+	want   func(P) Want
 
-	Table   *Table // nil until the backend's Init succeeds
-	peers   []P
+	Table *Table // nil until the backend's Init succeeds
+	// LogAttrs, if set, describes a peer in its warnings. It is called
+	// only to warn, so per-peer descriptions cost nothing otherwise.
+	LogAttrs func(P) []any
+
+	peers   map[netip.Prefix]*peer[P]
+	claims  map[string][]netip.Prefix // claim → its claimants, most often one
 	release func()
 	closed  bool
-	// warned is the problem last logged per subnet; skipped collects
-	// this Apply's, so a problem that goes away is warned about again
-	// if it comes back.
-	warned, skipped map[netip.Prefix]string
+	stale   bool // the last Sync, Update or Apply failed in part
+}
+
+type peer[P any] struct {
+	p      P
+	w      Want
+	held   bool   // its entries are in the desired state
+	warned string // the problem last logged; "" once it went away
 }
 
 // NewFrame returns the frame of the backend name (which prefixes errors
 // and log messages).
-func NewFrame[P any](name string, log *slog.Logger, desired func([]P) State) *Frame[P] {
-	return &Frame[P]{name: name, log: log, desired: desired, warned: map[netip.Prefix]string{}}
+func NewFrame[P any](name string, log *slog.Logger, subnet func(P) netip.Prefix, want func(P) Want) *Frame[P] {
+	return &Frame[P]{name: name, log: log, subnet: subnet, want: want,
+		peers: map[netip.Prefix]*peer[P]{}, claims: map[string][]netip.Prefix{}}
 }
 
 // OnClose sets what Close releases: the netlink handle the backend opened.
@@ -66,26 +99,79 @@ func (f *Frame[P]) Ready() error {
 	return nil
 }
 
-// Peers returns the last Sync's peers.
-func (f *Frame[P]) Peers() []P { return f.peers }
+// Peers returns the current peers, sorted by subnet. It costs O(N log N).
+func (f *Frame[P]) Peers() []P {
+	sns := make([]netip.Prefix, 0, len(f.peers))
+	for sn := range f.peers {
+		sns = append(sns, sn)
+	}
+	slices.SortFunc(sns, netip.Prefix.Compare)
+	out := make([]P, len(sns))
+	for i, sn := range sns {
+		out[i] = f.peers[sn].p
+	}
+	return out
+}
 
-// Sync records peers and makes the Table match what desired makes of them.
+// Len is the number of peers.
+func (f *Frame[P]) Len() int { return len(f.peers) }
+
+// Stale reports whether a change failed since the last complete Apply:
+// Apply must run again even if the kernel lost nothing.
+func (f *Frame[P]) Stale() bool { return f.stale }
+
+// Desired returns what the peers want of the kernel: the entries of every
+// peer that has no problem and holds its claims.
+func (f *Frame[P]) Desired() State {
+	var s State
+	for _, pr := range f.peers {
+		if pr.held {
+			s.Routes = append(s.Routes, pr.w.Routes...)
+			s.Neighs = append(s.Neighs, pr.w.Neighs...)
+			s.FDB = append(s.FDB, pr.w.FDB...)
+		}
+	}
+	return s
+}
+
+// Sync replaces the peers (a later duplicate of a subnet wins) and makes
+// the Table match what they want.
 func (f *Frame[P]) Sync(peers []P) error {
 	if err := f.Ready(); err != nil {
 		return err
 	}
-	f.peers = slices.Clone(peers)
+	old := f.peers
+	f.peers = make(map[netip.Prefix]*peer[P], len(peers))
+	for _, p := range peers {
+		sn := f.subnet(p)
+		if !sn.IsValid() {
+			continue
+		}
+		pr := &peer[P]{p: p}
+		if o, ok := old[sn]; ok {
+			pr.warned = o.warned
+		}
+		f.peers[sn] = pr
+	}
 	return f.Apply()
 }
 
-// Apply makes the Table match what desired makes of the last Sync's peers.
+// Apply asks want again about every peer (what it depends on may have
+// changed: the underlay, the device) and makes the Table match.
 func (f *Frame[P]) Apply() error {
 	if f.Table == nil {
 		return errors.New(f.name + ": Init has not succeeded")
 	}
-	f.skipped = map[netip.Prefix]string{}
-	c, err := f.Table.Set(f.desired(f.peers))
-	f.warned, f.skipped = f.skipped, nil
+	f.claims = make(map[string][]netip.Prefix, len(f.claims))
+	for sn, pr := range f.peers {
+		pr.w = f.want(pr.p)
+		f.claim(sn, pr.w)
+	}
+	for sn, pr := range f.peers {
+		f.evaluate(sn, pr)
+	}
+	c, err := f.Table.Set(f.Desired())
+	f.stale = err != nil
 	if !c.None() {
 		f.log.Debug(f.name+": applied peers", "peers", len(f.peers), "added", c.Added, "removed", c.Removed, "failed", c.Failed)
 	}
@@ -95,12 +181,165 @@ func (f *Frame[P]) Apply() error {
 	return nil
 }
 
-// Skip, called by desired, records that the peer with subnet sn gets no
-// entries because of problem, and logs it unless the previous Apply
-// logged the same; attrs are added to the log line.
-func (f *Frame[P]) Skip(sn netip.Prefix, problem string, attrs ...any) {
-	f.skipped[sn] = problem
-	if f.warned[sn] != problem {
-		f.log.Warn(f.name+": skipping peer", append([]any{"subnet", sn, "reason", problem}, attrs...)...)
+// Update applies a change of the peer set: put are added or replace the
+// peer with the same subnet, removed are the subnets of peers that left.
+// A subnet appears at most once. The Table ends as a Sync of the whole
+// new set would leave it, but only the changed peers' entries, and those
+// of peers whose claims they take or release, are touched.
+func (f *Frame[P]) Update(put []P, removed []netip.Prefix) error {
+	if err := f.Ready(); err != nil {
+		return err
 	}
+	type next struct {
+		sn netip.Prefix
+		p  P
+		w  Want
+	}
+	puts := make([]next, 0, len(put))
+	for _, p := range put {
+		if sn := f.subnet(p); sn.IsValid() {
+			puts = append(puts, next{sn, p, f.want(p)})
+		}
+	}
+
+	// Who may change: the changed peers and every claimant of a claim
+	// they held or take. Their old entries are noted before anything moves.
+	type before struct {
+		held  bool
+		state State
+	}
+	affected := map[netip.Prefix]before{}
+	note := func(sn netip.Prefix) {
+		if _, ok := affected[sn]; ok {
+			return
+		}
+		var b before
+		if pr, ok := f.peers[sn]; ok {
+			b = before{pr.held, pr.w.State}
+		}
+		affected[sn] = b
+	}
+	touch := func(claims []string) {
+		for _, c := range claims {
+			for _, sn := range f.claims[c] {
+				note(sn)
+			}
+		}
+	}
+	for _, sn := range removed {
+		note(sn)
+		if pr, ok := f.peers[sn]; ok {
+			touch(pr.w.Claims)
+		}
+	}
+	for _, n := range puts {
+		note(n.sn)
+		if pr, ok := f.peers[n.sn]; ok {
+			touch(pr.w.Claims)
+		}
+		touch(n.w.Claims)
+	}
+
+	for _, sn := range removed {
+		if pr, ok := f.peers[sn]; ok {
+			f.unclaim(sn, pr.w)
+			delete(f.peers, sn)
+		}
+	}
+	for _, n := range puts {
+		pr, ok := f.peers[n.sn]
+		if ok {
+			f.unclaim(n.sn, pr.w)
+		} else {
+			pr = &peer[P]{}
+			f.peers[n.sn] = pr
+		}
+		pr.p, pr.w = n.p, n.w
+		f.claim(n.sn, n.w)
+	}
+
+	var add, del State
+	for sn, b := range affected {
+		if b.held {
+			del.Routes = append(del.Routes, b.state.Routes...)
+			del.Neighs = append(del.Neighs, b.state.Neighs...)
+			del.FDB = append(del.FDB, b.state.FDB...)
+		}
+		pr, ok := f.peers[sn]
+		if !ok {
+			continue
+		}
+		if f.evaluate(sn, pr) {
+			add.Routes = append(add.Routes, pr.w.Routes...)
+			add.Neighs = append(add.Neighs, pr.w.Neighs...)
+			add.FDB = append(add.FDB, pr.w.FDB...)
+		}
+	}
+	c, err := f.Table.Update(add, del)
+	f.stale = f.stale || err != nil
+	if !c.None() {
+		f.log.Debug(f.name+": updated peers", "changed", len(puts)+len(removed), "peers", len(f.peers), "added", c.Added, "removed", c.Removed, "failed", c.Failed)
+	}
+	if err != nil {
+		return fmt.Errorf("%s: update %d of %d peers: %w", f.name, len(puts)+len(removed), len(f.peers), err)
+	}
+	return nil
+}
+
+func (f *Frame[P]) claim(sn netip.Prefix, w Want) {
+	if w.Problem != "" {
+		return
+	}
+	for _, c := range w.Claims {
+		f.claims[c] = append(f.claims[c], sn)
+	}
+}
+
+func (f *Frame[P]) unclaim(sn netip.Prefix, w Want) {
+	if w.Problem != "" {
+		return
+	}
+	for _, c := range w.Claims {
+		l := slices.DeleteFunc(f.claims[c], func(o netip.Prefix) bool { return o == sn })
+		if len(l) == 0 {
+			delete(f.claims, c)
+		} else {
+			f.claims[c] = l
+		}
+	}
+}
+
+// holder is the claimant of c with the lowest subnet.
+func (f *Frame[P]) holder(c string) netip.Prefix {
+	var h netip.Prefix
+	for _, sn := range f.claims[c] {
+		if !h.IsValid() || sn.Compare(h) < 0 {
+			h = sn
+		}
+	}
+	return h
+}
+
+// evaluate decides whether pr gets its entries, logs a new problem, and
+// returns pr.held.
+func (f *Frame[P]) evaluate(sn netip.Prefix, pr *peer[P]) bool {
+	problem := pr.w.Problem
+	if problem == "" {
+		for _, c := range pr.w.Claims {
+			if h := f.holder(c); h != sn {
+				problem = fmt.Sprintf("%s is also used by %s", c, h)
+				break
+			}
+		}
+	}
+	pr.held = problem == ""
+	if problem != "" && problem != pr.warned {
+		attrs := []any{"subnet", sn, "reason", problem}
+		if f.LogAttrs != nil {
+			attrs = append(attrs, f.LogAttrs(pr.p)...)
+		}
+		f.log.Warn(f.name+": skipping peer", attrs...)
+	}
+	pr.warned = problem
+	return pr.held
 }

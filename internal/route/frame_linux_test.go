@@ -19,14 +19,12 @@ func TestFrame(t *testing.T) {
 	even := func(ids []int) []int {
 		return slices.DeleteFunc(slices.Clone(ids), func(id int) bool { return id%2 == 1 })
 	}
-	var f *Frame[int]
-	f = NewFrame("test", lb.Logger(), func(ids []int) State {
-		for _, id := range ids {
-			if id%2 == 1 {
-				f.Skip(netip.MustParsePrefix(fmt.Sprintf("10.5.%d.0/24", id)), "odd")
-			}
+	sub := func(id int) netip.Prefix { return netip.MustParsePrefix(fmt.Sprintf("10.5.%d.0/24", id)) }
+	f := NewFrame("test", lb.Logger(), sub, func(id int) Want {
+		if id%2 == 1 {
+			return Want{Problem: "odd"}
 		}
-		return peerState(even(ids), 0)
+		return Want{State: peerState([]int{id}, 0)}
 	})
 	if err := f.Sync([]int{2}); err == nil || !strings.Contains(err.Error(), "Init") {
 		t.Errorf("Sync before a Table: %v, want an error about Init", err)

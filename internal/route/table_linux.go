@@ -83,18 +83,9 @@ func (t *Table) Applied() State {
 // them reachable), and only then deletes, routes first. A failed change is
 // reported and left for the next Set to retry; the others still happen.
 func (t *Table) Set(want State) (Changes, error) {
-	wr := make(map[routeKey]Route, len(want.Routes))
-	for _, r := range want.Routes {
-		wr[r.key()] = r
-	}
-	wn := make(map[neighKey]Neigh, len(want.Neighs))
-	for _, n := range want.Neighs {
-		wn[n.key()] = n
-	}
-	wf := make(map[FDB]FDB, len(want.FDB))
-	for _, f := range want.FDB {
-		wf[f] = f
-	}
+	wr := keyed(want.Routes, Route.key)
+	wn := keyed(want.Neighs, Neigh.key)
+	wf := keyed(want.FDB, func(f FDB) FDB { return f })
 
 	var c Changes
 	var errs errList
@@ -105,6 +96,59 @@ func (t *Table) Set(want State) (Changes, error) {
 	remove(t.neighs, wn, t.neighDel, &c, &errs)
 	remove(t.fdb, wf, t.fdbDel, &c, &errs)
 	return c, errs.err(c)
+}
+
+// Update changes part of the owned entries, in time proportional to the
+// change: it adds or replaces put's entries (neighbours, FDB, routes), then
+// deletes the applied entries with the keys of del's that put does not
+// have (routes, neighbours, FDB). Entries named in neither are left alone,
+// so put and del are typically the new and the old entries of the peers
+// that changed; a changed peer keeps its path while it changes. As with
+// Set, a failed change is reported and left for the next Set.
+func (t *Table) Update(put, del State) (Changes, error) {
+	wr := keyed(put.Routes, Route.key)
+	wn := keyed(put.Neighs, Neigh.key)
+	wf := keyed(put.FDB, func(f FDB) FDB { return f })
+
+	var c Changes
+	var errs errList
+	add(t.neighs, wn, t.neighSet, &c, &errs)
+	add(t.fdb, wf, t.fdbSet, &c, &errs)
+	add(t.routes, wr, t.routeReplace, &c, &errs)
+	drop(t.routes, wr, del.Routes, Route.key, t.routeDel, &c, &errs)
+	drop(t.neighs, wn, del.Neighs, Neigh.key, t.neighDel, &c, &errs)
+	drop(t.fdb, wf, del.FDB, func(f FDB) FDB { return f }, t.fdbDel, &c, &errs)
+	return c, errs.err(c)
+}
+
+func keyed[K comparable, E any](es []E, key func(E) K) map[K]E {
+	m := make(map[K]E, len(es))
+	for _, e := range es {
+		m[key(e)] = e
+	}
+	return m
+}
+
+// drop deletes the applied entries with the keys of del that keep does
+// not have. It deletes what was applied, which is what the kernel matches.
+func drop[K comparable, E comparable](applied, keep map[K]E, del []E, key func(E) K, do func(E) error, c *Changes, errs *errList) {
+	for _, d := range del {
+		k := key(d)
+		if _, ok := keep[k]; ok {
+			continue
+		}
+		e, ok := applied[k]
+		if !ok {
+			continue
+		}
+		if err := do(e); err != nil && !isGone(err) {
+			c.Failed++
+			errs.add(err)
+			continue
+		}
+		delete(applied, k)
+		c.Removed++
+	}
 }
 
 func add[K comparable, E comparable](applied, want map[K]E, do func(E) error, c *Changes, errs *errList) {

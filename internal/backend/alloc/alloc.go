@@ -30,7 +30,10 @@ type Backend struct {
 	ext iface.ExtIface
 }
 
-var _ backend.Backend = (*Backend)(nil)
+var (
+	_ backend.Backend = (*Backend)(nil)
+	_ backend.Updater = (*Backend)(nil)
+)
 
 // New returns the backend; alloc has no options (unknown keys are ignored).
 func New(cfg backend.Config) (backend.Backend, error) {
@@ -58,6 +61,9 @@ func (b *Backend) Configure(ctx context.Context, own lease.Lease) (int, error) {
 
 // Sync does nothing: there is no datapath.
 func (b *Backend) Sync(ctx context.Context, peers []lease.Lease) error { return nil }
+
+// Update does nothing: there is no datapath.
+func (b *Backend) Update(ctx context.Context, changes []backend.Change) error { return nil }
 
 // Repair does nothing: there is no datapath.
 func (b *Backend) Repair(ctx context.Context) error { return nil }

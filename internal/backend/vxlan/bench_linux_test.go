@@ -3,6 +3,7 @@ package vxlan
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/netip"
 	"testing"
 
@@ -99,4 +100,47 @@ func BenchmarkSync(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkUpdate measures, at 1,000, 10,000 and 65,000 peers, what one
+// new peer costs through Update (flat in N) and through Sync (linear), and
+// what a Repair pass costs (its dumps and diff are linear in N).
+func BenchmarkUpdate(b *testing.B) {
+	for _, n := range []int{1000, 10000, 65000} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			bk, peers := benchBackend(b, n+1)
+			syncOrFatal(b, bk, peers[:n])
+			add := []backend.Change{{Lease: peers[n]}}
+			del := []backend.Change{{Lease: lease.Lease{Subnet: peers[n].Subnet}, Removed: true}}
+			b.Run("1 new peer by Update", func(b *testing.B) {
+				for range b.N {
+					updateOrFatal(b, bk, add)
+					b.StopTimer()
+					updateOrFatal(b, bk, del)
+					b.StartTimer()
+				}
+			})
+			b.Run("1 new peer by Sync", func(b *testing.B) {
+				for range b.N {
+					syncOrFatal(b, bk, peers[:n+1])
+					b.StopTimer()
+					syncOrFatal(b, bk, peers[:n])
+					b.StartTimer()
+				}
+			})
+			b.Run("repair", func(b *testing.B) {
+				for range b.N {
+					if err := bk.Repair(context.Background()); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		})
+	}
+}
+
+func updateOrFatal(b *testing.B, bk *Backend, changes []backend.Change) {
+	if err := bk.Update(context.Background(), changes); err != nil {
+		b.Fatal(err)
+	}
 }

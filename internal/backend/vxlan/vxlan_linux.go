@@ -51,9 +51,15 @@ type Backend struct {
 	link   netlink.Link // index valid until the device is recreated
 	own    netip.Prefix // our lease's subnet; invalid before Configure
 	onLink map[netip.Addr]bool
-	// decoded caches each peer's BackendData by subnet. Every Sync sees
-	// every peer, and decoding thousands of unchanged JSON values each
-	// time was about half the cost of a Sync at 5,000 peers.
+	// watch tells Repair whether the kernel may have lost entries; nil
+	// if the subscription failed (then every Repair dumps).
+	watch *route.Watch
+	// restored is set by ensureDevice when it created the device or set
+	// it up: the kernel flushed the routes through it without telling.
+	restored bool
+	// decoded caches each peer's BackendData by subnet. Every Sync and
+	// Repair sees every peer, and decoding thousands of unchanged JSON
+	// values each time was about half the cost of a Sync at 5,000 peers.
 	decoded map[netip.Prefix]peerData
 }
 
@@ -65,7 +71,12 @@ type peerData struct {
 	err error
 }
 
-var _ backend.Backend = (*Backend)(nil)
+var (
+	_ backend.Backend = (*Backend)(nil)
+	_ backend.Updater = (*Backend)(nil)
+)
+
+func subnet(l lease.Lease) netip.Prefix { return l.Subnet }
 
 func newBackend(cfg backend.Config, o Options) (backend.Backend, error) {
 	log := cfg.Log
@@ -84,7 +95,8 @@ func newBackend(cfg backend.Config, o Options) (backend.Backend, error) {
 		onLink:  map[netip.Addr]bool{},
 		decoded: map[netip.Prefix]peerData{},
 	}
-	b.f = route.NewFrame(Type, b.log, b.desired)
+	b.f = route.NewFrame(Type, b.log, subnet, b.want)
+	b.f.LogAttrs = logAttrs
 	return b, nil
 }
 
@@ -123,6 +135,13 @@ func (b *Backend) Init(ctx context.Context) (lease.Attrs, error) {
 	if err := b.load(); err != nil {
 		return lease.Attrs{}, err
 	}
+	if b.watch == nil {
+		w, err := route.NewWatch(b.link.Attrs().Index, b.ext.Index)
+		if err != nil {
+			b.log.Warn("vxlan: no kernel notifications; every repair pass will dump the tables", "error", err)
+		}
+		b.watch = w
+	}
 	return lease.Attrs{
 		PublicIP:    b.ext.ExtAddr,
 		BackendType: Type,
@@ -147,16 +166,44 @@ func (b *Backend) Configure(ctx context.Context, own lease.Lease) (int, error) {
 
 // Sync makes the neighbour, FDB and route entries match peers.
 func (b *Backend) Sync(ctx context.Context, peers []lease.Lease) error {
-	return backend.NeedPermission(Type, "CAP_NET_ADMIN", b.f.Sync(peers))
+	err := backend.NeedPermission(Type, "CAP_NET_ADMIN", b.f.Sync(peers))
+	// Departed peers' decodings are dropped once they outnumber the
+	// present ones, which keeps the pruning cost off every Sync.
+	if len(b.decoded) > 2*len(peers)+64 {
+		keep := make(map[netip.Prefix]peerData, len(peers))
+		for _, p := range peers {
+			if d, ok := b.decoded[p.Subnet]; ok {
+				keep[p.Subnet] = d
+			}
+		}
+		b.decoded = keep
+	}
+	return err
 }
 
-// Repair restores the device (same MAC, address, MTU, up), re-reads the
-// owned entries and re-applies the last Sync. Its cost is one link lookup
-// and one dump each of addresses, routes, neighbours and FDB entries.
+// Update applies the changed peers' entries only: its cost does not grow
+// with the number of peers.
+func (b *Backend) Update(ctx context.Context, changes []backend.Change) error {
+	put, removed := backend.Split(changes)
+	for _, sn := range removed {
+		delete(b.decoded, sn)
+	}
+	return backend.NeedPermission(Type, "CAP_NET_ADMIN", b.f.Update(put, removed))
+}
+
+// Repair restores the device (same MAC, address, MTU, up) and, when the
+// kernel may have lost or altered entries (a notification said so, the
+// device was recreated or down, notifications were lost) or with
+// DirectRouting (the underlay may have changed), re-reads the owned
+// entries and re-applies the peers; else it only retries changes that
+// failed. A full pass costs one dump each of routes, neighbours and FDB
+// entries and a diff of all of them: seconds at 65,000 peers, which the
+// notifications keep off the periodic pass.
 func (b *Backend) Repair(ctx context.Context) error {
 	if err := b.f.Ready(); err != nil {
 		return err
 	}
+	b.restored = false
 	if err := b.ensureDevice(true); err != nil {
 		return err
 	}
@@ -164,6 +211,19 @@ func (b *Backend) Repair(ctx context.Context) error {
 		if err := b.ensureAddr(); err != nil {
 			return err
 		}
+	}
+	full := b.watch == nil || b.restored || b.opts.DirectRouting
+	if b.watch != nil {
+		b.watch.SetLinks(b.link.Attrs().Index, b.ext.Index)
+		// Always take the period's notifications, so the next pass
+		// does not see this one's.
+		full = b.watch.Suspect(b.f.Table) || full
+	}
+	if !full {
+		if b.f.Stale() {
+			return b.f.Apply()
+		}
+		return nil
 	}
 	// The underlay may have changed; look on-link peers up again.
 	clear(b.onLink)
@@ -173,71 +233,57 @@ func (b *Backend) Repair(ctx context.Context) error {
 	return b.f.Apply()
 }
 
-// Close releases the netlink handle. The device and entries stay.
-func (b *Backend) Close() error { return b.f.Close() }
+// Close ends the notifications and releases the netlink handle. The
+// device and entries stay.
+func (b *Backend) Close() error {
+	if b.watch != nil {
+		b.watch.Close()
+		b.watch = nil
+	}
+	return b.f.Close()
+}
 
-// desired turns the peer leases into entries. The caller checked the
-// peers (Sync's contract); what is checked here protects the kernel all
-// the same: a lease whose BackendData does not decode, whose VNI is not
-// ours or whose MAC another peer uses, or that would make an entry this
-// backend would not recognise as its own after a restart (outside the
-// network, so never removed) is skipped, with one warning per peer and
-// problem.
-func (b *Backend) desired(peers []lease.Lease) route.State {
-	n := len(peers)
-	s := route.State{Routes: make([]route.Route, 0, n), Neighs: make([]route.Neigh, 0, n), FDB: make([]route.FDB, 0, n)}
+// want turns one peer lease into entries. The caller checked the peers
+// (Sync's contract); what is checked here protects the kernel all the
+// same: a lease whose BackendData does not decode, whose VNI is not ours
+// or whose MAC another peer (with a lower subnet) uses, or that would make
+// an entry this backend would not recognise as its own after a restart
+// (outside the network, so never removed) is skipped, with one warning per
+// peer and problem. A peer claims its MAC (one FDB entry per MAC) and its
+// subnet's address (the neighbour entry's key), so overlapping leases
+// cannot overwrite each other's entries.
+func (b *Backend) want(p lease.Lease) route.Want {
+	sn := p.Subnet
+	var w route.Want
+	switch {
+	case !sn.IsValid() || sn == b.own:
+		return route.Want{}
+	case !b.network.Contains(sn.Addr()) || sn.Bits() < b.network.Bits():
+		w.Problem = fmt.Sprintf("subnet outside network %s", b.network)
+		return w
+	case !p.Attrs.PublicIP.Is4():
+		w.Problem = "no IPv4 PublicIP"
+		return w
+	}
+	d := b.decode(p)
+	switch {
+	case d.err != nil:
+		w.Problem = d.err.Error()
+		return w
+	case d.vni != b.opts.VNI:
+		w.Problem = fmt.Sprintf("VNI %d, ours is %d", d.vni, b.opts.VNI)
+		return w
+	}
+	if b.opts.DirectRouting && b.isOnLink(p.Attrs.PublicIP) {
+		w.Routes = []route.Route{{Dst: sn, Gw: p.Attrs.PublicIP, LinkIndex: b.ext.Index}}
+		return w
+	}
 	idx := b.link.Attrs().Index
-	macOwner := make(map[route.MAC]netip.Prefix, n)
-	skip := func(p lease.Lease, problem string) {
-		b.f.Skip(p.Subnet, problem, "key", p.Key(), "public_ip", p.Attrs.PublicIP)
-	}
-	for _, p := range peers {
-		sn := p.Subnet
-		switch {
-		case !sn.IsValid() || sn == b.own:
-			continue
-		case !b.network.Contains(sn.Addr()) || sn.Bits() < b.network.Bits():
-			skip(p, fmt.Sprintf("subnet outside network %s", b.network))
-			continue
-		case !p.Attrs.PublicIP.Is4():
-			skip(p, "no IPv4 PublicIP")
-			continue
-		}
-		d := b.decode(p)
-		if d.err != nil {
-			skip(p, d.err.Error())
-			continue
-		}
-		vni, mac := d.vni, d.mac
-		if vni != b.opts.VNI {
-			skip(p, fmt.Sprintf("VNI %d, ours is %d", vni, b.opts.VNI))
-			continue
-		}
-		if b.opts.DirectRouting && b.isOnLink(p.Attrs.PublicIP) {
-			s.Routes = append(s.Routes, route.Route{Dst: sn, Gw: p.Attrs.PublicIP, LinkIndex: b.ext.Index})
-			continue
-		}
-		if other, dup := macOwner[mac]; dup {
-			skip(p, fmt.Sprintf("VtepMAC %s is also used by %s", mac, other))
-			continue
-		}
-		macOwner[mac] = sn
-		s.Neighs = append(s.Neighs, route.Neigh{IP: sn.Addr(), MAC: mac, LinkIndex: idx})
-		s.FDB = append(s.FDB, route.FDB{MAC: mac, Dst: p.Attrs.PublicIP, LinkIndex: idx})
-		s.Routes = append(s.Routes, route.Route{Dst: sn, Gw: sn.Addr(), LinkIndex: idx, OnLink: true})
-	}
-	// Departed peers' entries are dropped once they outnumber the
-	// present ones, which keeps the pruning cost off every Sync.
-	if len(b.decoded) > 2*n+64 {
-		keep := make(map[netip.Prefix]peerData, n)
-		for _, p := range peers {
-			if d, ok := b.decoded[p.Subnet]; ok {
-				keep[p.Subnet] = d
-			}
-		}
-		b.decoded = keep
-	}
-	return s
+	w.Claims = []string{"VtepMAC " + d.mac.String(), "address " + sn.Addr().String()}
+	w.Neighs = []route.Neigh{{IP: sn.Addr(), MAC: d.mac, LinkIndex: idx}}
+	w.FDB = []route.FDB{{MAC: d.mac, Dst: p.Attrs.PublicIP, LinkIndex: idx}}
+	w.Routes = []route.Route{{Dst: sn, Gw: sn.Addr(), LinkIndex: idx, OnLink: true}}
+	return w
 }
 
 // decode returns p's BackendData decoded, from the cache while the raw
@@ -357,6 +403,7 @@ func (b *Backend) ensureDevice(keepMAC bool) error {
 		if l, err = b.create(); err != nil {
 			return err
 		}
+		b.restored = true
 	} else if !keepMAC {
 		m, ok := route.MACFrom(l.Attrs().HardwareAddr)
 		if !ok {
@@ -383,6 +430,7 @@ func (b *Backend) ensureDevice(keepMAC bool) error {
 		if err := b.nl.LinkSetUp(l); err != nil {
 			return fmt.Errorf("vxlan: set %s up: %w", b.name, err)
 		}
+		b.restored = true
 	}
 	b.link = l
 	return nil
@@ -460,3 +508,6 @@ func randomMAC() route.MAC {
 	m[0] = (m[0] | 0x02) &^ 0x01
 	return m
 }
+
+// logAttrs describes a skipped peer in its warning.
+func logAttrs(p lease.Lease) []any { return []any{"key", p.Key(), "public_ip", p.Attrs.PublicIP} }
