@@ -13,6 +13,7 @@ import (
 
 	"github.com/flannel-go/flannel/internal/backend"
 	"github.com/flannel-go/flannel/internal/iface"
+	"github.com/flannel-go/flannel/internal/lease"
 	"github.com/flannel-go/flannel/internal/netnstest"
 	"github.com/flannel-go/flannel/internal/route"
 	"github.com/flannel-go/flannel/internal/route/routetest"
@@ -37,8 +38,15 @@ func newHosts(t *testing.T, n int) []*host {
 // Configure inside the host's namespace.
 func (h *host) start(t testing.TB, opts string) {
 	t.Helper()
+	h.startWithPrev(t, opts, lease.Attrs{})
+}
+
+// startWithPrev is start for a host that published prev before (what
+// the Kubernetes source reads back from the node's annotations).
+func (h *host) startWithPrev(t testing.TB, opts string, prev lease.Attrs) {
+	t.Helper()
 	h.Start(t, func(ext iface.ExtIface, log *slog.Logger) (*Backend, error) {
-		b, err := New(backend.Config{Options: json.RawMessage(opts), Network: netConf(), Ext: ext, Log: log})
+		b, err := New(backend.Config{Options: json.RawMessage(opts), Network: netConf(), Ext: ext, Log: log, Prev: prev})
 		if err != nil {
 			return nil, err
 		}

@@ -38,6 +38,7 @@ type netlinker interface {
 // Backend is the vxlan datapath of one host.
 type Backend struct {
 	opts    Options
+	prevMAC route.MAC // the VTEP MAC published before this start, if any
 	ext     iface.ExtIface
 	network netip.Prefix
 	log     *slog.Logger
@@ -94,6 +95,14 @@ func newBackend(cfg backend.Config, o Options) (backend.Backend, error) {
 		name:    DeviceName(o.VNI),
 		onLink:  map[netip.Addr]bool{},
 		decoded: map[netip.Prefix]peerData{},
+	}
+	// A host that published a VTEP MAC before (the Kubernetes source
+	// keeps it in the node's annotations across a reboot) creates its
+	// device with that MAC again, so peers' entries stay right.
+	if cfg.Prev.BackendType == Type {
+		if d, err := DecodeLeaseData(cfg.Prev.BackendData); err == nil && d.VNI == o.VNI {
+			b.prevMAC = d.VtepMAC
+		}
 	}
 	b.f = route.NewFrame(Type, b.log, subnet, b.want)
 	b.f.LogAttrs = logAttrs
@@ -399,6 +408,10 @@ func (b *Backend) ensureDevice(keepMAC bool) error {
 	if l == nil {
 		if !keepMAC {
 			b.mac = randomMAC()
+			if b.prevMAC != (route.MAC{}) {
+				b.mac = b.prevMAC
+				b.log.Info("vxlan: creating the device with the MAC this host published before", "device", b.name, "mac", b.mac)
+			}
 		}
 		if l, err = b.create(); err != nil {
 			return err

@@ -88,6 +88,28 @@ func TestTrafficAndEntries(t *testing.T) {
 	routetest.MustNotPing(t, a.Ctr, a.CtrAddr, c.CtrAddr)
 }
 
+// A host whose device is gone (a reboot) but which published a VTEP MAC
+// before creates its device with that MAC, so peers need no update; a
+// MAC published for another VNI or backend is not reused.
+func TestDeviceKeepsPublishedMAC(t *testing.T) {
+	const mac = "0e:12:34:56:78:9a"
+	prev := lease.Attrs{BackendType: "vxlan", BackendData: json.RawMessage(`{"VNI":1,"VtepMAC":"` + mac + `"}`)}
+	hs := newHosts(t, 2)
+	hs[0].startWithPrev(t, `{"Type":"vxlan"}`, prev)
+	if got := hs[0].mac(t); got != mac {
+		t.Errorf("advertised MAC %s, want the one published before, %s", got, mac)
+	}
+	if dev := hs[0].IP(t, "link", "show", "flannel.1"); !strings.Contains(dev, "link/ether "+mac) {
+		t.Errorf("flannel.1 does not carry %s:\n%s", mac, dev)
+	}
+	other := prev
+	other.BackendData = json.RawMessage(`{"VNI":7,"VtepMAC":"` + mac + `"}`)
+	hs[1].startWithPrev(t, `{"Type":"vxlan"}`, other)
+	if got := hs[1].mac(t); got == mac {
+		t.Errorf("took the MAC published for VNI 7 on VNI 1")
+	}
+}
+
 func TestMTUOption(t *testing.T) {
 	a := newHosts(t, 1)[0]
 	a.start(t, `{"Type":"vxlan","MTU":1400,"VNI":7,"Port":4789}`)
