@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
@@ -44,7 +43,6 @@ type Backend struct {
 	log     *slog.Logger
 
 	key    wgtypes.Key
-	nsh    netns.NsHandle
 	nl     *netlink.Handle
 	wg     wgClient
 	devs   []*wgDev
@@ -79,7 +77,7 @@ func newBackend(cfg backend.Config, c Config, keyFile string, v4, v6 bool) (back
 	return &Backend{
 		cfg: c, keyFile: keyFile, v4: v4, v6: v6,
 		nets: networks(v4, v6, cfg.Network.Network, cfg.Network.IPv6Network),
-		ext:  cfg.Ext, log: log.With("backend", Type), nsh: -1,
+		ext:  cfg.Ext, log: log.With("backend", Type),
 		warned: map[string]string{},
 	}, nil
 }
@@ -122,22 +120,19 @@ func (b *Backend) Init(ctx context.Context) (lease.Attrs, error) {
 		b.log.Info("wireguard: using the private key", "file", b.keyFile, "public_key", key.PublicKey())
 	}
 
-	nsh, err := netns.Get()
+	// A handle in the calling thread's namespace: NewHandleAt would
+	// setns(2) even into the same namespace, which needs CAP_SYS_ADMIN
+	// (flanneld runs with NET_ADMIN and NET_RAW only).
+	nl, err := netlink.NewHandle()
 	if err != nil {
-		return lease.Attrs{}, fmt.Errorf("wireguard: current network namespace: %w", err)
-	}
-	nl, err := netlink.NewHandleAt(nsh)
-	if err != nil {
-		nsh.Close()
-		return lease.Attrs{}, fmt.Errorf("wireguard: netlink handle: %w", err)
+		return lease.Attrs{}, backend.NeedPermission(Type, "CAP_NET_ADMIN", fmt.Errorf("wireguard: netlink handle: %w", err))
 	}
 	wg, err := wgctrl.New()
 	if err != nil {
 		nl.Close()
-		nsh.Close()
 		return lease.Attrs{}, fmt.Errorf("wireguard: wgctrl: %w", err)
 	}
-	b.nsh, b.nl, b.wg = nsh, nl, wg
+	b.nl, b.wg = nl, wg
 
 	for _, p := range plans(b.cfg, b.v4, b.v6, b.ext.IfaceAddr6.IsValid()) {
 		d := &wgDev{devPlan: p}
@@ -525,10 +520,6 @@ func (b *Backend) closeAll() {
 	}
 	if b.nl != nil {
 		b.nl.Close()
-	}
-	if b.nsh >= 0 {
-		b.nsh.Close()
-		b.nsh = -1
 	}
 }
 

@@ -71,7 +71,7 @@ func (f *fakeWG) take() [][]wgtypes.PeerConfig {
 func testBackend(t *testing.T, fake *fakeWG) (*Backend, *logbuf.Buffer) {
 	lb := &logbuf.Buffer{Echo: func(l string) { t.Log(l) }}
 	cfg := Config{ListenPort: 51820, ListenPortV6: 51821, Mode: ModeSeparate}
-	b := &Backend{cfg: cfg, v4: true, log: lb.Logger(), key: mustKey(t), nsh: -1, warned: map[string]string{}}
+	b := &Backend{cfg: cfg, v4: true, log: lb.Logger(), key: mustKey(t), warned: map[string]string{}}
 	b.nets = []netip.Prefix{netip.MustParsePrefix("10.5.0.0/16")}
 	b.wg = fake
 	b.devs = []*wgDev{{devPlan: plans(cfg, true, false, false)[0], uapi: DeviceV4, applied: map[wgtypes.Key]peerSpec{}}}

@@ -28,6 +28,7 @@ import (
 	"debug/elf"
 	"errors"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"io"
 	"net"
 	"net/http"
@@ -258,6 +259,7 @@ type Docker struct {
 	cli     string
 	cmd     *exec.Cmd
 	mntNS   string        // dockerd's private mount namespace, once seen
+	pidfd   int           // dockerd's pidfd, or -1
 	done    chan struct{} // closed once dockerd has exited and been reaped
 	stopped sync.Once
 	stopErr error
@@ -351,6 +353,10 @@ func Start(ctx context.Context, l *lab.Lab, h *lab.Host, o Options) (*Docker, er
 		return nil, fmt.Errorf("lab: start dockerd on %s: %w", h.Name, err)
 	}
 	d.PID = d.cmd.Process.Pid
+	// Opened before Wait can reap dockerd, so it is dockerd's.
+	if d.pidfd, err = unix.PidfdOpen(d.PID, 0); err != nil {
+		d.pidfd = -1
+	}
 	go func() {
 		_ = d.cmd.Wait()
 		close(d.done)
@@ -433,7 +439,21 @@ func (d *Docker) noteMntNS() {
 	if d.mntNS != "" {
 		return
 	}
-	if m := mntNS(d.PID); m != "" && m != mntNS(os.Getpid()) {
+	if d.pidfd < 0 {
+		return
+	}
+	m := mntNS(d.PID)
+	// Only a read made while dockerd had not exited counts: after that,
+	// its PID may be another process's, whose namespace the teardown
+	// would then empty. The pidfd, opened before dockerd could be reaped,
+	// turns readable when it exits.
+	if pfd := []unix.PollFd{{Fd: int32(d.pidfd), Events: unix.POLLIN}}; func() bool {
+		n, err := unix.Poll(pfd, 0)
+		return err != nil || n != 0
+	}() {
+		return
+	}
+	if m != "" && m != mntNS(os.Getpid()) {
 		d.mntNS = m
 	}
 }
@@ -491,6 +511,10 @@ func (d *Docker) stop() error {
 		_ = d.cmd.Process.Kill()
 		<-d.done
 		errs = append(errs, fmt.Errorf("lab: dockerd on %s ignored SIGTERM for 30 s; killed", d.Host.Name))
+	}
+	if d.pidfd >= 0 {
+		unix.Close(d.pidfd)
+		d.pidfd = -1
 	}
 	// dockerd stops the containerd it started, and shims end with their
 	// containers; anything left is killed.
