@@ -22,9 +22,9 @@ import (
 // whose length is not SubnetLen (only those can be ignored for
 // overlapping, and hosts never lease them: they are rare).
 //
-// The verdicts always equal a full recomputation (checkPeer, overlaps and
-// the backend's ValidatePeer over every lease); the property test holds
-// it to that.
+// The verdicts always equal a full recomputation (checkPeer, the
+// reference overlaps in overlapref_test.go and the backend's ValidatePeer
+// over every lease); the property test holds it to that.
 type peerSet struct {
 	nc   *netconf.Config
 	info backend.Info
@@ -158,6 +158,10 @@ func (ps *peerSet) judge(k string, l lease.Lease) string {
 	if r := checkPeer(ps.nc, ps.own, ps.info, l); r != "" {
 		return r
 	}
+	// Hosts lease only SubnetLen subnets, never one overlapping a lease:
+	// a lease of another length that overlaps one is garbage or written
+	// by hand, and routing it would divert part of the other host's
+	// traffic (a /25 inside a peer's /24 wins by longest match).
 	if sn, ok := ps.odd[k]; ok {
 		if other := ps.overlapping(k, sn); other != "" {
 			return fmt.Sprintf("subnet %s overlaps the lease %s", sn, other)

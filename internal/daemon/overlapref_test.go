@@ -10,7 +10,9 @@ import (
 	"github.com/flannel-go/flannel/internal/lease"
 )
 
-// overlaps returns, by key, why peer leases must be ignored for
+// overlaps is the reference the peer set is held to (peerset_test.go):
+// the whole-set computation the daemon made before it kept the set
+// incrementally. It returns, by key, why peer leases must be ignored for
 // overlapping another peer's lease (checkPeer handles our own). Hosts
 // only lease SubnetLen subnets, and never one that overlaps a lease, so
 // when two leases overlap, the one of another length is garbage or was
