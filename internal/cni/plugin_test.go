@@ -427,7 +427,7 @@ func FuzzCheck(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		fx.exec.calls = nil
 		var m map[string]json.RawMessage
-		if json.Unmarshal(b, &m) != nil {
+		if json.Unmarshal(b, &m) != nil || m == nil { // not an object ("null" is no config)
 			return
 		}
 		m["subnetFile"], _ = json.Marshal(fx.subnetFile)
