@@ -83,18 +83,12 @@ func (t *Table) Applied() State {
 // them reachable), and only then deletes, routes first. A failed change is
 // reported and left for the next Set to retry; the others still happen.
 func (t *Table) Set(want State) (Changes, error) {
-	wr := keyed(want.Routes, Route.key)
-	wn := keyed(want.Neighs, Neigh.key)
-	wf := keyed(want.FDB, func(f FDB) FDB { return f })
-
 	var c Changes
 	var errs errList
-	add(t.neighs, wn, t.neighSet, &c, &errs)
-	add(t.fdb, wf, t.fdbSet, &c, &errs)
-	add(t.routes, wr, t.routeReplace, &c, &errs)
-	remove(t.routes, wr, t.routeDel, &c, &errs)
-	remove(t.neighs, wn, t.neighDel, &c, &errs)
-	remove(t.fdb, wf, t.fdbDel, &c, &errs)
+	w := t.put(want, &c, &errs)
+	remove(t.routes, w.routes, t.routeDel, &c, &errs)
+	remove(t.neighs, w.neighs, t.neighDel, &c, &errs)
+	remove(t.fdb, w.fdb, t.fdbDel, &c, &errs)
 	return c, errs.err(c)
 }
 
@@ -106,20 +100,39 @@ func (t *Table) Set(want State) (Changes, error) {
 // that changed; a changed peer keeps its path while it changes. As with
 // Set, a failed change is reported and left for the next Set.
 func (t *Table) Update(put, del State) (Changes, error) {
-	wr := keyed(put.Routes, Route.key)
-	wn := keyed(put.Neighs, Neigh.key)
-	wf := keyed(put.FDB, func(f FDB) FDB { return f })
-
 	var c Changes
 	var errs errList
-	add(t.neighs, wn, t.neighSet, &c, &errs)
-	add(t.fdb, wf, t.fdbSet, &c, &errs)
-	add(t.routes, wr, t.routeReplace, &c, &errs)
-	drop(t.routes, wr, del.Routes, Route.key, t.routeDel, &c, &errs)
-	drop(t.neighs, wn, del.Neighs, Neigh.key, t.neighDel, &c, &errs)
-	drop(t.fdb, wf, del.FDB, func(f FDB) FDB { return f }, t.fdbDel, &c, &errs)
+	w := t.put(put, &c, &errs)
+	drop(t.routes, w.routes, del.Routes, Route.key, t.routeDel, &c, &errs)
+	drop(t.neighs, w.neighs, del.Neighs, Neigh.key, t.neighDel, &c, &errs)
+	drop(t.fdb, w.fdb, del.FDB, fdbKey, t.fdbDel, &c, &errs)
 	return c, errs.err(c)
 }
+
+// keyedState is a State keyed as the Table keys what it applied.
+type keyedState struct {
+	routes map[routeKey]Route
+	neighs map[neighKey]Neigh
+	fdb    map[FDB]FDB
+}
+
+// put adds or replaces want's entries in the order a packet needs them
+// (neighbour, FDB, then the route that makes them reachable), the first
+// half of both Set and Update, and returns want keyed.
+func (t *Table) put(want State, c *Changes, errs *errList) keyedState {
+	w := keyedState{
+		routes: keyed(want.Routes, Route.key),
+		neighs: keyed(want.Neighs, Neigh.key),
+		fdb:    keyed(want.FDB, fdbKey),
+	}
+	add(t.neighs, w.neighs, t.neighSet, c, errs)
+	add(t.fdb, w.fdb, t.fdbSet, c, errs)
+	add(t.routes, w.routes, t.routeReplace, c, errs)
+	return w
+}
+
+// fdbKey is an FDB entry's key: the entry itself.
+func fdbKey(f FDB) FDB { return f }
 
 func keyed[K comparable, E any](es []E, key func(E) K) map[K]E {
 	m := make(map[K]E, len(es))
