@@ -20,13 +20,14 @@ import (
 
 	"github.com/flannel-go/flannel/internal/kubetest"
 	"github.com/flannel-go/flannel/internal/lab"
+	"github.com/flannel-go/flannel/internal/lab/kubeapi"
 )
 
 // kubeLab is a lab whose flanneld run in Kubernetes mode against a real
 // kube-apiserver on the lab's etcd, one Node object per lab host.
 type kubeLab struct {
 	*lab.Lab
-	api    *kubetest.Server
+	api    *kubeapi.Server
 	client kubernetes.Interface
 	cidrs  map[string]netip.Prefix // node name → podCIDR
 }
@@ -52,14 +53,14 @@ func startKubeLab(t *testing.T, n int, backend string) *kubeLab {
 		t.Fatal(err)
 	}
 	dial := lab.DialerIn(from)
-	api := kubetest.Start(t, kubetest.Options{
+	api := kubetest.Start(t, kubeapi.Options{
 		Binary:  bin,
 		Etcd:    l.EtcdEndpoints,
 		Address: netip.MustParseAddr(host),
 		Wrap:    []string{"ip", "netns", "exec", from},
 		Dial:    func(ctx context.Context, _, addr string) (net.Conn, error) { return dial(ctx, addr) },
 	})
-	kl := &kubeLab{Lab: l, api: api, client: api.MustClient(t), cidrs: map[string]netip.Prefix{}}
+	kl := &kubeLab{Lab: l, api: api, client: kubetest.Client(t, api), cidrs: map[string]netip.Prefix{}}
 
 	admin, err := api.WriteKubeconfig("admin.conf", "kubetest-admin", "system:masters")
 	if err != nil {

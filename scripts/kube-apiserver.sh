@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prints the path of the real kube-apiserver that the Kubernetes-mode tests
-# run (internal/kubetest), building it first when it is not in the cache.
+# run (internal/lab/kubeapi), building it first when it is not in the cache.
 #
 #   scripts/kube-apiserver.sh          build if missing, print the path
 #   scripts/kube-apiserver.sh --path   print the path only (exit 1 if absent)

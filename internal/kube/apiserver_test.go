@@ -20,6 +20,7 @@ import (
 
 	"github.com/flannel-go/flannel/internal/kube"
 	"github.com/flannel-go/flannel/internal/kubetest"
+	"github.com/flannel-go/flannel/internal/lab/kubeapi"
 	"github.com/flannel-go/flannel/internal/lease"
 	"github.com/flannel-go/flannel/internal/netconf"
 )
@@ -30,7 +31,7 @@ const netConf = `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}`
 // identity bound to upstream's ClusterRole, so every call the source makes
 // is proven to need no more rights than upstream's manifest grants.
 type rig struct {
-	srv      *kubetest.Server
+	srv      *kubeapi.Server
 	admin    kubernetes.Interface
 	flannel  string // kubeconfig of user "flanneld"
 	confPath string
@@ -38,8 +39,8 @@ type rig struct {
 }
 
 func newRig(t *testing.T) *rig {
-	s := kubetest.Start(t, kubetest.Options{})
-	r := &rig{srv: s, admin: s.MustClient(t), confPath: filepath.Join(t.TempDir(), "net-conf.json")}
+	s := kubetest.Start(t, kubeapi.Options{})
+	r := &rig{srv: s, admin: kubetest.Client(t, s), confPath: filepath.Join(t.TempDir(), "net-conf.json")}
 	if err := os.WriteFile(r.confPath, []byte(netConf), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/flannel-go/flannel/internal/kube"
 	"github.com/flannel-go/flannel/internal/kubetest"
+	"github.com/flannel-go/flannel/internal/lab/kubeapi"
 	"github.com/flannel-go/flannel/internal/lease"
 )
 
@@ -31,7 +32,7 @@ func BenchmarkWatchSync(b *testing.B) {
 	if v, err := strconv.Atoi(os.Getenv("FLANNEL_BENCH_NODES")); err == nil && v > 0 {
 		nodes = v
 	}
-	s := kubetest.Start(b, kubetest.Options{})
+	s := kubetest.Start(b, kubeapi.Options{})
 	admin, err := s.Client()
 	if err != nil {
 		b.Fatal(err)

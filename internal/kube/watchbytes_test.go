@@ -18,6 +18,7 @@ import (
 
 	"github.com/flannel-go/flannel/internal/kube"
 	"github.com/flannel-go/flannel/internal/kubetest"
+	"github.com/flannel-go/flannel/internal/lab/kubeapi"
 )
 
 // countingBody counts the bytes a response body delivers.
@@ -90,8 +91,8 @@ func kubeletStatus(beat time.Time) v1.NodeStatus {
 // the watch stream: our client (protobuf) beside upstream's way (JSON). A
 // measurement, logged; it asserts only that protobuf is the smaller.
 func TestWatchBytesPerUpdate(t *testing.T) {
-	s := kubetest.Start(t, kubetest.Options{})
-	admin := s.MustClient(t)
+	s := kubetest.Start(t, kubeapi.Options{})
+	admin := kubetest.Client(t, s)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	n, err := admin.CoreV1().Nodes().Create(ctx, kubeletNode("node77"), metav1.CreateOptions{FieldManager: "kubelet"})

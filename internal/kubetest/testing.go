@@ -1,3 +1,6 @@
+// Package kubetest gives tests a real kube-apiserver (package kubeapi)
+// that is stopped at cleanup, skipped or failed with the reason when its
+// binary is not built, and helpers to create Node objects.
 package kubetest
 
 import (
@@ -11,6 +14,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/flannel-go/flannel/internal/etcdtest"
+	"github.com/flannel-go/flannel/internal/lab/kubeapi"
 )
 
 // Require returns the kube-apiserver binary, or skips the test with the
@@ -18,7 +22,7 @@ import (
 // fails the test instead, since CI's setup builds it.
 func Require(t testing.TB) string {
 	t.Helper()
-	bin, err := Binary()
+	bin, err := kubeapi.Binary()
 	if err != nil {
 		if os.Getenv("CI") != "" {
 			t.Fatal(err)
@@ -31,7 +35,7 @@ func Require(t testing.TB) string {
 // Start runs a kube-apiserver for t: on an embedded etcd of its own unless
 // o.Etcd is set, in t.TempDir() unless o.Dir is set, and stopped at
 // cleanup (its log is printed when the test failed). It skips like Require.
-func Start(t testing.TB, o Options) *Server {
+func Start(t testing.TB, o kubeapi.Options) *kubeapi.Server {
 	t.Helper()
 	if o.Binary == "" {
 		o.Binary = Require(t)
@@ -42,10 +46,10 @@ func Start(t testing.TB, o Options) *Server {
 	if o.Dir == "" {
 		o.Dir = t.TempDir()
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*readyTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	start := time.Now()
-	s, err := Launch(ctx, o)
+	s, err := kubeapi.Launch(ctx, o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,8 +63,8 @@ func Start(t testing.TB, o Options) *Server {
 	return s
 }
 
-// MustClient is Client for tests.
-func (s *Server) MustClient(t testing.TB) kubernetes.Interface {
+// Client is s.Client for tests.
+func Client(t testing.TB, s *kubeapi.Server) kubernetes.Interface {
 	t.Helper()
 	c, err := s.Client()
 	if err != nil {

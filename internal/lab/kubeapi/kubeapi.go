@@ -1,10 +1,10 @@
-// Package kubetest runs a real kube-apiserver (built by
+// Package kubeapi runs a real kube-apiserver (built by
 // scripts/kube-apiserver.sh into a cache outside the checkout) on a given
-// etcd, for the tests of Kubernetes mode: package tests, e2e and the lab.
-// There is no controller-manager and no kubelet; tests create the Node
-// objects and set spec.podCIDR themselves, as node IPAM would. It is test
-// tooling: cmd/flanneld never imports it.
-package kubetest
+// etcd, for the lab's Kubernetes mode and, through package kubetest, for
+// the tests. There is no controller-manager and no kubelet; the lab and
+// the tests create the Node objects and set spec.podCIDR themselves, as
+// node IPAM would. It is lab tooling: cmd/flanneld never imports it.
+package kubeapi
 
 import (
 	"bytes"
@@ -148,7 +148,7 @@ func (s *Server) start() error {
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := s.cmd.Start(); err != nil {
 		close(s.exited)
-		return fmt.Errorf("kubetest: start %s: %w", s.argv[0], err)
+		return fmt.Errorf("kubeapi: start %s: %w", s.argv[0], err)
 	}
 	cmd, exited := s.cmd, s.exited
 	go func() {
@@ -182,7 +182,7 @@ const readyTimeout = 90 * time.Second
 // own keys or with another Launch.
 func Launch(ctx context.Context, o Options) (*Server, error) {
 	if o.Binary == "" || len(o.Etcd) == 0 || o.Dir == "" {
-		return nil, errors.New("kubetest: Binary, Etcd and Dir are required")
+		return nil, errors.New("kubeapi: Binary, Etcd and Dir are required")
 	}
 	if !o.Address.IsValid() {
 		o.Address = netip.MustParseAddr("127.0.0.1")
@@ -199,7 +199,7 @@ func Launch(ctx context.Context, o Options) (*Server, error) {
 	}
 	p, err := newPKI(o.Dir)
 	if err != nil {
-		return nil, fmt.Errorf("kubetest: CA: %w", err)
+		return nil, fmt.Errorf("kubeapi: CA: %w", err)
 	}
 	crt, key, err := p.issue("kube-apiserver", nil, []net.IP{o.Address.AsSlice(), net.IPv4(127, 0, 0, 1)}, true)
 	if err != nil {
@@ -218,14 +218,14 @@ func Launch(ctx context.Context, o Options) (*Server, error) {
 	}
 	saKey := filepath.Join(o.Dir, "sa.key")
 	if err := writeServiceAccountKey(saKey); err != nil {
-		return nil, fmt.Errorf("kubetest: service account key: %w", err)
+		return nil, fmt.Errorf("kubeapi: service account key: %w", err)
 	}
 	var rnd [6]byte
 	_, _ = rand.Read(rnd[:])
 	s := &Server{
 		URL:    "https://" + net.JoinHostPort(o.Address.String(), strconv.Itoa(o.Port)),
 		Log:    filepath.Join(o.Dir, "kube-apiserver.log"),
-		Prefix: "/kubetest-" + hex.EncodeToString(rnd[:]),
+		Prefix: "/kubeapi-" + hex.EncodeToString(rnd[:]),
 		dir:    o.Dir,
 		pki:    p,
 		dial:   o.Dial,
@@ -260,7 +260,7 @@ func Launch(ctx context.Context, o Options) (*Server, error) {
 		return nil, err
 	}
 
-	if s.Kubeconfig, err = s.WriteKubeconfig("admin.kubeconfig", "kubetest-admin", "system:masters"); err != nil {
+	if s.Kubeconfig, err = s.WriteKubeconfig("admin.kubeconfig", "lab-admin", "system:masters"); err != nil {
 		s.Stop()
 		return nil, err
 	}
@@ -274,7 +274,7 @@ func Launch(ctx context.Context, o Options) (*Server, error) {
 func freePort(a netip.Addr) (int, error) {
 	l, err := net.Listen("tcp", net.JoinHostPort(a.String(), "0"))
 	if err != nil {
-		return 0, fmt.Errorf("kubetest: find a free port on %s: %w", a, err)
+		return 0, fmt.Errorf("kubeapi: find a free port on %s: %w", a, err)
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
@@ -289,13 +289,13 @@ func (s *Server) WriteKubeconfig(name, user string, groups ...string) (string, e
 		return "", err
 	}
 	cfg := clientcmdapi.NewConfig()
-	cfg.Clusters["kubetest"] = &clientcmdapi.Cluster{Server: s.URL, CertificateAuthorityData: s.pki.caPEM}
+	cfg.Clusters["flannel-lab"] = &clientcmdapi.Cluster{Server: s.URL, CertificateAuthorityData: s.pki.caPEM}
 	cfg.AuthInfos[user] = &clientcmdapi.AuthInfo{ClientCertificateData: crt, ClientKeyData: key}
-	cfg.Contexts["kubetest"] = &clientcmdapi.Context{Cluster: "kubetest", AuthInfo: user}
-	cfg.CurrentContext = "kubetest"
+	cfg.Contexts["flannel-lab"] = &clientcmdapi.Context{Cluster: "flannel-lab", AuthInfo: user}
+	cfg.CurrentContext = "flannel-lab"
 	path := filepath.Join(s.dir, name)
 	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
-		return "", fmt.Errorf("kubetest: write %s: %w", path, err)
+		return "", fmt.Errorf("kubeapi: write %s: %w", path, err)
 	}
 	return path, nil
 }
@@ -342,10 +342,10 @@ func (s *Server) waitReady(ctx context.Context) error {
 		select {
 		case <-s.exited:
 			t.Stop()
-			return fmt.Errorf("kubetest: kube-apiserver exited (%v) before it was ready:\n%s", s.err, s.LogTail(3000))
+			return fmt.Errorf("kubeapi: kube-apiserver exited (%v) before it was ready:\n%s", s.err, s.LogTail(3000))
 		case <-ctx.Done():
 			t.Stop()
-			return fmt.Errorf("kubetest: kube-apiserver not ready after %v (last: %v):\n%s", readyTimeout, last, s.LogTail(3000))
+			return fmt.Errorf("kubeapi: kube-apiserver not ready after %v (last: %v):\n%s", readyTimeout, last, s.LogTail(3000))
 		case <-t.C:
 		}
 	}

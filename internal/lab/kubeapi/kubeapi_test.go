@@ -1,4 +1,4 @@
-package kubetest_test
+package kubeapi_test
 
 import (
 	"context"
@@ -14,12 +14,13 @@ import (
 
 	"github.com/flannel-go/flannel/internal/etcdembed"
 	"github.com/flannel-go/flannel/internal/kubetest"
+	"github.com/flannel-go/flannel/internal/lab/kubeapi"
 	"github.com/flannel-go/flannel/internal/netnstest"
 )
 
 func TestStartAdminAndRBAC(t *testing.T) {
-	s := kubetest.Start(t, kubetest.Options{})
-	c := s.MustClient(t)
+	s := kubetest.Start(t, kubeapi.Options{})
+	c := kubetest.Client(t, s)
 	kubetest.CreateNode(t, c, "n1", "10.244.1.0/24")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -77,13 +78,13 @@ func TestInNamespace(t *testing.T) {
 		})
 		return c, err
 	}
-	s := kubetest.Start(t, kubetest.Options{
+	s := kubetest.Start(t, kubeapi.Options{
 		Binary: bin,
 		Etcd:   etcd.Endpoints(),
 		Wrap:   []string{"ip", "netns", "exec", n.Name},
 		Dial:   dial,
 	})
-	kubetest.CreateNode(t, s.MustClient(t), "n1", "10.244.1.0/24")
+	kubetest.CreateNode(t, kubetest.Client(t, s), "n1", "10.244.1.0/24")
 	// Nothing listens on the root namespace's loopback.
 	if c, err := net.DialTimeout("tcp", strings.TrimPrefix(s.URL, "https://"), time.Second); err == nil {
 		c.Close()

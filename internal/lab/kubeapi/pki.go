@@ -1,4 +1,4 @@
-package kubetest
+package kubeapi
 
 import (
 	"crypto"
@@ -38,7 +38,7 @@ func newPKI(dir string) (*pki, error) {
 	now := time.Now()
 	tmpl := &x509.Certificate{
 		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "kubetest CA"},
+		Subject:               pkix.Name{CommonName: "flannel lab CA"},
 		NotBefore:             now.Add(-time.Hour),
 		NotAfter:              now.Add(48 * time.Hour),
 		IsCA:                  true,
