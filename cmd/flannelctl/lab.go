@@ -10,12 +10,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/flannel-go/flannel/internal/etcdembed"
 	"github.com/flannel-go/flannel/internal/lab"
+	"github.com/flannel-go/flannel/internal/lab/kubeapi"
 	"github.com/flannel-go/flannel/internal/ns"
 	"github.com/flannel-go/flannel/internal/version"
 )
@@ -80,8 +82,18 @@ func labUp(ctx context.Context, demo bool, args []string, stdout, stderr io.Writ
 	etcdEndpoints := fs.String("etcd-endpoints", "", "use this etcd (reachable from the lab hosts) instead of starting one")
 	etcdKind := fs.String("etcd", "embedded", "etcd to start: embedded (in flannelctl) or system (the etcd binary on $PATH)")
 	verbose := fs.Bool("v", false, "log progress")
+	kube := fs.Bool("kube", false, "Kubernetes mode: a real kube-apiserver on the lab's etcd, a Node per host with a podCIDR, flanneld --kube-subnet-mgr, pods through CNI")
+	manifest := fs.String("manifest", "", "with --kube: the manifest to apply, whose cni-conf.json the pods get (default: dist/kube-flannel.yml of this checkout)")
+	cniPlugin := fs.String("cni-plugin", "", "with --kube: the flannel CNI plugin (default: flannel next to flannelctl, else /opt/cni/bin/flannel)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	var ko *lab.KubeOptions
+	if *kube {
+		var err error
+		if ko, err = kubeOptions(*manifest, *cniPlugin); err != nil {
+			return err
+		}
 	}
 	bin, err := findFlanneld(*flanneld)
 	if err != nil {
@@ -89,9 +101,13 @@ func labUp(ctx context.Context, demo bool, args []string, stdout, stderr io.Writ
 	}
 	cfg := *config
 	if cfg == "" {
-		cfg = fmt.Sprintf(`{"Network":"10.5.0.0/16","Backend":{"Type":%q}}`, *backendType)
+		network := "10.5.0.0/16"
+		if *kube {
+			network = "10.244.0.0/16" // the manifest's, and kubeadm's usual --pod-network-cidr
+		}
+		cfg = fmt.Sprintf(`{"Network":%q,"Backend":{"Type":%q}}`, network, *backendType)
 	}
-	o := lab.Options{ID: *id, Hosts: *hosts, Config: cfg, Flanneld: bin}
+	o := lab.Options{ID: *id, Hosts: *hosts, Config: cfg, Flanneld: bin, Kube: ko}
 	if *verbose {
 		o.Log = slog.New(slog.NewTextHandler(stderr, nil))
 	}
@@ -109,7 +125,11 @@ func labUp(ctx context.Context, demo bool, args []string, stdout, stderr io.Writ
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "lab up in %s (etcd %s)\n\n", time.Since(start).Round(time.Millisecond), strings.Join(l.EtcdEndpoints, ","))
+	fmt.Fprintf(stdout, "lab up in %s (etcd %s", time.Since(start).Round(time.Millisecond), strings.Join(l.EtcdEndpoints, ","))
+	if l.Kube != nil {
+		fmt.Fprintf(stdout, ", kube-apiserver %s", l.Kube.URL)
+	}
+	fmt.Fprint(stdout, ")\n\n")
 	printHosts(stdout, l)
 	perr := printPings(ctx, stdout, l)
 	if demo {
@@ -117,9 +137,96 @@ func labUp(ctx context.Context, demo bool, args []string, stdout, stderr io.Writ
 		fmt.Fprintf(stdout, "\nlab %s is down\n", *id)
 		return errors.Join(perr, derr)
 	}
-	fmt.Fprintf(stdout, "\ntry: flannelctl lab exec c1 -- ping %s\n     flannelctl lab exec h1 -- ip route\nthen: flannelctl lab down\n",
+	fmt.Fprintf(stdout, "\ntry: flannelctl lab exec c1 -- ping %s\n     flannelctl lab exec h1 -- ip route\n",
 		l.Hosts[len(l.Hosts)-1].Container)
+	if l.Kube != nil {
+		fmt.Fprintf(stdout, "     flannelctl lab exec h1 -- kubectl --kubeconfig %s get nodes -o wide\n", l.Kube.AdminKubeconfig)
+	}
+	fmt.Fprint(stdout, "then: flannelctl lab down\n")
 	return perr
+}
+
+// kubeOptions finds what --kube needs, failing at once with what to do
+// when something is missing.
+func kubeOptions(manifest, cniPlugin string) (*lab.KubeOptions, error) {
+	apiserver, err := kubeapi.Binary()
+	if err != nil {
+		return nil, fmt.Errorf("lab up --kube: %w", err)
+	}
+	if manifest, err = findManifest(manifest); err != nil {
+		return nil, err
+	}
+	plugin, err := findCNIPlugin(cniPlugin)
+	if err != nil {
+		return nil, err
+	}
+	// The flannel plugin first, so the one given wins over an installed one.
+	path := []string{filepath.Dir(plugin), "/usr/lib/cni", "/opt/cni/bin"}
+	for _, p := range []string{"bridge", "host-local", "portmap"} {
+		if !slices.ContainsFunc(path, func(dir string) bool { return isFile(filepath.Join(dir, p)) }) {
+			return nil, fmt.Errorf("lab up --kube: no CNI plugin %q in %s (Debian: apt-get install containernetworking-plugins)", p, strings.Join(path[1:], " or "))
+		}
+	}
+	return &lab.KubeOptions{APIServer: apiserver, Manifest: manifest, Detach: true, CNIPath: path}, nil
+}
+
+func isFile(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && st.Mode().IsRegular()
+}
+
+// findManifest returns the manifest given, else dist/kube-flannel.yml
+// beside the bin/ directory flannelctl was built into, else the one in
+// the checkout around the working directory.
+func findManifest(given string) (string, error) {
+	if given != "" {
+		return filepath.Abs(given)
+	}
+	var candidates []string
+	if self, err := os.Executable(); err == nil {
+		candidates = append(candidates, filepath.Join(filepath.Dir(self), "..", "dist", "kube-flannel.yml"))
+	}
+	if wd, err := os.Getwd(); err == nil {
+		for dir := wd; ; dir = filepath.Dir(dir) {
+			candidates = append(candidates, filepath.Join(dir, "dist", "kube-flannel.yml"))
+			if filepath.Dir(dir) == dir {
+				break
+			}
+		}
+	}
+	for _, c := range candidates {
+		if isFile(c) {
+			return filepath.Abs(c)
+		}
+	}
+	return "", errors.New("lab up --kube: no dist/kube-flannel.yml beside flannelctl's bin/ or above the working directory; pass --manifest")
+}
+
+// findCNIPlugin returns the flannel CNI plugin: the one given, else bin/flannel
+// beside flannelctl (make build), else an installed one.
+func findCNIPlugin(given string) (string, error) {
+	if given != "" {
+		p, err := filepath.Abs(given)
+		if err != nil {
+			return "", err
+		}
+		// libcni finds a plugin by its type, the file's name.
+		if filepath.Base(p) != "flannel" || !isFile(p) {
+			return "", fmt.Errorf("--cni-plugin %s: must be a file named flannel (build it: make build)", given)
+		}
+		return p, nil
+	}
+	var candidates []string
+	if self, err := os.Executable(); err == nil {
+		candidates = append(candidates, filepath.Join(filepath.Dir(self), "flannel"))
+	}
+	candidates = append(candidates, "/opt/cni/bin/flannel")
+	for _, c := range candidates {
+		if isFile(c) {
+			return c, nil
+		}
+	}
+	return "", errors.New("lab up --kube: no flannel CNI plugin next to flannelctl or in /opt/cni/bin; build it (make build) or pass --cni-plugin")
 }
 
 // etcdCommand returns how the lab starts etcd in its namespace.
@@ -165,9 +272,17 @@ func findFlanneld(given string) (string, error) {
 	return filepath.Abs(p)
 }
 
+// containerWord is what a host's container is: a pod when CNI made it.
+func containerWord(l *lab.Lab) string {
+	if l.Kube != nil && len(l.Kube.CNIPath) > 0 {
+		return "pod"
+	}
+	return "container"
+}
+
 func printHosts(w io.Writer, l *lab.Lab) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "HOST\tPUBLIC IP\tSUBNET\tMTU\tCONTAINER\tFLANNELD")
+	fmt.Fprintf(tw, "HOST\tPUBLIC IP\tSUBNET\tMTU\t%s\tFLANNELD\n", strings.ToUpper(containerWord(l)))
 	for _, h := range l.Hosts {
 		state := "stopped"
 		if h.FlanneldPID != 0 && lab.Alive(h.FlanneldPID) {
@@ -183,7 +298,7 @@ func printHosts(w io.Writer, l *lab.Lab) {
 func printPings(ctx context.Context, w io.Writer, l *lab.Lab) error {
 	n := len(l.Hosts)
 	got := l.PingMatrix(ctx, 3, 200*time.Millisecond)
-	fmt.Fprintf(w, "\nping (received of 3), container → container:\n")
+	fmt.Fprintf(w, "\nping (received of 3), %[1]s → %[1]s:\n", containerWord(l))
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprint(tw, "FROM \\ TO")
 	for _, h := range l.Hosts {
@@ -208,7 +323,7 @@ func printPings(ctx context.Context, w io.Writer, l *lab.Lab) error {
 	}
 	tw.Flush()
 	if failed > 0 {
-		return fmt.Errorf("%d of %d container pairs cannot reach each other; flanneld logs are in %s/h*/flanneld.log", failed, n*(n-1), l.Dir)
+		return fmt.Errorf("%d of %d %s pairs cannot reach each other; flanneld logs are in %s/h*/flanneld.log", failed, n*(n-1), containerWord(l), l.Dir)
 	}
 	fmt.Fprintf(w, "all %d pairs reach each other\n", n*(n-1))
 	return nil

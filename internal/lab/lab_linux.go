@@ -3,7 +3,10 @@
 // (or a cluster of etcd members) runs in its own namespace, one flanneld
 // process runs per host, and each host has a "container" namespace behind a
 // docker0-style bridge configured from subnet.env the way Docker's
-// --bip/--mtu would. `flannelctl lab` and the end-to-end tests both use it;
+// --bip/--mtu would. In Kubernetes mode (Options.Kube) a real
+// kube-apiserver runs on the lab's etcd, each host is a Node, flanneld runs
+// with --kube-subnet-mgr and the "containers" are pods created through CNI.
+// `flannelctl lab` and the end-to-end tests both use it;
 // the fault tests also stop and restart etcd, kill etcd members and ping in
 // the background. Nothing is added to the root namespace.
 package lab
@@ -81,6 +84,10 @@ type Options struct {
 	NoFlanneld bool
 	// NoContainers starts every flanneld but gives no host a container.
 	NoContainers bool
+	// Kube, when set, runs the lab in Kubernetes mode; Config is then
+	// flanneld's net-conf.json and nothing is written to etcd but the
+	// API server's own keys.
+	Kube *KubeOptions
 }
 
 // Host is one lab host.
@@ -112,7 +119,8 @@ type State struct {
 	Hosts         []*Host
 	Flanneld      string
 	FlanneldArgs  []string
-	FlanneldWrap  []string `json:",omitempty"`
+	FlanneldWrap  []string   `json:",omitempty"`
+	Kube          *KubeState `json:",omitempty"` // in Kubernetes mode
 }
 
 // Lab is a running lab.
@@ -156,6 +164,9 @@ func Up(ctx context.Context, o Options) (l *Lab, err error) {
 	if _, err := os.Stat(o.Flanneld); err != nil {
 		return nil, fmt.Errorf("lab: flanneld binary: %w", err)
 	}
+	if o.Kube != nil && o.Kube.APIServer == "" {
+		return nil, errors.New("lab: Kubernetes mode needs the kube-apiserver binary")
+	}
 	if _, err := os.Stat(filepath.Join(Dir(o.ID), "state.json")); err == nil {
 		return nil, fmt.Errorf("lab %s is already up; run `flannelctl lab down` first", o.ID)
 	}
@@ -193,16 +204,8 @@ func Up(ctx context.Context, o Options) (l *Lab, err error) {
 	if err := l.save(); err != nil {
 		return l, err
 	}
-	cli, err := l.Etcd()
-	if err != nil {
+	if err := l.writeConfig(ctx, o); err != nil {
 		return l, err
-	}
-	defer cli.Close()
-	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	_, err = cli.Put(pctx, o.Prefix+"/config", o.Config)
-	cancel()
-	if err != nil {
-		return l, fmt.Errorf("lab: write network config: %w", err)
 	}
 	if o.NoFlanneld {
 		return l, l.save()
@@ -219,11 +222,16 @@ func Up(ctx context.Context, o Options) (l *Lab, err error) {
 		if err := l.WaitSubnet(ctx, h, 30*time.Second); err != nil {
 			return l, err
 		}
-		if o.NoContainers {
-			continue
-		}
-		if err := l.SetupContainer(h); err != nil {
-			return l, err
+		switch {
+		case o.NoContainers:
+		case o.Kube != nil && len(o.Kube.CNIPath) > 0:
+			if err := l.AddPod(ctx, h); err != nil {
+				return l, err
+			}
+		default:
+			if err := l.SetupContainer(h); err != nil {
+				return l, err
+			}
 		}
 	}
 	// subnet.env comes before a host has heard of the peers that joined
@@ -233,6 +241,43 @@ func Up(ctx context.Context, o Options) (l *Lab, err error) {
 		l.WaitConverged(ctx, 15*time.Second)
 	}
 	return l, l.save()
+}
+
+// writeConfig gives flanneld its network config: in etcd, or in Kubernetes
+// mode through the API server StartKube runs.
+func (l *Lab) writeConfig(ctx context.Context, o Options) error {
+	if o.Kube != nil {
+		ko := *o.Kube
+		if ko.NetConf == "" {
+			ko.NetConf = o.Config
+		}
+		if len(ko.CNIPath) > 0 {
+			manifest, err := os.ReadFile(ko.Manifest)
+			if err != nil {
+				return fmt.Errorf("lab: %w", err)
+			}
+			conflist, err := ManifestConflist(manifest)
+			if err != nil {
+				return fmt.Errorf("lab: %s: %w", ko.Manifest, err)
+			}
+			if err := l.WriteConflist(conflist); err != nil {
+				return err
+			}
+		}
+		_, err := l.StartKube(ctx, ko)
+		return err
+	}
+	cli, err := l.Etcd()
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := cli.Put(pctx, o.Prefix+"/config", o.Config); err != nil {
+		return fmt.Errorf("lab: write network config: %w", err)
+	}
+	return nil
 }
 
 // Load reads the state of a running lab.
@@ -672,6 +717,13 @@ func (l *Lab) Down() error {
 func Down(id string) error {
 	dir := Dir(id)
 	var errs []error
+	// Pods first, while their hosts exist: CNI DEL as a kubelet would
+	// run it when a pod goes.
+	if l, err := Load(id); err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		errs = append(errs, l.delPods(ctx))
+		cancel()
+	}
 	// flanneld (and anything else) before etcd: an etcd server with
 	// clients still connected can take seconds to shut down.
 	pids := labPIDs(dir)

@@ -116,6 +116,10 @@ type Options struct {
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Args are extra kube-apiserver flags; later ones override ours.
 	Args []string
+	// Detach lets the server outlive this process (flannelctl lab up
+	// exits, lab down stops it later): it gets a session of its own
+	// instead of dying with its parent.
+	Detach bool
 }
 
 // Server is a running kube-apiserver.
@@ -128,6 +132,7 @@ type Server struct {
 	dir    string
 	pki    *pki
 	dial   func(ctx context.Context, network, addr string) (net.Conn, error)
+	detach bool
 	cmd    *exec.Cmd
 	argv   []string
 	exited chan struct{} // closed when cmd has been waited for
@@ -144,8 +149,12 @@ func (s *Server) start() error {
 	s.exited = make(chan struct{})
 	s.cmd = exec.Command(s.argv[0], s.argv[1:]...)
 	s.cmd.Stdout, s.cmd.Stderr = logf, logf
-	// The server must not outlive a test binary that dies on a timeout.
+	// The server must not outlive a test binary that dies on a timeout,
+	// unless it is meant to.
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if s.detach {
+		s.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	}
 	if err := s.cmd.Start(); err != nil {
 		close(s.exited)
 		return fmt.Errorf("kubeapi: start %s: %w", s.argv[0], err)
@@ -229,6 +238,7 @@ func Launch(ctx context.Context, o Options) (*Server, error) {
 		dir:    o.Dir,
 		pki:    p,
 		dial:   o.Dial,
+		detach: o.Detach,
 	}
 	args := []string{
 		"--etcd-servers=" + strings.Join(o.Etcd, ","),
