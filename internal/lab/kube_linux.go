@@ -57,7 +57,7 @@ type KubeState struct {
 // started it.
 type Kube struct {
 	API    *kubeapi.Server
-	Client kubernetes.Interface         // an admin's
+	Client kubernetes.Interface    // an admin's
 	CIDRs  map[string]netip.Prefix // node name (the host's) → podCIDR
 }
 
