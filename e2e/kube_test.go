@@ -3,10 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/netip"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -36,62 +33,38 @@ type kubeLab struct {
 // applies dist/kube-flannel.yml (so flanneld's credentials carry exactly
 // the manifest's RBAC), creates a Node per host with a podCIDR, as the
 // controller-manager's node IPAM would, and starts flanneld on each with
-// --kube-subnet-mgr.
+// --kube-subnet-mgr (lab.StartKube, which `flannelctl lab up --kube` runs
+// too).
 func startKubeLab(t *testing.T, n int, backend string) *kubeLab {
 	t.Helper()
 	bin := kubetest.Require(t)
 	o := labOpts(t, n, backendConfig(backend))
 	o.NoFlanneld = true
 	l := startLab(t, o)
-	from := l.EtcdNS
-	if from == "" {
-		from = l.Hosts[0].NS
-	}
-	etcdURL := l.EtcdEndpoints[0]
-	host, _, err := net.SplitHostPort(strings.TrimPrefix(etcdURL, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	dial := lab.DialerIn(from)
-	api := kubetest.Start(t, kubeapi.Options{
-		Binary:  bin,
-		Etcd:    l.EtcdEndpoints,
-		Address: netip.MustParseAddr(host),
-		Wrap:    []string{"ip", "netns", "exec", from},
-		Dial:    func(ctx context.Context, _, addr string) (net.Conn, error) { return dial(ctx, addr) },
-	})
-	kl := &kubeLab{Lab: l, api: api, client: kubetest.Client(t, api), cidrs: map[string]netip.Prefix{}}
-
-	admin, err := api.WriteKubeconfig("admin.conf", "kubetest-admin", "system:masters")
-	if err != nil {
-		t.Fatal(err)
-	}
 	manifest, err := filepath.Abs("../dist/kube-flannel.yml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, "ip", "netns", "exec", from,
-		"kubectl", "--kubeconfig", admin, "apply", "--server-side", "-f", manifest).CombinedOutput()
-	if err != nil {
-		t.Fatalf("kubectl apply -f dist/kube-flannel.yml: %v\n%s", err, out)
-	}
-	// flanneld authenticates as the manifest's ServiceAccount would.
-	kubeconfig, err := api.WriteKubeconfig("flanneld.conf", "system:serviceaccount:kube-flannel:flannel")
+	start := time.Now()
+	k, err := l.StartKube(ctx, lab.KubeOptions{
+		APIServer: bin,
+		Manifest:  manifest,
+		NetConf:   fmt.Sprintf(`{"Network":"10.244.0.0/16","Backend":{"Type":%q}}`, backend),
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	netConf := filepath.Join(t.TempDir(), "net-conf.json")
-	if err := os.WriteFile(netConf, []byte(fmt.Sprintf(`{"Network":"10.244.0.0/16","Backend":{"Type":%q}}`, backend)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	for i, h := range l.Hosts {
-		cidr := netip.MustParsePrefix(fmt.Sprintf("10.244.%d.0/24", 10+i))
-		kubetest.CreateNode(t, kl.client, h.Name, cidr.String())
-		kl.cidrs[h.Name] = cidr
-		h.Env = []string{"NODE_NAME=" + h.Name}
-		h.Args = append(h.Args, "--kube-subnet-mgr", "--kubeconfig-file="+kubeconfig, "--net-config-path="+netConf)
+	t.Logf("kube-apiserver ready at %s in %v", k.API.URL, time.Since(start).Round(10*time.Millisecond))
+	t.Cleanup(func() {
+		k.API.Stop()
+		if t.Failed() {
+			t.Logf("kube-apiserver log (tail):\n%s", k.API.LogTail(4000))
+		}
+	})
+	kl := &kubeLab{Lab: l, api: k.API, client: k.Client, cidrs: k.CIDRs}
+	for _, h := range l.Hosts {
 		startHost(t, l, h)
 	}
 	return kl

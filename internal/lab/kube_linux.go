@@ -14,6 +14,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/flannel-go/flannel/internal/lab/kubeapi"
 	"github.com/flannel-go/flannel/internal/netconf"
@@ -161,4 +162,20 @@ func (l *Lab) setupKube(ctx context.Context, o KubeOptions, api *kubeapi.Server,
 		return nil, err
 	}
 	return &Kube{API: api, Client: client, CIDRs: cidrs}, nil
+}
+
+// KubeClient returns an admin's client for the API server of a lab in
+// Kubernetes mode, from any process: its connections are made from inside
+// the lab's etcd namespace, where the server listens.
+func (l *Lab) KubeClient() (kubernetes.Interface, error) {
+	if l.Kube == nil {
+		return nil, fmt.Errorf("lab %s is not in Kubernetes mode (lab up --kube)", l.ID)
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", l.Kube.AdminKubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("lab: %w", err)
+	}
+	dial := DialerIn(l.EtcdNS)
+	cfg.Dial = func(ctx context.Context, _, addr string) (net.Conn, error) { return dial(ctx, addr) }
+	return kubernetes.NewForConfig(cfg)
 }
