@@ -41,6 +41,9 @@ func labCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		if err != nil {
 			return fmt.Errorf("%w (is the lab up? `flannelctl lab up`)", err)
 		}
+		if l.Kube != nil {
+			fmt.Fprintf(stdout, "kube-apiserver %s (admin kubeconfig %s)\n\n", l.Kube.URL, l.Kube.AdminKubeconfig)
+		}
 		printHosts(stdout, l)
 		return printPings(ctx, stdout, l)
 	case "exec":

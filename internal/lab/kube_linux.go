@@ -112,6 +112,9 @@ func (l *Lab) StartKube(ctx context.Context, o KubeOptions) (*Kube, error) {
 		Wrap:    []string{"ip", "netns", "exec", l.EtcdNS},
 		Dial:    func(ctx context.Context, _, addr string) (net.Conn, error) { return dial(ctx, addr) },
 		Detach:  o.Detach,
+		// Without it the server waits a minute on SIGTERM for flanneld's
+		// watches to end by themselves; lab down would have to kill it.
+		Args: []string{"--shutdown-watch-termination-grace-period=1s"},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("lab: %w", err)
@@ -149,7 +152,12 @@ func (l *Lab) setupKube(ctx context.Context, o KubeOptions, api *kubeapi.Server,
 		n := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: h.Name, Labels: map[string]string{"kubernetes.io/os": "linux"}}}
 		n.Spec.PodCIDR, n.Spec.PodCIDRs = cidr.String(), []string{cidr.String()}
 		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		_, err := client.CoreV1().Nodes().Create(cctx, n, metav1.CreateOptions{})
+		n, err := client.CoreV1().Nodes().Create(cctx, n, metav1.CreateOptions{})
+		if err == nil {
+			// What the kubelet reports, for `kubectl get nodes -o wide`.
+			n.Status.Addresses = []v1.NodeAddress{{Type: v1.NodeInternalIP, Address: h.Addr.String()}, {Type: v1.NodeHostName, Address: h.Name}}
+			_, err = client.CoreV1().Nodes().UpdateStatus(cctx, n, metav1.UpdateOptions{})
+		}
 		cancel()
 		if err != nil {
 			return nil, fmt.Errorf("lab: create node %s: %w", h.Name, err)
