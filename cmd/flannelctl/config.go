@@ -37,6 +37,9 @@ func configCmd(ctx context.Context, args []string, e opsEnv) error {
 	if err := c.resolve(e.getenv, *output); err != nil {
 		return err
 	}
+	if c.kube.on && sub != "validate" {
+		return fmt.Errorf("config %s: in Kubernetes mode the network config is the net-conf.json key of the kube-flannel-cfg ConfigMap (kubectl -n kube-flannel edit configmap kube-flannel-cfg); flanneld reads it at start", sub)
+	}
 	switch sub {
 	case "get":
 		if len(pos) != 0 {

@@ -16,6 +16,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 	"time"
@@ -74,6 +75,8 @@ type Link struct {
 	Up    bool
 	MTU   int
 	Addrs []netip.Prefix // IPv4 and IPv6 addresses with their lengths
+	// MAC is the hardware address; nil when unknown.
+	MAC net.HardwareAddr
 	// Parent is the index of the device a VXLAN device sends through
 	// (its "dev"), 0 when none was given.
 	Parent int
@@ -141,6 +144,9 @@ type Input struct {
 	Leases  []lease.Lease
 	EtcdErr error
 
+	// Kube is set in Kubernetes mode (flannelctl --kubeconfig).
+	Kube *KubeInput
+
 	ProbeTimeout time.Duration // per probe round; default 1.5 s
 }
 
@@ -165,8 +171,13 @@ func Run(ctx context.Context, sys System, in Input) []Finding {
 	var out []Finding
 	add := func(fs ...Finding) { out = append(out, fs...) }
 	add(h.checkSubnetEnv())
-	add(h.checkLease()...)
+	if in.Kube != nil {
+		add(h.checkKube()...)
+	} else {
+		add(h.checkLease()...)
+	}
 	add(h.checkDevice()...)
+	add(h.checkVtep()...)
 	add(h.checkBridge()...)
 	add(h.checkMTU()...)
 	add(h.checkForwarding())
