@@ -253,20 +253,44 @@ func (c *Cluster) fromNode(n *v1.Node, nc *netconf.Config) Node {
 	return out
 }
 
-// Find returns the lease for arg, a node name or one of its subnets
-// (10.244.1.0/24, or the etcd-style key 10.244.1.0-24).
+// Find returns the lease for arg: one of a flannel node's podCIDRs
+// (10.244.1.0/24, fd00:10:244:1::/64, or the etcd-style key 10.244.1.0-24),
+// else a node name.
 func (c *Cluster) Find(ctx context.Context, arg string, nc *netconf.Config) (NodeLease, error) {
-	if sn, sn6, err := lease.ParseSubnet(arg); err == nil {
+	var sn, sn6 netip.Prefix
+	if strings.Contains(arg, "/") {
+		p, err := netip.ParsePrefix(arg)
+		if err != nil {
+			return NodeLease{}, fmt.Errorf("subnet %q: %w", arg, err)
+		}
+		if p.Masked() != p {
+			return NodeLease{}, fmt.Errorf("subnet %q has host bits set; did you mean %s?", arg, p.Masked())
+		}
+		if p.Addr().Is4() {
+			sn = p
+		} else {
+			sn6 = p
+		}
+	} else if k4, k6, err := lease.ParseKey(arg); err == nil {
+		sn, sn6 = k4, k6
+	}
+	if sn.IsValid() || sn6.IsValid() {
 		ls, err := c.Leases(ctx, nc)
 		if err != nil {
 			return NodeLease{}, err
 		}
 		for _, l := range ls {
-			if l.Err == nil && (sn.IsValid() && l.Lease.Subnet == sn || sn6.IsValid() && l.Lease.Subnet6 == sn6) {
+			if l.Err == nil && (!sn.IsValid() || l.Lease.Subnet == sn) && (!sn6.IsValid() || l.Lease.Subnet6 == sn6) {
 				return l, nil
 			}
 		}
-		return NodeLease{}, fmt.Errorf("no flannel node has podCIDR %s (`flannelctl leases list` shows them all)", cmp.Or(prefixString(sn), prefixString(sn6)))
+		// A node may be named like a key (10.244.1.0-24 is a DNS name).
+		if strings.Contains(arg, "/") {
+			return NodeLease{}, fmt.Errorf("no flannel node has podCIDR %s (`flannelctl leases list` shows them all)", arg)
+		}
+		if _, err := c.client.Nodes().Get(ctx, arg, metav1.GetOptions{}); err != nil {
+			return NodeLease{}, fmt.Errorf("no flannel node has podCIDR %s (`flannelctl leases list` shows them all)", cmp.Or(prefixString(sn), prefixString(sn6)))
+		}
 	}
 	n, err := c.Node(ctx, arg, nc)
 	if err != nil {
