@@ -51,6 +51,17 @@ func (l Level) String() string {
 // MarshalText writes the level as printed.
 func (l Level) MarshalText() ([]byte, error) { return []byte(l.String()), nil }
 
+// UnmarshalText reads a level as printed, so `doctor -o json` reads back.
+func (l *Level) UnmarshalText(b []byte) error {
+	for _, c := range []Level{OK, Skip, Warn, Fail} {
+		if c.String() == string(b) {
+			*l = c
+			return nil
+		}
+	}
+	return fmt.Errorf("doctor: unknown level %q", b)
+}
+
 // Finding is the outcome of one check.
 type Finding struct {
 	Level   Level  `json:"level"`
