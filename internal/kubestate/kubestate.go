@@ -58,13 +58,12 @@ type Options struct {
 
 // Cluster is a read-only view of flannel in one cluster.
 type Cluster struct {
-	client   corev1client.CoreV1Interface
-	keys     kube.Keys
-	node     string
-	netConf  string
-	getenv   func(string) string
-	server   string
-	nodeName string // resolved, cached
+	client  corev1client.CoreV1Interface
+	keys    kube.Keys
+	node    string
+	netConf string
+	getenv  func(string) string
+	server  string
 }
 
 // Open checks the options and builds the client; it sends no request.
