@@ -156,6 +156,12 @@ func TestKubeLeases(t *testing.T) {
 		}
 	}
 
+	// The flags work before the command too, and the binary's exit status
+	// is 0.
+	if code, got, errOut := runCLI(t, nil, "--kubeconfig="+s.Kubeconfig, "-o", "json", "leases", "list"); code != 0 || got != raw {
+		t.Errorf("flags before the command: exit %d\n%s\n%s", code, got, errOut)
+	}
+
 	// show takes a node name, a CIDR or an etcd-style key.
 	kc := "--kubeconfig=" + s.Kubeconfig
 	c = cli{t: t, env: map[string]string{}}
