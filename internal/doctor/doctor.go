@@ -4,8 +4,10 @@
 // wrong MTU, forwarding switched off or blocked by the firewall, strict
 // reverse-path filtering, missing br_netfilter, VXLAN checksum offload
 // behind NAT, peers that cannot be reached (or only with small packets)
-// through the overlay, and WireGuard peers without a handshake (another
-// PSK or key), on the wrong port, or left behind.
+// through the overlay, WireGuard peers without a handshake (another PSK
+// or key), on the wrong port, or left behind, and a VTEP MAC other than
+// the one published. In Kubernetes mode it also checks this host's Node:
+// podCIDR, flannel's annotations, the NetworkUnavailable condition.
 //
 // The checks read the kernel through the System interface, so their logic
 // is tested against a fake; Linux implements it with netlink, /proc/sys,

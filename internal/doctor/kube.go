@@ -32,7 +32,7 @@ func (h *host) checkKube() []Finding {
 			"cannot read this host's Node: %v", k.Err)}
 	}
 	n := k.Node
-	out := []Finding{h.checkPodCIDR(n), h.checkAnnotations(n)}
+	out := []Finding{checkPodCIDR(n), h.checkAnnotations(n)}
 	if n.LeaseErr == nil {
 		own := n.Lease
 		h.own = &own
@@ -46,7 +46,7 @@ func (h *host) checkKube() []Finding {
 	return out
 }
 
-func (h *host) checkPodCIDR(n kubestate.Node) Finding {
+func checkPodCIDR(n kubestate.Node) Finding {
 	const c = "podCIDR"
 	if len(n.PodCIDRs) == 0 {
 		return fail(c, fmt.Sprintf("run kube-controller-manager with --allocate-node-cidrs=true and --cluster-cidr set to the Network of net-conf.json, or set one by hand: kubectl patch node %s -p '{\"spec\":{\"podCIDR\":\"<CIDR>\",\"podCIDRs\":[\"<CIDR>\"]}}'", n.Name),

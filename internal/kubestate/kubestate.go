@@ -56,7 +56,8 @@ type Options struct {
 	Client corev1client.CoreV1Interface
 }
 
-// Cluster is a read-only view of flannel in one cluster.
+// Cluster is a read-only view of flannel in one cluster, for one command:
+// not safe for concurrent use (NodeName caches its answer).
 type Cluster struct {
 	client  corev1client.CoreV1Interface
 	keys    kube.Keys

@@ -74,7 +74,7 @@ func Addr(a netip.Addr) string {
 // has no key, no etcd lease and no expiry: it is the node's for as long
 // as the node exists.
 func NodeInfo(node string, l lease.Lease) LeaseInfo {
-	j := LeaseInfo{
+	return LeaseInfo{
 		Node:          node,
 		Subnet:        prefixString(l.Subnet),
 		Subnet6:       prefixString(l.Subnet6),
@@ -84,7 +84,6 @@ func NodeInfo(node string, l lease.Lease) LeaseInfo {
 		BackendData:   l.Attrs.BackendData,
 		BackendV6Data: l.Attrs.BackendV6Data,
 	}
-	return j
 }
 
 // VtepMAC is the VTEP MAC of a vxlan lease, "" for other backends or data

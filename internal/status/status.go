@@ -1,7 +1,7 @@
 // Package status assembles what `flannelctl status` reports about this
-// host's flanneld, from the files, etcd, the kernel and its health
-// endpoints, and the operator's view of a lease (the JSON of `status` and
-// `leases -o json`). Each source that fails becomes a Problem, so one
+// host's flanneld, from the files, etcd (in Kubernetes mode this host's
+// Node), the kernel and its health endpoints, and the operator's view of
+// a lease (the JSON of `status` and `leases -o json`). Each source that fails becomes a Problem, so one
 // report says everything that is wrong at once.
 package status
 
