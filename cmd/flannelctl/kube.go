@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"errors"
@@ -106,6 +107,25 @@ func kubeNetConfig(ctx context.Context, k *kubestate.Cluster, e opsEnv) *netconf
 		fmt.Fprintf(e.stderr, "flannelctl: warning: %v\n", err)
 	}
 	return cfg
+}
+
+// configGetKube prints the network config flanneld reads in Kubernetes
+// mode, saying on stderr where it came from.
+func configGetKube(ctx context.Context, c *conn, e opsEnv) error {
+	k, err := c.openKube(e)
+	if err != nil {
+		return fmt.Errorf("config get: %w", err)
+	}
+	raw, where, err := k.RawNetConfig(ctx)
+	if err != nil {
+		return fmt.Errorf("config get: %w", err)
+	}
+	fmt.Fprintf(e.stderr, "flannelctl: network config from %s\n", where)
+	if !bytes.HasSuffix(raw, []byte("\n")) {
+		raw = append(raw, '\n')
+	}
+	_, err = e.stdout.Write(raw)
+	return err
 }
 
 func leasesKube(ctx context.Context, c *conn, sub string, pos []string, asJSON bool, e opsEnv) error {

@@ -200,8 +200,24 @@ func TestKubeLeases(t *testing.T) {
 	if err := c.fails("leases", "reserve", "10.244.9.0/24", "192.168.1.20", kc); !strings.Contains(err, "podCIDR") {
 		t.Errorf("reserve in Kubernetes mode: %s", err)
 	}
-	if err := c.fails("config", "get", kc); !strings.Contains(err, "kube-flannel-cfg") {
-		t.Errorf("config get in Kubernetes mode: %s", err)
+	if err := c.fails("config", "set", "{}", kc); !strings.Contains(err, "kube-flannel-cfg") {
+		t.Errorf("config set in Kubernetes mode: %s", err)
+	}
+	if err := c.fails("config", "get", kc, "--net-config-path=/nonexistent"); !strings.Contains(err, "nor a ConfigMap kube-flannel-cfg") {
+		t.Errorf("config get without a config: %s", err)
+	}
+	const cm = `{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}`
+	_, err = admin.CoreV1().Namespaces().Create(kctx(t), &v1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "kube-flannel"}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = admin.CoreV1().ConfigMaps("kube-flannel").Create(kctx(t), &v1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "kube-flannel-cfg"},
+		Data: map[string]string{"net-conf.json": cm}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, errOut, err := c.run("", "config", "get", kc, "--net-config-path=/nonexistent"); err != nil || out != cm+"\n" || !strings.Contains(errOut, "ConfigMap kube-flannel/kube-flannel-cfg") {
+		t.Errorf("config get from the ConfigMap: %v\n%s\n%s", err, out, errOut)
 	}
 
 	// A custom prefix, with upstream's normalisation (a path part gets "-").

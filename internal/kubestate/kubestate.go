@@ -318,39 +318,43 @@ const (
 	configMapKey  = "net-conf.json"
 )
 
-// NetConfig reads the network config: the file at --net-config-path when
-// it exists (on a host that runs flanneld outside a pod), else the
-// net-conf.json key of the kube-flannel-cfg ConfigMap that the manifest
-// mounts there. where names the one read. An error wrapping
+// RawNetConfig reads the network config as written: the file at
+// --net-config-path when it exists (on a host that runs flanneld outside a
+// pod), else the net-conf.json key of the kube-flannel-cfg ConfigMap that
+// the manifest mounts there. where names the one read. An error wrapping
 // lease.ErrNoConfig means neither exists.
-func (c *Cluster) NetConfig(ctx context.Context) (cfg *netconf.Config, where string, err error) {
+func (c *Cluster) RawNetConfig(ctx context.Context) (raw []byte, where string, err error) {
 	b, err := os.ReadFile(c.netConf)
 	switch {
 	case err == nil:
-		where = c.netConf
+		return b, c.netConf, nil
 	case !errors.Is(err, fs.ErrNotExist):
 		return nil, c.netConf, fmt.Errorf("read network config: %w", err)
-	default:
-		for _, ns := range configNamespaces {
-			cm, err := c.client.ConfigMaps(ns).Get(ctx, configMapName, metav1.GetOptions{})
-			if apierrors.IsNotFound(err) {
-				continue
-			}
-			if err != nil {
-				return nil, "", fmt.Errorf("read ConfigMap %s/%s: %w", ns, configMapName, err)
-			}
-			where = fmt.Sprintf("ConfigMap %s/%s key %s", ns, configMapName, configMapKey)
-			s, ok := cm.Data[configMapKey]
-			if !ok {
-				return nil, where, fmt.Errorf("%s is missing: %w", where, lease.ErrNoConfig)
-			}
-			b = []byte(s)
-			break
+	}
+	for _, ns := range configNamespaces {
+		cm, err := c.client.ConfigMaps(ns).Get(ctx, configMapName, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			continue
 		}
-		if where == "" {
-			return nil, "", fmt.Errorf("%s does not exist, nor a ConfigMap %s in %s: %w",
-				c.netConf, configMapName, strings.Join(configNamespaces, " or "), lease.ErrNoConfig)
+		if err != nil {
+			return nil, "", fmt.Errorf("read ConfigMap %s/%s: %w", ns, configMapName, err)
 		}
+		where = fmt.Sprintf("ConfigMap %s/%s key %s", ns, configMapName, configMapKey)
+		s, ok := cm.Data[configMapKey]
+		if !ok {
+			return nil, where, fmt.Errorf("%s is missing: %w", where, lease.ErrNoConfig)
+		}
+		return []byte(s), where, nil
+	}
+	return nil, "", fmt.Errorf("%s does not exist, nor a ConfigMap %s in %s: %w",
+		c.netConf, configMapName, strings.Join(configNamespaces, " or "), lease.ErrNoConfig)
+}
+
+// NetConfig is RawNetConfig parsed; an invalid config is a *netconf.Error.
+func (c *Cluster) NetConfig(ctx context.Context) (cfg *netconf.Config, where string, err error) {
+	b, where, err := c.RawNetConfig(ctx)
+	if err != nil {
+		return nil, where, err
 	}
 	cfg, err = netconf.Parse(b)
 	if err != nil {
