@@ -37,6 +37,15 @@ func configCmd(ctx context.Context, args []string, e opsEnv) error {
 	if err := c.resolve(e.getenv, *output); err != nil {
 		return err
 	}
+	if c.kube.on && sub == "set" {
+		return fmt.Errorf("config set: in Kubernetes mode the network config is the net-conf.json key of the kube-flannel-cfg ConfigMap (kubectl -n kube-flannel edit configmap kube-flannel-cfg); flanneld reads it at start")
+	}
+	if c.kube.on && sub == "get" {
+		if len(pos) != 0 {
+			return usagef("config get: unexpected argument %q", pos[0])
+		}
+		return configGetKube(ctx, c, e)
+	}
 	switch sub {
 	case "get":
 		if len(pos) != 0 {

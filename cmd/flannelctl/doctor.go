@@ -30,8 +30,9 @@ func doctorCmd(ctx context.Context, args []string, e opsEnv) error {
 
 	in := doctor.Input{SubnetFile: subnetFile, ProbeTimeout: *probeTimeout}
 	in.Env, in.EnvErr = subnetenv.Read(subnetFile)
-	s, err := c.open(ctx, e)
-	if err != nil {
+	if c.kube.on {
+		doctorKube(ctx, c, &in, e)
+	} else if s, err := c.open(ctx, e); err != nil {
 		in.EtcdErr = err
 	} else {
 		defer s.Close()

@@ -19,7 +19,8 @@ const leasesUsage = `usage: flannelctl leases list [-o json]
        flannelctl leases show SUBNET [-o json]
        flannelctl leases reserve SUBNET PUBLICIP
        flannelctl leases release SUBNET
-SUBNET is 10.5.34.0/24 or its key 10.5.34.0-24`
+SUBNET is 10.5.34.0/24 or its key 10.5.34.0-24; in Kubernetes mode (--kubeconfig)
+leases show also takes a node name, and there are no reservations`
 
 func leasesCmd(ctx context.Context, args []string, e opsEnv) error {
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
@@ -42,6 +43,9 @@ func leasesCmd(ctx context.Context, args []string, e opsEnv) error {
 	}
 	if len(pos) != want {
 		return usagef("leases %s: want %d arguments, got %d\n%s", sub, want, len(pos), leasesUsage)
+	}
+	if c.kube.on {
+		return leasesKube(ctx, c, sub, pos, *output == "json", e)
 	}
 	s, err := c.open(ctx, e)
 	if err != nil {

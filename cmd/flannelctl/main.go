@@ -1,6 +1,6 @@
 // Command flannelctl is the operator's tool for flannel: a local multi-host
-// lab (`flannelctl lab up`), and, against a cluster's etcd, the network
-// config, the leases and the local daemon's health.
+// lab (`flannelctl lab up`), and, against a cluster's etcd or Kubernetes
+// API server, the network config, the leases and the local daemon's health.
 package main
 
 import (
@@ -33,6 +33,10 @@ commands:
 
 config, leases, status and doctor take flanneld's --etcd-* flags and FLANNELD_* variables, before or after
 the command (flannelctl --etcd-endpoints=URL leases list), as well as --timeout and -o json; -h lists them.
+Kubernetes mode (flanneld --kube-subnet-mgr): --kubeconfig FILE as kubectl's (or $KUBECONFIG without
+--etcd-* flags, or --kube-subnet-mgr with ~/.kube/config or the in-cluster config); leases are the nodes'
+podCIDRs and annotations (--kube-annotation-prefix); status and doctor read this host's node
+(--node-name, default $NODE_NAME).
 Exit status: 0 done, 1 failed (or problems found), 2 bad command line.
 `
 

@@ -110,16 +110,20 @@ func (f *cmdFlags) parse(args []string, getenv func(string) string) ([]string, e
 // registerGlobal declares the flags every etcd command takes, which may
 // also come before the command; the returned conn reads them.
 func registerGlobal(fs *flag.FlagSet) (*conn, *string) {
-	c := &conn{flags: etcdconf.Register(fs)}
-	fs.DurationVar(&c.timeout, "timeout", 5*time.Second, "timeout of each etcd request")
+	c := &conn{flags: etcdconf.Register(fs), fs: fs}
+	fs.DurationVar(&c.timeout, "timeout", 5*time.Second, "timeout of each etcd or Kubernetes API request")
+	c.kube.register(fs)
 	return c, fs.String("o", "table", "output format: table or json")
 }
 
-// conn is the etcd connection as the flags say.
+// conn is the etcd connection, or in Kubernetes mode the API server's, as
+// the flags say.
 type conn struct {
+	fs      *flag.FlagSet
 	flags   *etcdconf.Flags
 	timeout time.Duration
 	opts    etcdconf.Options // set by resolve
+	kube    kubeFlags
 }
 
 // register declares the global flags on a command's flag set.
@@ -128,6 +132,9 @@ func (f *cmdFlags) register() (*conn, *string) { return registerGlobal(f.FlagSet
 // resolve reads the etcd options once the flags are parsed: a flag not
 // given falls back to its FLANNELD_* variable.
 func (c *conn) resolve(getenv func(string) string, output string) error {
+	if err := c.kube.resolve(c.fs, getenv); err != nil {
+		return err
+	}
 	o, err := c.flags.Options(getenv)
 	if err != nil {
 		return usageError{err}

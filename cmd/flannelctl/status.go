@@ -32,7 +32,9 @@ func statusCmd(ctx context.Context, args []string, e opsEnv) error {
 	}
 
 	var st status.Status
-	if s, err := c.open(ctx, e); err != nil {
+	if c.kube.on {
+		st = statusKube(ctx, c, o, e)
+	} else if s, err := c.open(ctx, e); err != nil {
 		st = status.Collect(ctx, o, nil, err, doctor.NewSystem())
 	} else {
 		defer s.Close()

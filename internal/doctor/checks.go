@@ -163,7 +163,7 @@ func (h *host) checkDevice() []Finding {
 	h.devName = DeviceName(h.backend, h.in.Config, h.own)
 	if h.devName == "" {
 		if h.backend == "" {
-			return []Finding{skip(c, "backend unknown (no config in etcd)")}
+			return []Finding{skip(c, "backend unknown (no network config)")}
 		}
 		return []Finding{ok(c, "backend %s uses no overlay device", h.backend)}
 	}
@@ -291,7 +291,7 @@ func (h *host) checkFirewall(ctx context.Context) Finding {
 	const c = "forward"
 	cfg := h.in.Config
 	if cfg == nil || !cfg.EnableIPv4 {
-		return skip(c, "network unknown (no config in etcd)")
+		return skip(c, "network unknown (no network config)")
 	}
 	out, err := h.sys.IPTablesSave(ctx, "filter")
 	if err != nil {

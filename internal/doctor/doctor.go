@@ -4,8 +4,10 @@
 // wrong MTU, forwarding switched off or blocked by the firewall, strict
 // reverse-path filtering, missing br_netfilter, VXLAN checksum offload
 // behind NAT, peers that cannot be reached (or only with small packets)
-// through the overlay, and WireGuard peers without a handshake (another
-// PSK or key), on the wrong port, or left behind.
+// through the overlay, WireGuard peers without a handshake (another PSK
+// or key), on the wrong port, or left behind, and a VTEP MAC other than
+// the one published. In Kubernetes mode it also checks this host's Node:
+// podCIDR, flannel's annotations, the NetworkUnavailable condition.
 //
 // The checks read the kernel through the System interface, so their logic
 // is tested against a fake; Linux implements it with netlink, /proc/sys,
@@ -16,6 +18,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 	"time"
@@ -50,6 +53,17 @@ func (l Level) String() string {
 // MarshalText writes the level as printed.
 func (l Level) MarshalText() ([]byte, error) { return []byte(l.String()), nil }
 
+// UnmarshalText reads a level as printed, so `doctor -o json` reads back.
+func (l *Level) UnmarshalText(b []byte) error {
+	for _, c := range []Level{OK, Skip, Warn, Fail} {
+		if c.String() == string(b) {
+			*l = c
+			return nil
+		}
+	}
+	return fmt.Errorf("doctor: unknown level %q", b)
+}
+
 // Finding is the outcome of one check.
 type Finding struct {
 	Level   Level  `json:"level"`
@@ -74,6 +88,8 @@ type Link struct {
 	Up    bool
 	MTU   int
 	Addrs []netip.Prefix // IPv4 and IPv6 addresses with their lengths
+	// MAC is the hardware address; nil when unknown.
+	MAC net.HardwareAddr
 	// Parent is the index of the device a VXLAN device sends through
 	// (its "dev"), 0 when none was given.
 	Parent int
@@ -141,6 +157,9 @@ type Input struct {
 	Leases  []lease.Lease
 	EtcdErr error
 
+	// Kube is set in Kubernetes mode (flannelctl --kubeconfig).
+	Kube *KubeInput
+
 	ProbeTimeout time.Duration // per probe round; default 1.5 s
 }
 
@@ -165,8 +184,13 @@ func Run(ctx context.Context, sys System, in Input) []Finding {
 	var out []Finding
 	add := func(fs ...Finding) { out = append(out, fs...) }
 	add(h.checkSubnetEnv())
-	add(h.checkLease()...)
+	if in.Kube != nil {
+		add(h.checkKube()...)
+	} else {
+		add(h.checkLease()...)
+	}
 	add(h.checkDevice()...)
+	add(h.checkVtep()...)
 	add(h.checkBridge()...)
 	add(h.checkMTU()...)
 	add(h.checkForwarding())

@@ -84,12 +84,16 @@ func (h *host) checkPeers(ctx context.Context) []Finding {
 		case under.Replied:
 			out = append(out, fail(c, h.unreachableFix(p),
 				"peer %s: %s does not answer through the overlay, though the host %s answers on the underlay", p.Subnet, dst, p.Attrs.PublicIP))
-		case p.Reserved():
+		case p.Reserved() && h.in.Kube == nil: // a node's lease has no etcd ID, yet is no reservation
 			// untyped leases carry no backend data, so an untaken
 			// reservation looks like a taken one until probed.
 			out = append(out, skip(c, "peer %s: reserved for %s, which does not answer: not up yet?", p.Subnet, p.Attrs.PublicIP))
 		default:
-			out = append(out, fail(c, "check that the host is up and reachable from here (routing, firewalls); if it is gone for good, `flannelctl leases release "+p.Subnet.String()+"`",
+			gone := "`flannelctl leases release " + p.Subnet.String() + "`"
+			if h.in.Kube != nil {
+				gone = "delete its Node (`flannelctl leases show " + p.Subnet.String() + "` names it)"
+			}
+			out = append(out, fail(c, "check that the host is up and reachable from here (routing, firewalls); if it is gone for good, "+gone,
 				"peer %s: neither %s (overlay) nor the host %s (underlay) answers", p.Subnet, dst, p.Attrs.PublicIP))
 		}
 	}

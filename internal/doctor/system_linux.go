@@ -31,7 +31,7 @@ func (linuxSystem) Sysctl(name string) (string, error) {
 
 func toLink(l netlink.Link) (Link, error) {
 	a := l.Attrs()
-	out := Link{Name: a.Name, Index: a.Index, MTU: a.MTU, Up: a.Flags&net.FlagUp != 0}
+	out := Link{Name: a.Name, Index: a.Index, MTU: a.MTU, Up: a.Flags&net.FlagUp != 0, MAC: a.HardwareAddr}
 	if v, ok := l.(*netlink.Vxlan); ok {
 		out.Parent = v.VtepDevIndex
 	}

@@ -1,7 +1,7 @@
 // Package status assembles what `flannelctl status` reports about this
-// host's flanneld, from the files, etcd, the kernel and its health
-// endpoints, and the operator's view of a lease (the JSON of `status` and
-// `leases -o json`). Each source that fails becomes a Problem, so one
+// host's flanneld, from the files, etcd (in Kubernetes mode this host's
+// Node), the kernel and its health endpoints, and the operator's view of
+// a lease (the JSON of `status` and `leases -o json`). Each source that fails becomes a Problem, so one
 // report says everything that is wrong at once.
 package status
 
@@ -37,7 +37,9 @@ type Status struct {
 	Peers        int     `json:"peers"`
 	Reservations int     `json:"reservations"`
 	Device       *Device `json:"device,omitempty"` // absent for backends without one
-	Health       *Health `json:"health,omitempty"` // absent without a healthz port
+	// Node is this host's Node, in Kubernetes mode.
+	Node   *NodeStatus `json:"node,omitempty"`
+	Health *Health     `json:"health,omitempty"` // absent without a healthz port
 	// Problems lists what keeps the daemon from being healthy; empty
 	// when it is.
 	Problems []string `json:"problems"`
@@ -68,6 +70,9 @@ type Health struct {
 	Error   string `json:"error,omitempty"`
 }
 
+// subnetEnv is subnet.env as read.
+type subnetEnv = subnetenv.Env
+
 // Store is what the report reads from etcd.
 type Store interface {
 	Config(ctx context.Context) ([]byte, error)
@@ -93,23 +98,39 @@ type Links interface {
 // with openErr saying why.
 func Collect(ctx context.Context, o Options, s Store, openErr error, sys Links) Status {
 	st := Status{SubnetFile: o.SubnetFile, Problems: []string{}}
-	problem := func(format string, args ...any) { st.Problems = append(st.Problems, fmt.Sprintf(format, args...)) }
-	env, envErr := subnetenv.Read(o.SubnetFile)
+	env, envErr := st.readEnv(o.SubnetFile)
+	var cfg *netconf.Config
+	var own *lease.Lease
+	if s == nil {
+		st.problem("etcd: %v", openErr)
+	} else {
+		cfg, own = fromEtcd(ctx, s, env, envErr, &st, st.problem)
+	}
+	st.finish(ctx, o, cfg, own, sys)
+	return st
+}
+
+func (st *Status) problem(format string, args ...any) {
+	st.Problems = append(st.Problems, fmt.Sprintf(format, args...))
+}
+
+// readEnv reads subnet.env into the report.
+func (st *Status) readEnv(path string) (subnetenv.Env, error) {
+	env, envErr := subnetenv.Read(path)
 	if envErr != nil {
 		st.SubnetEnvError = envErr.Error()
-		problem("no usable subnet.env: %v", envErr)
+		st.problem("no usable subnet.env: %v", envErr)
 	} else {
 		st.SubnetEnv = &Env{Network: prefixString(env.Network), Subnet: prefixString(env.Subnet),
 			IPv6Network: prefixString(env.IPv6Network), IPv6Subnet: prefixString(env.IPv6Subnet), MTU: env.MTU, IPMasq: env.IPMasq}
 	}
+	return env, envErr
+}
 
-	var cfg *netconf.Config
-	var own *lease.Lease
-	if s == nil {
-		problem("etcd: %v", openErr)
-	} else {
-		cfg, own = fromEtcd(ctx, s, env, envErr, &st, problem)
-	}
+// finish adds the backend, its device and the health endpoints, once the
+// config and our lease are known (either may be nil).
+func (st *Status) finish(ctx context.Context, o Options, cfg *netconf.Config, own *lease.Lease, sys Links) {
+	problem := st.problem
 	st.Backend = cmp.Or(backendName(cfg), leaseBackend(own))
 
 	if dev := doctor.DeviceName(st.Backend, cfg, own); dev != "" {
@@ -137,7 +158,6 @@ func Collect(ctx context.Context, o Options, s Store, openErr error, sys Links) 
 			problem("flanneld's health endpoints at %s do not both answer 200", st.Health.URL)
 		}
 	}
-	return st
 }
 
 // ReadConfig reads and parses the network config in etcd. raw is nil when
@@ -271,8 +291,14 @@ func Print(w io.Writer, st Status) error {
 	} else {
 		row("subnet.env", "%s", st.SubnetEnvError)
 	}
+	if st.Node != nil {
+		row("node", "%s", nodeRow(st.Node))
+	}
 	if l := st.Lease; l != nil {
 		exp := "reserved (no expiry)"
+		if l.Node != "" {
+			exp = "podCIDR of node " + l.Node + " (no expiry)"
+		}
 		if l.Expires != nil {
 			exp = fmt.Sprintf("expires in %s (%s)", lease.FormatLeft(time.Until(*l.Expires)), l.Expires.Format(time.RFC3339))
 		}
