@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"sort"
@@ -214,9 +215,11 @@ const dsServiceAccountMount = "/var/run/secrets/kubernetes.io/serviceaccount"
 //     The mapping is faithful for containerd nodes, and the shipped file
 //     drops ALL, where every runtime agrees;
 //   - a hostPath volume → -v host:container[:ro], or --device for type
-//     CharDevice (a hostPath bind of the node suffices under runc's
-//     default device rules, which allow /dev/net/tun; --device states the
-//     access instead of relying on them); a configMap volume → -v of a
+//     CharDevice. The kubelet only bind-mounts the device, and the
+//     runtime's default device rules decide access; those of Docker 20.10
+//     and runc allow /dev/net/tun (a -v of it passes the udp subtest too),
+//     and --device states the access instead of relying on them; a
+//     configMap volume → -v of a
 //     directory of its keys, read-only as the kubelet mounts it;
 //   - env: values as given; fieldRef spec.nodeName, metadata.name (the
 //     DaemonSet's name, "-", the node's: the DaemonSet controller's names
@@ -401,7 +404,7 @@ func writeConfigMapDir(dir string, cm *corev1.ConfigMap, edit func(key, value st
 				return fmt.Errorf("ConfigMap %s key %s: %w", cm.Name, k, err)
 			}
 		}
-		if err := os.WriteFile(path.Join(dir, k), []byte(v), 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(dir, k), []byte(v), 0o644); err != nil {
 			return err
 		}
 	}
