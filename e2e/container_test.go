@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"net/url"
 	"os"
@@ -51,9 +52,10 @@ func shippedManifest(t *testing.T) *dsManifest {
 // the file (translateDS; a field it does not know fails the test), in
 // Kubernetes mode against a real API server holding the applied
 // manifest, with the ConfigMap's net-conf.json (its backend set per
-// subtest) and the ServiceAccount's token as the kubelet mounts them.
-// Every backend, 2 nodes, pings across, and a restart of the container
-// keeps traffic. The image has no iptables: net-conf.json says
+// subtest) and the ServiceAccount's token as the kubelet mounts them;
+// the manifest's liveness and readiness probes must answer. Every
+// backend, 2 nodes, pings across, and a restart of the container keeps
+// traffic. The image has no iptables: net-conf.json says
 // "EnableNFTables": true, as the manifest ships it.
 func TestContainerDaemonSet(t *testing.T) {
 	if err := labdocker.Check(); err != nil {
@@ -110,7 +112,7 @@ func TestContainerDaemonSet(t *testing.T) {
 			for i, h := range l.Hosts {
 				kubetest.CreateNode(t, client, h.Name, fmt.Sprintf("10.244.%d.0/24", 10+i))
 				n := node
-				n.Name = h.Name
+				n.Name, n.Addr = h.Name, h.Addr
 				n.HostPath = func(p string) string {
 					if p == "/run/flannel" { // each lab host has its own
 						return filepath.Join(l.Dir, h.Name)
@@ -149,6 +151,12 @@ func TestContainerDaemonSet(t *testing.T) {
 				}
 				if err := l.SetupContainer(h); err != nil {
 					t.Fatal(err)
+				}
+				// The kubelet's probes, as the manifest points them.
+				for kind, u := range runs[i].Probes {
+					waitFor(t, 10*time.Second, h.Name+"'s "+kind+" probe "+u+" to answer 200", func() bool {
+						return httpStatusIn(ctx, h.NS, u) == http.StatusOK
+					})
 				}
 			}
 			for i, d := range engines {
@@ -360,4 +368,26 @@ func ensureFile(path string) error {
 		return err
 	}
 	return f.Close()
+}
+
+// httpStatusIn GETs url from inside the network namespace nsName, as the
+// kubelet probes a hostNetwork pod, and returns the status (0: no answer).
+func httpStatusIn(ctx context.Context, nsName, url string) int {
+	dial := lab.DialerIn(nsName)
+	c := &http.Client{
+		Timeout:   2 * time.Second,
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) { return dial(ctx, addr) }},
+	}
+	defer c.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -21,6 +22,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/yaml"
 
 	"github.com/flannel-go/flannel/internal/kubetest"
@@ -114,24 +116,31 @@ var dsFieldsTranslated = func() map[string]bool {
 	} {
 		m[p] = true
 	}
+	for _, probe := range []string{".livenessProbe", ".readinessProbe"} {
+		for _, f := range []string{"", ".httpGet", ".httpGet.host", ".httpGet.port", ".httpGet.path"} {
+			m[dsContainerPath+probe+f] = true
+		}
+	}
 	return m
 }()
 
 // dsFieldsSkipped are the fields (with all under them) that no container
 // runtime sees, or that this test checks another way.
 var dsFieldsSkipped = map[string]string{
-	"metadata":                              "the DaemonSet object's name and labels (POD_NAMESPACE reads its namespace)",
-	"spec.selector":                         "rollout, the DaemonSet controller's",
-	"spec.updateStrategy":                   "rollout, the DaemonSet controller's",
-	"spec.template.metadata":                "the pod's labels: no meaning to the runtime",
-	dsPodPath + ".affinity":                 "scheduling: on which nodes, not how",
-	dsPodPath + ".tolerations":              "scheduling: on which nodes, not how",
-	dsPodPath + ".priorityClassName":        "scheduling and eviction order",
-	dsPodPath + ".initContainers":           "install-cni: TestImage (dist) runs it with these mounts",
-	dsContainerPath + ".imagePullPolicy":    "the test builds the image in each engine: nothing to pull",
-	dsContainerPath + ".resources.requests": "a scheduling weight, no limit the runtime enforces",
-	dsContainerPath + ".livenessProbe":      "the kubelet's, over HTTP: the test awaits readiness in the log instead",
-	dsContainerPath + ".readinessProbe":     "the kubelet's, over HTTP: the test awaits readiness in the log instead",
+	"metadata":                                           "the DaemonSet object's name and labels (POD_NAMESPACE reads its namespace)",
+	"spec.selector":                                      "rollout, the DaemonSet controller's",
+	"spec.updateStrategy":                                "rollout, the DaemonSet controller's",
+	"spec.template.metadata":                             "the pod's labels: no meaning to the runtime",
+	dsPodPath + ".affinity":                              "scheduling: on which nodes, not how",
+	dsPodPath + ".tolerations":                           "scheduling: on which nodes, not how",
+	dsPodPath + ".priorityClassName":                     "scheduling and eviction order",
+	dsPodPath + ".initContainers":                        "install-cni: TestImage (dist) runs it with these mounts",
+	dsContainerPath + ".imagePullPolicy":                 "the test builds the image in each engine: nothing to pull",
+	dsContainerPath + ".resources.requests":              "a scheduling weight, no limit the runtime enforces",
+	dsContainerPath + ".livenessProbe.periodSeconds":     "the kubelet's timing: the test probes once, after start",
+	dsContainerPath + ".livenessProbe.failureThreshold":  "the kubelet's timing: the test probes once, after start",
+	dsContainerPath + ".readinessProbe.periodSeconds":    "the kubelet's timing: the test probes once, after start",
+	dsContainerPath + ".readinessProbe.failureThreshold": "the kubelet's timing: the test probes once, after start",
 }
 
 // dsUnknownFields returns, sorted, the paths of the fields set in v (under
@@ -165,7 +174,8 @@ func dsUnknownFields(at string, v any) []string {
 // dsNode is what the node and its kubelet give the pod beyond the
 // manifest, in the lab.
 type dsNode struct {
-	Name string // the Node's name (spec.nodeName)
+	Name string     // the Node's name (spec.nodeName)
+	Addr netip.Addr // its address: the pod's IP with hostNetwork
 	// APIServer is the address the kubelet puts in KUBERNETES_SERVICE_HOST
 	// and KUBERNETES_SERVICE_PORT (no Service proxy in the lab: the API
 	// server's own).
@@ -198,6 +208,9 @@ type dsRun struct {
 	CapAdd     []string
 	CapDrop    []string
 	HostPaths  []dsHostPath // to check or create on the host first
+	// Probes are the URLs of the kubelet's HTTP probes ("liveness",
+	// "readiness"), to GET in the node's network namespace.
+	Probes map[string]string
 }
 
 const dsServiceAccountMount = "/var/run/secrets/kubernetes.io/serviceaccount"
@@ -339,6 +352,25 @@ func translateDS(m *dsManifest, n dsNode) (*dsRun, error) {
 		opt("-e", "KUBERNETES_SERVICE_HOST="+n.APIServer.Addr().String(),
 			"-e", "KUBERNETES_SERVICE_PORT="+strconv.Itoa(int(n.APIServer.Port())),
 			"-v", n.ServiceAccountDir+":"+dsServiceAccountMount+":ro")
+	}
+
+	r.Probes = map[string]string{}
+	for kind, p := range map[string]*corev1.Probe{"liveness": c.LivenessProbe, "readiness": c.ReadinessProbe} {
+		if p == nil {
+			continue
+		}
+		if p.HTTPGet == nil {
+			return nil, fmt.Errorf("%sProbe: only httpGet is translated", kind)
+		}
+		if p.HTTPGet.Port.Type != intstr.Int {
+			return nil, fmt.Errorf("%sProbe: named port %q: the container declares no ports", kind, p.HTTPGet.Port.StrVal)
+		}
+		host := p.HTTPGet.Host
+		if host == "" {
+			// The pod's IP, which with hostNetwork is the node's.
+			host = n.Addr.String()
+		}
+		r.Probes[kind] = "http://" + net.JoinHostPort(host, strconv.Itoa(p.HTTPGet.Port.IntValue())) + p.HTTPGet.Path
 	}
 
 	if len(c.Command) > 0 {
@@ -490,6 +522,11 @@ func TestManifestDaemonSetTranslation(t *testing.T) {
 	if r.Entrypoint != "/opt/bin/flanneld" || !slices.Contains(r.Args, "--kube-subnet-mgr") || !slices.Contains(r.Args, "--ip-masq") {
 		t.Errorf("command line: %s %q", r.Entrypoint, r.Args)
 	}
+	for _, kind := range []string{"liveness", "readiness"} {
+		if u, ok := r.Probes[kind]; !ok || !strings.HasPrefix(u, "http://127.0.0.1:") {
+			t.Errorf("%s probe: %q, want one on the node's loopback", kind, u)
+		}
+	}
 	var tun bool
 	for _, h := range r.HostPaths {
 		tun = tun || (h.Path == "/dev/net/tun" && h.Type == corev1.HostPathCharDev)
@@ -535,6 +572,9 @@ func TestManifestUnknownField(t *testing.T) {
 			"spec.template.spec.containers[].resources.limits"},
 		{"fieldRef path", "                  fieldPath: metadata.name\n", "                  fieldPath: status.podIP\n", `"status.podIP"`},
 		{"hostPath type", "            type: FileOrCreate\n", "            type: Socket\n", `"Socket"`},
+		{"probe kind", "              path: /healthz\n", "              path: /healthz\n            timeoutSeconds: 3\n",
+			"spec.template.spec.containers[].livenessProbe.timeoutSeconds"},
+		{"named probe port", "              port: 10266\n              path: /readyz\n", "              port: healthz\n              path: /readyz\n", `named port "healthz"`},
 		{"host network", "      hostNetwork: true\n", "      hostNetwork: false\n", "hostNetwork is false"},
 		{"Kubernetes field misspelt", "      hostNetwork: true\n", "      hostNetwork: true\n      hostNetwrk: true\n", "hostNetwrk"},
 	} {
