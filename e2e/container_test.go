@@ -174,9 +174,7 @@ func TestContainerDaemonSet(t *testing.T) {
 				}
 				out, err = d.Run(ctx, "inspect", "--format", "{{.State.Pid}}", "flanneld")
 				if pid, perr := strconv.Atoi(strings.TrimSpace(out)); err == nil && perr == nil {
-					// NET_ADMIN and NET_RAW only: the manifest drops the
-					// runtime's default set.
-					assertProcConfined(t, d.Host.Name, pid, false)
+					assertPodConfined(t, d.Host.Name, pid, runs[i])
 				} else {
 					t.Errorf("%s: flanneld's pid: %q %v %v", d.Host.Name, out, err, perr)
 				}

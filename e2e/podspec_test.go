@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -527,6 +528,9 @@ func TestManifestDaemonSetTranslation(t *testing.T) {
 			t.Errorf("%s probe: %q, want one on the node's loopback", kind, u)
 		}
 	}
+	if set, err := r.boundingSet(); err != nil || set != 1<<unix.CAP_NET_ADMIN|1<<unix.CAP_NET_RAW {
+		t.Errorf("bounding set %#x, %v; want NET_ADMIN and NET_RAW", set, err)
+	}
 	var tun bool
 	for _, h := range r.HostPaths {
 		tun = tun || (h.Path == "/dev/net/tun" && h.Type == corev1.HostPathCharDev)
@@ -615,5 +619,68 @@ func TestManifestDryRun(t *testing.T) {
 	}
 	if !strings.Contains(string(out), "daemonset.apps/kube-flannel-ds created (server dry run)") {
 		t.Errorf("kubectl apply --dry-run=server said:\n%s", out)
+	}
+}
+
+// dsCapNumbers are the capabilities a manifest may name, by number.
+var dsCapNumbers = map[string]int{
+	"AUDIT_WRITE": unix.CAP_AUDIT_WRITE, "BPF": unix.CAP_BPF, "CHOWN": unix.CAP_CHOWN,
+	"DAC_OVERRIDE": unix.CAP_DAC_OVERRIDE, "DAC_READ_SEARCH": unix.CAP_DAC_READ_SEARCH,
+	"FOWNER": unix.CAP_FOWNER, "FSETID": unix.CAP_FSETID, "IPC_LOCK": unix.CAP_IPC_LOCK,
+	"KILL": unix.CAP_KILL, "MKNOD": unix.CAP_MKNOD, "NET_ADMIN": unix.CAP_NET_ADMIN,
+	"NET_BIND_SERVICE": unix.CAP_NET_BIND_SERVICE, "NET_BROADCAST": unix.CAP_NET_BROADCAST,
+	"NET_RAW": unix.CAP_NET_RAW, "PERFMON": unix.CAP_PERFMON, "SETFCAP": unix.CAP_SETFCAP,
+	"SETGID": unix.CAP_SETGID, "SETPCAP": unix.CAP_SETPCAP, "SETUID": unix.CAP_SETUID,
+	"SYS_ADMIN": unix.CAP_SYS_ADMIN, "SYS_CHROOT": unix.CAP_SYS_CHROOT, "SYS_MODULE": unix.CAP_SYS_MODULE,
+	"SYS_PTRACE": unix.CAP_SYS_PTRACE, "SYS_RESOURCE": unix.CAP_SYS_RESOURCE,
+}
+
+// boundingSet is the capability bounding set (as /proc/PID/status shows
+// it) that r gives the container's process. Only a set that drops ALL is
+// fully given by the manifest: otherwise the runtime's default set is in
+// it too, which flanneld needs none of, so that is an error here.
+func (r *dsRun) boundingSet() (uint64, error) {
+	if !slices.Contains(r.CapDrop, "ALL") {
+		return 0, fmt.Errorf("capabilities drop %q, not ALL: the container keeps the runtime's default set, which flanneld does not use", r.CapDrop)
+	}
+	var set uint64
+	for _, name := range r.CapAdd {
+		n, ok := dsCapNumbers[strings.TrimPrefix(name, "CAP_")]
+		if !ok {
+			return 0, fmt.Errorf("capability %q is not known to the test", name)
+		}
+		set |= 1 << n
+	}
+	return set, nil
+}
+
+// assertPodConfined checks process pid runs as r says: its bounding set
+// exactly the capabilities added, and /proc/sys and /sys read-only, as a
+// container runtime mounts them for a container that is not privileged.
+func assertPodConfined(t *testing.T, name string, pid int, r *dsRun) {
+	t.Helper()
+	want, err := r.boundingSet()
+	if err != nil {
+		t.Errorf("dist/kube-flannel.yml: %v", err)
+		return
+	}
+	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if line := fmt.Sprintf("CapBnd:\t%016x\n", want); !strings.Contains(string(st), line) {
+		t.Errorf("%s: flanneld's bounding set is not %q (%v):\n%s", name, strings.TrimSpace(line), r.CapAdd, st)
+	}
+	if r.Privileged {
+		return
+	}
+	mi, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"/proc/sys", "/sys"} {
+		if !regexp.MustCompile(`(?m)^\S+ \S+ \S+ \S+ ` + p + ` ro[, ]`).Match(mi) {
+			t.Errorf("%s: %s is not read-only for flanneld:\n%s", name, p, mi)
+		}
 	}
 }
