@@ -531,6 +531,11 @@ func TestManifestDaemonSetTranslation(t *testing.T) {
 	if set, err := r.boundingSet(); err != nil || set != 1<<unix.CAP_NET_ADMIN|1<<unix.CAP_NET_RAW {
 		t.Errorf("bounding set %#x, %v; want NET_ADMIN and NET_RAW", set, err)
 	}
+	keeps := *r
+	keeps.CapDrop = nil
+	if _, err := keeps.boundingSet(); err == nil || !strings.Contains(err.Error(), "default set") {
+		t.Errorf("without drop ALL: %v, want an error about the runtime's default set", err)
+	}
 	var tun bool
 	for _, h := range r.HostPaths {
 		tun = tun || (h.Path == "/dev/net/tun" && h.Type == corev1.HostPathCharDev)
