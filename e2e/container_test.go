@@ -5,17 +5,26 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/flannel-go/flannel/internal/kubetest"
 	"github.com/flannel-go/flannel/internal/lab"
+	"github.com/flannel-go/flannel/internal/lab/kubeapi"
 	"github.com/flannel-go/flannel/internal/lab/labdocker"
 	"github.com/flannel-go/flannel/internal/ns"
 )
@@ -23,53 +32,63 @@ import (
 // containerImage is the tag the image gets in each host's engine.
 const containerImage = "flannel-go/flannel:e2e"
 
-// daemonSetArgs are `docker run` options equivalent to upstream's
-// DaemonSet (kube-flannel.yml) for the flanneld container: hostNetwork,
-// capabilities NET_ADMIN and NET_RAW only, not privileged, /run/flannel
-// and the xtables lock from the host; /dev/net/tun as a device for the
-// udp backend (a Kubernetes pod gets it from a hostPath CharDevice
-// volume, or the device plugin of its runtime).
-func daemonSetArgs(subnetDir string) []string {
-	return []string{
-		"--network", "host",
-		"--cap-drop", "ALL", "--cap-add", "NET_ADMIN", "--cap-add", "NET_RAW",
-		"-v", subnetDir + ":/run/flannel",
-		"-v", "/run/xtables.lock:/run/xtables.lock",
-		"--device", "/dev/net/tun",
+// shippedManifest parses dist/kube-flannel.yml.
+func shippedManifest(t *testing.T) *dsManifest {
+	t.Helper()
+	b, err := os.ReadFile("../dist/kube-flannel.yml")
+	if err != nil {
+		t.Fatal(err)
 	}
+	m, err := parseDSManifest(b)
+	if err != nil {
+		t.Fatalf("dist/kube-flannel.yml: %v", err)
+	}
+	return m
 }
 
 // TestContainerDaemonSet runs the image in a real Docker engine in each
-// lab host, with the DaemonSet's securityContext (docker run options
-// above), in etcd mode, every backend, 2 hosts, pings across, and a
-// restart of the container keeps traffic. The image
-// has no iptables: the config says "EnableNFTables": true, as
-// dist/README.md tells DaemonSet users.
+// lab host as the kubelet would run dist/kube-flannel.yml's DaemonSet:
+// the docker run options, environment and command line are derived from
+// the file (translateDS; a field it does not know fails the test), in
+// Kubernetes mode against a real API server holding the applied
+// manifest, with the ConfigMap's net-conf.json (its backend set per
+// subtest) and the ServiceAccount's token as the kubelet mounts them;
+// the manifest's liveness and readiness probes must answer. Every
+// backend, 2 nodes, pings across, and a restart of the container keeps
+// traffic. The image has no iptables: net-conf.json says
+// "EnableNFTables": true, as the manifest ships it.
 func TestContainerDaemonSet(t *testing.T) {
 	if err := labdocker.Check(); err != nil {
 		t.Skip(err)
 	}
-	bin := imageBinaries(t)
-	if err := ensureFile("/run/xtables.lock"); err != nil {
-		t.Fatal(err)
+	apiBin := kubetest.Require(t)
+	m := shippedManifest(t)
+	// Before any lab starts: a field the translation does not know.
+	if u := dsUnknownFields("", m.raw); len(u) > 0 {
+		t.Fatalf("dist/kube-flannel.yml: DaemonSet fields the test does not translate: %s", strings.Join(u, ", "))
 	}
-	for _, b := range []string{"vxlan", "host-gw", "udp", "alloc", "iptables-mode", "udp-without-tun"} {
+	bin := imageBinaries(t)
+	for _, b := range []string{"vxlan", "host-gw", "udp", "wireguard", "alloc", "iptables-mode", "udp-without-tun"} {
 		t.Run(b, func(t *testing.T) {
-			config := fmt.Sprintf(`{"Network":"10.5.0.0/16","EnableNFTables":true,"Backend":{"Type":%q}}`, b)
-			if b == "iptables-mode" {
+			backend, nft, pod := b, true, m
+			switch b {
+			case "iptables-mode":
 				// Without EnableNFTables, in an image without iptables:
 				// flanneld must say what to do.
-				config = backendConfig("vxlan")
+				backend, nft = "vxlan", false
+			case "udp-without-tun":
+				backend, pod = "udp", m.withoutMount("/dev/net/tun")
 			}
-			if b == "udp-without-tun" {
-				config = `{"Network":"10.5.0.0/16","EnableNFTables":true,"Backend":{"Type":"udp"}}`
-			}
-			o := labOpts(t, 2, config)
+			// The lab's etcd config goes unused: flanneld runs in
+			// Kubernetes mode, with the ConfigMap's net-conf.json.
+			o := labOpts(t, 2, backendConfig(backend))
 			o.ID = ns.Unique("fk")
 			o.NoFlanneld = true
 			l := startLab(t, o)
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 			defer cancel()
+			api, client := startManifestAPI(t, l, apiBin)
+
 			engines := make([]*labdocker.Docker, len(l.Hosts))
 			var wg sync.WaitGroup
 			errs := make([]error, len(l.Hosts))
@@ -93,17 +112,33 @@ func TestContainerDaemonSet(t *testing.T) {
 					t.Fatal(errs[i])
 				}
 			}
+
+			node := podNodeFiles(t, ctx, l, pod, api, client, backend, nft)
+			var runs []*dsRun
 			for i, h := range l.Hosts {
-				args := append([]string{"run", "-d", "--name", "flanneld"}, daemonSetArgs(filepath.Join(l.Dir, h.Name))...)
-				if b == "udp-without-tun" {
-					args = slices.DeleteFunc(args, func(a string) bool { return a == "--device" || a == "/dev/net/tun" })
+				kubetest.CreateNode(t, client, h.Name, fmt.Sprintf("10.244.%d.0/24", 10+i))
+				n := node
+				n.Name, n.Addr = h.Name, h.Addr
+				n.HostPath = func(p string) string {
+					if p == "/run/flannel" { // each lab host has its own
+						return filepath.Join(l.Dir, h.Name)
+					}
+					return p
 				}
-				args = append(args, containerImage,
-					"-etcd-endpoints="+strings.Join(l.EtcdEndpoints, ","), "-etcd-prefix="+l.Prefix,
-					"-subnet-file=/run/flannel/subnet.env", "-ip-masq")
-				if _, err := engines[i].Run(ctx, args...); err != nil {
+				run, err := translateDS(pod, n)
+				if err != nil {
+					t.Fatalf("dist/kube-flannel.yml: %v", err)
+				}
+				if err := run.prepareHostPaths(); err != nil {
 					t.Fatal(err)
 				}
+				if i == 0 {
+					t.Logf("docker %s", strings.Join(run.dockerRun("flanneld", containerImage), " "))
+				}
+				if _, err := engines[i].Run(ctx, run.dockerRun("flanneld", containerImage)...); err != nil {
+					t.Fatal(err)
+				}
+				runs = append(runs, run)
 			}
 			if want, ok := map[string]string{
 				"iptables-mode":   "iptables mode needs iptables-restore (or set EnableNFTables in the network config)",
@@ -123,22 +158,34 @@ func TestContainerDaemonSet(t *testing.T) {
 				if err := l.SetupContainer(h); err != nil {
 					t.Fatal(err)
 				}
+				// The kubelet's probes, as the manifest points them.
+				for kind, u := range runs[i].Probes {
+					waitFor(t, 10*time.Second, h.Name+"'s "+kind+" probe "+u+" to answer 200", func() bool {
+						return httpStatusIn(ctx, h.NS, u) == http.StatusOK
+					})
+				}
 			}
-			for _, d := range engines {
+			for i, d := range engines {
 				out, err := d.Run(ctx, "inspect", "--format", "{{.HostConfig.Privileged}} {{.HostConfig.CapAdd}} {{.HostConfig.CapDrop}} {{.State.Running}}", "flanneld")
+				want := fmt.Sprintf("%t %v %v true", runs[i].Privileged, runs[i].CapAdd, runs[i].CapDrop)
 				// Docker spells the capabilities with or without CAP_.
-				if err != nil || strings.ReplaceAll(strings.TrimSpace(out), "CAP_", "") != "false [NET_ADMIN NET_RAW] [ALL] true" {
-					t.Errorf("%s: container not as the DaemonSet runs it: %s %v", d.Host.Name, out, err)
+				if err != nil || strings.ReplaceAll(strings.TrimSpace(out), "CAP_", "") != want {
+					t.Errorf("%s: container not as the DaemonSet runs it: %s %v, want %s", d.Host.Name, out, err, want)
 				}
 				out, err = d.Run(ctx, "inspect", "--format", "{{.State.Pid}}", "flanneld")
 				if pid, perr := strconv.Atoi(strings.TrimSpace(out)); err == nil && perr == nil {
-					assertProcConfined(t, d.Host.Name, pid, false)
+					assertPodConfined(t, d.Host.Name, pid, runs[i])
 				} else {
 					t.Errorf("%s: flanneld's pid: %q %v %v", d.Host.Name, out, err, perr)
 				}
 				logs, _ := d.Run(ctx, "logs", "flanneld")
 				if m := refusals.FindString(logs); m != "" {
 					t.Errorf("%s: the container's log shows a refusal (%q):\n%s", d.Host.Name, m, logs)
+				}
+			}
+			for i, h := range l.Hosts {
+				if want := netip.MustParsePrefix(fmt.Sprintf("10.244.%d.0/24", 10+i)); h.Subnet != want {
+					t.Errorf("%s: subnet.env has %s, want the node's podCIDR %s", h.Name, h.Subnet, want)
 				}
 			}
 			if b == "alloc" {
@@ -152,9 +199,11 @@ func TestContainerDaemonSet(t *testing.T) {
 			assertAllPairsPing(t, l)
 
 			// A restarted pod keeps traffic: without a lost ping for the
-			// kernel datapaths, back right after for udp.
+			// kernel datapaths, back right after for udp and for
+			// wireguard (in flanneld where the kernel has no module),
+			// whose TUN dies with the process.
 			var pings *pingSet
-			if b != "udp" {
+			if b != "udp" && b != "wireguard" {
 				pings = startPings(t, l, [2]*lab.Host{l.Hosts[0], l.Hosts[1]})
 			}
 			if _, err := engines[0].Run(ctx, "restart", "flanneld"); err != nil {
@@ -175,6 +224,90 @@ func TestContainerDaemonSet(t *testing.T) {
 			assertAllPairsPing(t, l)
 		})
 	}
+}
+
+// startManifestAPI runs a kube-apiserver beside the lab's etcd (in its
+// namespace, reachable from every host) and applies dist/kube-flannel.yml
+// to it, as an admin would; it returns the server and an admin client.
+func startManifestAPI(t *testing.T, l *lab.Lab, apiBin string) (*kubeapi.Server, kubernetes.Interface) {
+	t.Helper()
+	from := l.EtcdNS
+	if from == "" {
+		from = l.Hosts[0].NS
+	}
+	host, _, err := net.SplitHostPort(strings.TrimPrefix(l.EtcdEndpoints[0], "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dial := lab.DialerIn(from)
+	api := kubetest.Start(t, kubeapi.Options{
+		Binary:  apiBin,
+		Etcd:    l.EtcdEndpoints,
+		Address: netip.MustParseAddr(host),
+		Wrap:    []string{"ip", "netns", "exec", from},
+		Dial:    func(ctx context.Context, _, addr string) (net.Conn, error) { return dial(ctx, addr) },
+	})
+	manifest, err := filepath.Abs("../dist/kube-flannel.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "ip", "netns", "exec", from,
+		"kubectl", "--kubeconfig", api.Kubeconfig, "apply", "--server-side", "-f", manifest).CombinedOutput()
+	if err != nil {
+		t.Fatalf("kubectl apply -f dist/kube-flannel.yml: %v\n%s", err, out)
+	}
+	return api, kubetest.Client(t, api)
+}
+
+// podNodeFiles writes what the kubelet would give the pod on any node:
+// the ConfigMaps as directories (net-conf.json with backend, and without
+// EnableNFTables unless nft) and the service account volume with a token
+// the API server issues for the DaemonSet's ServiceAccount.
+func podNodeFiles(t *testing.T, ctx context.Context, l *lab.Lab, m *dsManifest, api *kubeapi.Server, client kubernetes.Interface, backend string, nft bool) dsNode {
+	t.Helper()
+	u, err := url.Parse(api.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	apiAddr, err := netip.ParseAddrPort(u.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := dsNode{APIServer: apiAddr, ConfigMaps: map[string]string{}, ServiceAccountDir: filepath.Join(l.Dir, "serviceaccount")}
+	for name, cm := range m.ConfigMaps {
+		dir := filepath.Join(l.Dir, "configmap-"+name)
+		err := writeConfigMapDir(dir, cm, func(key, value string) (string, error) {
+			if key != "net-conf.json" {
+				return value, nil
+			}
+			return netConfWithBackend(value, backend, nft)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.ConfigMaps[name] = dir
+	}
+	ds := m.DaemonSet
+	tr, err := client.CoreV1().ServiceAccounts(ds.Namespace).CreateToken(ctx, ds.Spec.Template.Spec.ServiceAccountName,
+		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("token for %s/%s: %v", ds.Namespace, ds.Spec.Template.Spec.ServiceAccountName, err)
+	}
+	cfg, err := api.RESTConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(n.ServiceAccountDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, data := range map[string][]byte{"token": []byte(tr.Status.Token), "ca.crt": cfg.CAData, "namespace": []byte(ds.Namespace)} {
+		if err := os.WriteFile(filepath.Join(n.ServiceAccountDir, name), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return n
 }
 
 // startImageEngine starts a Docker engine in h as a container runtime
@@ -239,4 +372,26 @@ func ensureFile(path string) error {
 		return err
 	}
 	return f.Close()
+}
+
+// httpStatusIn GETs url from inside the network namespace nsName, as the
+// kubelet probes a hostNetwork pod, and returns the status (0: no answer).
+func httpStatusIn(ctx context.Context, nsName, url string) int {
+	dial := lab.DialerIn(nsName)
+	c := &http.Client{
+		Timeout:   2 * time.Second,
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) { return dial(ctx, addr) }},
+	}
+	defer c.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode
 }
