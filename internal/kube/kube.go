@@ -183,6 +183,12 @@ func nodeName(ctx context.Context, c coreV1, getenv func(string) string) (string
 	return p.Spec.NodeName, nil
 }
 
+// WatchOnlyForPeers reports that Watch serves only the set of peers:
+// Acquire takes the podCIDR the controller-manager assigned, and Keep
+// reads the node itself while no Watch runs. So a flanneld whose backend
+// forwards to no peer (alloc) need run no informer on the nodes.
+func (s *Source) WatchOnlyForPeers() bool { return true }
+
 // NodeName is the node this flanneld runs on.
 func (s *Source) NodeName() string { return s.node }
 
