@@ -3,8 +3,10 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/netip"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -94,5 +96,74 @@ func TestKubeAPIServerOutage(t *testing.T) {
 		if !strings.Contains(log, "the API server does not answer") || !strings.Contains(log, "the API server answers again") {
 			t.Errorf("%s's flanneld did not say that the API server was gone and back:\n%s", h.Name, log)
 		}
+	}
+}
+
+// nodeReads returns what the API server's metrics count of lists and
+// watches of nodes, by series: finished LIST and WATCH requests, and the
+// watches open now.
+func nodeReads(t *testing.T, c kubernetes.Interface) map[string]int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	b, err := c.Discovery().RESTClient().Get().AbsPath("/metrics").DoRaw(ctx)
+	if err != nil {
+		t.Fatalf("kube-apiserver /metrics: %v", err)
+	}
+	out := map[string]int{}
+	for _, line := range strings.Split(string(b), "\n") {
+		name, rest, ok := strings.Cut(line, "{")
+		if !ok || (name != "apiserver_request_total" && name != "apiserver_longrunning_requests") ||
+			!strings.Contains(rest, `resource="nodes"`) || !strings.Contains(rest, `subresource=""`) ||
+			!(strings.Contains(rest, `verb="LIST"`) || strings.Contains(rest, `verb="WATCH"`)) {
+			continue
+		}
+		series, value, _ := strings.Cut(line, "} ")
+		var n float64
+		if _, err := fmt.Sscan(value, &n); err != nil {
+			t.Fatalf("metrics line %q: %v", line, err)
+		}
+		out[series+"}"] = int(n)
+	}
+	return out
+}
+
+// With the alloc backend flanneld forwards to no peer, so in Kubernetes
+// mode it neither lists nor watches the nodes: it reads and annotates only
+// its own. The API server's own counts of node lists and watches prove it
+// across a flanneld's start. On vxlan the same start opens a watch, which
+// shows that the counts would see one.
+func TestKubeAllocRunsNoInformer(t *testing.T) {
+	for _, b := range []string{"alloc", "vxlan"} {
+		t.Run(b, func(t *testing.T) {
+			kl := startKubeLab(t, 2, b)
+			h := kl.Hosts[0]
+			if h.Subnet != kl.cidrs[h.Name] {
+				t.Errorf("%s: subnet.env has %s, want the node's podCIDR %s", h.Name, h.Subnet, kl.cidrs[h.Name])
+			}
+			stopFlanneld(t, kl.Lab, h, syscall.SIGTERM)
+			// The API server (and the other host's flanneld, on vxlan)
+			// hold watches of their own: count what this start adds.
+			before := nodeReads(t, kl.client)
+			offset := len(logOf(kl.Lab, h))
+			restartAndWait(t, kl.Lab, h)
+			if b == "vxlan" {
+				waitFor(t, 10*time.Second, "the restarted flanneld's watch of nodes", func() bool {
+					return !maps.Equal(nodeReads(t, kl.client), before)
+				})
+				return
+			}
+			if after := nodeReads(t, kl.client); !maps.Equal(after, before) {
+				t.Errorf("the API server's counts of node lists and watches changed across a flanneld's start with the alloc backend, want no list or watch:\nbefore %v\nafter  %v", before, after)
+			}
+			if log := logSince(kl.Lab, h, offset); !strings.Contains(log, "not watching the other hosts' leases") {
+				t.Errorf("%s's flanneld does not say that it watches no peers:\n%s", h.Name, log)
+			}
+			n, err := kl.client.CoreV1().Nodes().Get(context.Background(), h.Name, metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			assertNetworkAvailable(t, n)
+		})
 	}
 }
