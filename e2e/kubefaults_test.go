@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -12,8 +13,10 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/flannel-go/flannel/internal/kubetest"
 	"github.com/flannel-go/flannel/internal/lab"
 )
 
@@ -164,6 +167,88 @@ func TestKubeAllocRunsNoInformer(t *testing.T) {
 				t.Fatal(err)
 			}
 			assertNetworkAvailable(t, n)
+		})
+	}
+}
+
+// A node gets its podCIDR only after flanneld started on it (the
+// controller-manager is slow, or was down): flanneld stays up and says,
+// once, which node lacks which field; when the podCIDR is set it comes up
+// at once with that subnet, and pods reach the other node.
+func TestKubePodCIDRAssignedLate(t *testing.T) {
+	kl := startKubeLab(t, 2, "vxlan")
+	h1, h2 := kl.Hosts[0], kl.Hosts[1]
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+
+	// h2 becomes a host that has just joined: no flanneld, no subnet.env,
+	// no device, and a Node object without a podCIDR.
+	stopFlanneld(t, kl.Lab, h2, syscall.SIGTERM)
+	if err := kl.client.CoreV1().Nodes().Delete(ctx, h2.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	old := h2.Subnet
+	waitFor(t, 5*time.Second, "h1 to drop the deleted node's routes", func() bool { return !entriesFor(h1, old, h2.Addr).any() })
+	if err := os.Remove(kl.SubnetFile(h2)); err != nil {
+		t.Fatal(err)
+	}
+	nsRun(t, h2.NS, "ip", "link", "del", "flannel.1")
+	kubetest.CreateNode(t, kl.client, h2.Name)
+
+	offset := len(logOf(kl.Lab, h2))
+	if err := kl.StartFlanneld(h2); err != nil {
+		t.Fatal(err)
+	}
+	pid := h2.FlanneldPID
+	// Upstream exits here and the pod crash-loops; we wait and say why.
+	const complaint = `node \"h2\": spec.podCIDR is not assigned yet`
+	waitFor(t, 10*time.Second, "h2's flanneld to say that its node has no podCIDR", func() bool {
+		return strings.Contains(logSince(kl.Lab, h2, offset), complaint)
+	})
+	time.Sleep(5 * time.Second) // how long it is watched waiting (retries back off meanwhile), not synchronisation
+	log := logSince(kl.Lab, h2, offset)
+	if !lab.Alive(pid) {
+		t.Fatalf("h2's flanneld exited while its node had no podCIDR:\n%s", log)
+	}
+	if n := strings.Count(log, complaint); n != 1 {
+		t.Errorf("h2's flanneld said %d times that the podCIDR is missing, want once:\n%s", n, log)
+	}
+	if line := firstLine(log, complaint); !strings.Contains(line, "level=ERROR") {
+		t.Errorf("the missing podCIDR is not reported as an error: %s", line)
+	}
+	if _, err := os.Stat(kl.SubnetFile(h2)); !os.IsNotExist(err) {
+		t.Errorf("subnet.env exists before the node has a podCIDR (stat: %v)", err)
+	}
+	t.Logf("h2: %s", firstLine(log, complaint))
+
+	// The controller-manager's node IPAM assigns it.
+	cidr := netip.MustParsePrefix("10.244.42.0/24")
+	patch := fmt.Sprintf(`{"spec":{"podCIDR":%q,"podCIDRs":[%q]}}`, cidr, cidr)
+	if _, err := kl.client.CoreV1().Nodes().Patch(ctx, h2.Name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	assigned := time.Now()
+	if err := kl.WaitSubnet(ctx, h2, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(assigned).Round(time.Millisecond)
+	t.Logf("h2 wrote subnet.env %s after its podCIDR was assigned", took)
+	if h2.Subnet != cidr {
+		t.Errorf("h2's subnet.env has %s, want the podCIDR assigned late, %s", h2.Subnet, cidr)
+	}
+	if took > 2*time.Second {
+		t.Errorf("h2 came up %s after its podCIDR was assigned, want within 2 s", took)
+	}
+	if h2.FlanneldPID != pid || !lab.Alive(pid) {
+		t.Errorf("h2's flanneld is not the one started before the podCIDR was assigned (pid %d)", pid)
+	}
+	if err := kl.SetupContainer(h2); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range [][2]*lab.Host{{h1, h2}, {h2, h1}} {
+		waitFor(t, 10*time.Second, "pings from "+p[0].Name+" to "+p[1].Name+"'s pod", func() bool {
+			got, _, _ := kl.Ping(ctx, p[0], p[1].Container, 1, 200*time.Millisecond)
+			return got == 1
 		})
 	}
 }
