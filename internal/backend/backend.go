@@ -66,6 +66,11 @@ type Info struct {
 	// every Sync. Sync still skips what it cannot use, so the kernel is
 	// never programmed from a bad lease.
 	ValidatePeer func(lease.Lease) error
+	// NoPeers says the backend forwards to no peer (alloc): Sync and
+	// Update ignore the leases they are given. The daemon then need not
+	// follow the peers' leases at all, where its lease source allows:
+	// in Kubernetes mode it runs no informer on the nodes.
+	NoPeers bool
 }
 
 // CheckPeer applies the backend's own rules to a peer lease: the type

@@ -10,15 +10,29 @@ import (
 	"github.com/flannel-go/flannel/internal/lease"
 )
 
-// acquire leases a subnet, retrying until it gets one: a full network is
-// reported once and waited out, never a reason to exit.
+// ownChanger is a lease source that can tell when this host's own lease
+// may have become available: the Kubernetes source, when its watch sees
+// the node's podCIDR or annotations change.
+type ownChanger interface {
+	// OwnChanged returns a channel closed at the next such change.
+	OwnChanged() <-chan struct{}
+}
+
+// acquire leases a subnet, retrying until it gets one: a full network or
+// a podCIDR not yet assigned is reported once and waited out, never a
+// reason to exit.
 func (d *Daemon) acquire(ctx context.Context, attrs lease.Attrs, prev lease.Prev) error {
 	wait := backoff.Backoff{Min: time.Second, Max: 30 * time.Second, Jitter: backoff.UpperHalf}
+	oc, _ := d.deps.Source.(ownChanger)
 	var lastErr string
 	for {
-		// Taken before asking, so a removal while Acquire runs still
-		// wakes the wait below.
+		// Taken before asking, so a removal or a change while Acquire
+		// runs still wakes the wait below.
 		freed := d.feed.removal()
+		var changed <-chan struct{} // nil: the source cannot tell
+		if oc != nil {
+			changed = oc.OwnChanged()
+		}
 		l, err := d.deps.Source.Acquire(ctx, d.net, attrs, prev)
 		if err == nil {
 			if d.own.Subnet.IsValid() && d.own.Subnet != l.Subnet {
@@ -41,24 +55,23 @@ func (d *Daemon) acquire(ctx context.Context, attrs lease.Attrs, prev lease.Prev
 			d.log.Error("acquire lease: " + msg)
 			lastErr = msg
 		}
-		pause := wait.Next()
-		if !errors.Is(err, lease.ErrNoFreeSubnet) {
-			if err := backoff.Sleep(ctx, pause); err != nil {
-				return err
-			}
-			continue
+		// Try again at the next retry, or as soon as what failed may have
+		// changed, rather than at a retry that by then may be half a
+		// minute away: on a full network when a lease is removed (deleted
+		// or expired), so a host waiting for a subnet takes one at once;
+		// otherwise when the source says our own lease changed (the node
+		// got its podCIDR). The timeout stays as the fallback, e.g. for a
+		// config change that widens the range.
+		wake := changed
+		if errors.Is(err, lease.ErrNoFreeSubnet) {
+			wake = freed
 		}
-		// A full network: try again as soon as a lease is removed (deleted
-		// or expired), so a host waiting for a subnet takes one at once
-		// rather than at its next retry, which by then may be half a
-		// minute away. The timeout stays as the fallback, for a config
-		// change that widens the range.
-		t := time.NewTimer(pause)
+		t := time.NewTimer(wait.Next())
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return ctx.Err()
-		case <-freed:
+		case <-wake:
 		case <-t.C:
 		}
 		t.Stop()

@@ -149,7 +149,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 	// learns of our own lease's fate from it. (Not before the config is
 	// read: with --etcd-api=auto the config decides which keyspace to
 	// watch.)
-	wg.Go(func() { _ = d.deps.Source.Watch(ctx, d.feed.push) })
+	if d.needsWatch() {
+		wg.Go(func() { _ = d.deps.Source.Watch(ctx, d.feed.push) })
+	} else {
+		d.log.Info("not watching the other hosts' leases: the backend forwards to no peer", "backend", d.beType)
+	}
 	if err := d.setup(ctx); err != nil {
 		return err
 	}
@@ -157,6 +161,24 @@ func (d *Daemon) Run(ctx context.Context) error {
 		"interface", d.ext.Name, "public_ip", d.ext.ExtAddr, "startup", time.Since(start).Round(time.Millisecond))
 	defer d.be.Close()
 	return d.loop(ctx)
+}
+
+// peersOnlyWatcher is a lease source whose Watch serves only the set of
+// peers: Acquire and Keep do their work without it (the Kubernetes source:
+// the controller-manager, not the watched set, assigns the subnet, and
+// Keep reads its own node when no Watch runs).
+type peersOnlyWatcher interface {
+	WatchOnlyForPeers() bool
+}
+
+// needsWatch says whether Run must watch the leases: unless the backend
+// has no use for peers and the source's Watch serves nothing else, as
+// with alloc in Kubernetes mode, where a watch would cost every node an
+// informer on every other node for nothing. (With etcd the watch also
+// serves Acquire and Keep, so alloc hosts still watch there.)
+func (d *Daemon) needsWatch() bool {
+	p, ok := d.deps.Source.(peersOnlyWatcher)
+	return !d.beInfo.NoPeers || !ok || !p.WatchOnlyForPeers()
 }
 
 // setup takes the daemon from a usable config to ready: backend, lease,

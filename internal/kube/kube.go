@@ -183,6 +183,22 @@ func nodeName(ctx context.Context, c coreV1, getenv func(string) string) (string
 	return p.Spec.NodeName, nil
 }
 
+// WatchOnlyForPeers reports that Watch serves only the set of peers:
+// Acquire takes the podCIDR the controller-manager assigned, and Keep
+// reads the node itself while no Watch runs. So a flanneld whose backend
+// forwards to no peer (alloc) need run no informer on the nodes.
+func (s *Source) WatchOnlyForPeers() bool { return true }
+
+// OwnChanged returns a channel closed at the next change of this node's
+// podCIDRs or annotations that Watch's informer sees (and when a Watch
+// starts or ends), so that a caller whose Acquire failed for want of a
+// podCIDR can try again as soon as one is assigned.
+func (s *Source) OwnChanged() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ownChanged
+}
+
 // NodeName is the node this flanneld runs on.
 func (s *Source) NodeName() string { return s.node }
 

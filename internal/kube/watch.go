@@ -57,14 +57,14 @@ func (s *Source) Watch(ctx context.Context, fn func(lease.Update)) error {
 	}
 	_, ctrl := cache.NewInformerWithOptions(cache.InformerOptions{
 		Logger: &logger,
-		ListerWatcher: &cache.ListWatch{
+		ListerWatcher: outlasting(&cache.ListWatch{
 			ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 				return s.client.CoreV1().Nodes().List(ctx, o)
 			},
 			WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 				return s.client.CoreV1().Nodes().Watch(ctx, o)
 			},
-		},
+		}, s.log),
 		ObjectType: &v1.Node{},
 		Handler: cache.ResourceEventHandlerFuncs{
 			AddFunc:    f.set,

@@ -19,10 +19,11 @@ import (
 const Type = "alloc"
 
 // Info is what the alloc backend states about itself: untyped leases, no
-// device, no encapsulation.
+// device, no encapsulation, no use for the peers' leases.
 var Info = backend.Info{
-	Type:   Type,
-	Device: func(opts, ownData json.RawMessage) string { return "" },
+	Type:    Type,
+	Device:  func(opts, ownData json.RawMessage) string { return "" },
+	NoPeers: true,
 }
 
 // Backend allocates and does nothing else.

@@ -169,10 +169,25 @@ func (s *Server) start() error {
 
 // Restart stops the server and starts it again with the same address,
 // certificates and etcd prefix, so clients and their kubeconfigs carry on;
-// it returns when the server is ready. For outage tests: stop, wait, then
-// Restart. Stop and Restart must not be called concurrently.
+// it returns when the server is ready. Stop, Start and Restart must not be
+// called concurrently.
 func (s *Server) Restart(ctx context.Context) error {
 	s.Stop()
+	return s.Start(ctx)
+}
+
+// ErrRunning is Start's error for a server that has not been stopped.
+var ErrRunning = errors.New("kubeapi: kube-apiserver is running; Stop it first")
+
+// Start runs a stopped server again, as Restart does, and returns when it
+// is ready. Between Stop and Start the server is down for as long as the
+// caller likes: an API server outage of a chosen length.
+func (s *Server) Start(ctx context.Context) error {
+	select {
+	case <-s.exited:
+	default:
+		return ErrRunning
+	}
 	if err := s.start(); err != nil {
 		return err
 	}
