@@ -83,12 +83,8 @@ func TestKubeMode(t *testing.T) {
 				if h.Subnet != kl.cidrs[h.Name] {
 					t.Errorf("%s: subnet.env has %s, want the node's podCIDR %s", h.Name, h.Subnet, kl.cidrs[h.Name])
 				}
-				node, err := kl.client.CoreV1().Nodes().Get(ctx, h.Name, metav1.GetOptions{})
-				if err != nil {
-					t.Fatal(err)
-				}
+				node := awaitNetworkAvailable(t, kl.client, h.Name)
 				assertUpstreamAnnotations(t, node, b, h.Addr)
-				assertNetworkAvailable(t, node)
 			}
 			assertAllPairsPing(t, kl.Lab)
 
@@ -135,17 +131,49 @@ func assertUpstreamAnnotations(t *testing.T, n *v1.Node, backend string, pub net
 	}
 }
 
-func assertNetworkAvailable(t *testing.T, n *v1.Node) {
+// awaitNetworkAvailable waits, on a watch of the node, for flanneld to
+// set its NetworkUnavailable condition (it does so a few API calls after
+// subnet.env, so a test cannot just read the node once) and checks it is
+// False with upstream's reason. It returns the node as last seen.
+func awaitNetworkAvailable(t *testing.T, c kubernetes.Interface, name string) *v1.Node {
 	t.Helper()
-	for _, c := range n.Status.Conditions {
-		if c.Type == v1.NodeNetworkUnavailable {
-			if c.Status != v1.ConditionFalse || c.Reason != "FlannelIsUp" {
-				t.Errorf("node %s: NetworkUnavailable %s reason %q, want False FlannelIsUp", n.Name, c.Status, c.Reason)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	cond := func(n *v1.Node) *v1.NodeCondition {
+		for i := range n.Status.Conditions {
+			if n.Status.Conditions[i].Type == v1.NodeNetworkUnavailable {
+				return &n.Status.Conditions[i]
 			}
-			return
+		}
+		return nil
+	}
+	n, err := c.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cond(n) == nil {
+		w, err := c.CoreV1().Nodes().Watch(ctx, metav1.ListOptions{
+			FieldSelector:   "metadata.name=" + name,
+			ResourceVersion: n.ResourceVersion,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer w.Stop()
+		for cond(n) == nil {
+			ev, ok := <-w.ResultChan()
+			if !ok {
+				t.Fatalf("node %s has no NetworkUnavailable condition after %v", name, 15*time.Second)
+			}
+			if m, isNode := ev.Object.(*v1.Node); isNode {
+				n = m
+			}
 		}
 	}
-	t.Errorf("node %s has no NetworkUnavailable condition", n.Name)
+	if c := cond(n); c.Status != v1.ConditionFalse || c.Reason != "FlannelIsUp" {
+		t.Errorf("node %s: NetworkUnavailable %s reason %q, want False FlannelIsUp", name, c.Status, c.Reason)
+	}
+	return n
 }
 
 // In Kubernetes mode a flanneld SIGKILLed and restarted keeps its subnet

@@ -165,11 +165,7 @@ func TestKubeAllocRunsNoInformer(t *testing.T) {
 			if log := logSince(kl.Lab, h, offset); !strings.Contains(log, "not watching the other hosts' leases") {
 				t.Errorf("%s's flanneld does not say that it watches no peers:\n%s", h.Name, log)
 			}
-			n, err := kl.client.CoreV1().Nodes().Get(context.Background(), h.Name, metav1.GetOptions{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			assertNetworkAvailable(t, n)
+			awaitNetworkAvailable(t, kl.client, h.Name)
 		})
 	}
 }
