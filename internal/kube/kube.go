@@ -21,6 +21,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -53,12 +54,17 @@ type Options struct {
 	// Client, when set, is used instead of building one from APIURL and
 	// Kubeconfig (tests, the lab).
 	Client kubernetes.Interface
-	Log    *slog.Logger
+	// Metadata goes with Client: Watch takes node updates as metadata
+	// through it (nodewatch.go). Nil with Client set: Watch watches whole
+	// Nodes.
+	Metadata metadata.Interface
+	Log      *slog.Logger
 }
 
 // Source is the Kubernetes lease.Source. It is safe for concurrent use.
 type Source struct {
 	client  coreV1
+	meta    metadata.Interface // nil: Watch watches whole Nodes
 	keys    Keys
 	node    string
 	netConf string
@@ -139,6 +145,7 @@ func New(ctx context.Context, o Options) (*Source, error) {
 	}
 	if o.Client != nil {
 		s.client = coreV1{o.Client.CoreV1()}
+		s.meta = o.Metadata
 	} else {
 		cfg, err := RESTConfig(o.APIURL, o.Kubeconfig)
 		if err != nil {
@@ -149,6 +156,9 @@ func New(ctx context.Context, o Options) (*Source, error) {
 			return nil, fmt.Errorf("kube: client: %w", err)
 		}
 		s.client = coreV1{c}
+		if s.meta, err = metadata.NewForConfig(cfg); err != nil {
+			return nil, fmt.Errorf("kube: metadata client: %w", err)
+		}
 	}
 	getenv := o.Getenv
 	if getenv == nil {
