@@ -58,7 +58,10 @@ type Options struct {
 	// through it (nodewatch.go). Nil with Client set: Watch watches whole
 	// Nodes.
 	Metadata metadata.Interface
-	Log      *slog.Logger
+	// UpstreamWatch makes Watch watch and keep whole Nodes, as upstream
+	// does; only benchmarks set it, to compare.
+	UpstreamWatch bool
+	Log           *slog.Logger
 }
 
 // Source is the Kubernetes lease.Source. It is safe for concurrent use.
@@ -85,7 +88,7 @@ type Source struct {
 	watchers   int
 
 	// fullCache keeps whole Node objects in the informer, as upstream
-	// does; only the benchmark sets it, to measure the transform.
+	// does (Options.UpstreamWatch); only benchmarks set it.
 	fullCache bool
 }
 
@@ -116,6 +119,10 @@ func RESTConfig(apiURL, kubeconfig string) (*rest.Config, error) {
 	cfg.ContentType = ProtobufContentType
 	cfg.AcceptContentTypes = ProtobufContentType + ",application/json"
 	cfg.UserAgent = "flanneld"
+	// Watch reads each node that joins once, whole (nodewatch.go);
+	// client-go's default of 5 requests a second, burst 10, would queue
+	// those of a few nodes joining together by 200 ms each.
+	cfg.QPS, cfg.Burst = 50, 100
 	return cfg, nil
 }
 
@@ -136,6 +143,7 @@ func New(ctx context.Context, o Options) (*Source, error) {
 		setCond:    o.SetNodeNetworkUnavailable,
 		log:        o.Log,
 		ownChanged: make(chan struct{}),
+		fullCache:  o.UpstreamWatch,
 	}
 	if s.netConf == "" {
 		s.netConf = DefaultNetConfPath
