@@ -2,6 +2,7 @@ package lab
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -313,13 +314,13 @@ func (s *kubeScaleRun) createNode(ctx context.Context, name string, podCIDR neti
 // controller-manager's writes.
 func (s *kubeScaleRun) joinNode(ctx context.Context, name string, podCIDR netip.Prefix, beat time.Time) error {
 	nodes := s.admin.CoreV1().Nodes()
-	n, err := nodes.Create(ctx, kubeletNode(name), metav1.CreateOptions{FieldManager: "kubelet"})
-	if err != nil {
+	if _, err := nodes.Create(ctx, kubeletNode(name), metav1.CreateOptions{FieldManager: "kubelet"}); err != nil {
 		return fmt.Errorf("lab: create node %s: %w", name, err)
 	}
 	cidr := fmt.Sprintf(`{"spec":{"podCIDR":%q,"podCIDRs":[%q]}}`, podCIDR, podCIDR)
-	if n, err = nodes.Patch(ctx, name, types.StrategicMergePatchType, []byte(cidr),
-		metav1.PatchOptions{FieldManager: "kube-controller-manager"}); err != nil {
+	n, err := nodes.Patch(ctx, name, types.StrategicMergePatchType, []byte(cidr),
+		metav1.PatchOptions{FieldManager: "kube-controller-manager"})
+	if err != nil {
 		return fmt.Errorf("lab: assign podCIDR to node %s: %w", name, err)
 	}
 	n.Status = kubeletStatus(name, beat)
@@ -332,18 +333,35 @@ func (s *kubeScaleRun) joinNode(ctx context.Context, name string, podCIDR netip.
 // annotate is what a peer's flanneld writes: upstream's annotations and
 // the NetworkUnavailable condition, through the status subresource.
 func (s *kubeScaleRun) annotate(ctx context.Context, name string, l lease.Lease, beat time.Time) error {
-	const p = kube.DefaultAnnotationPrefix + "/"
-	patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:"true",%q:"vxlan",%q:%q,%q:%q}},`+
-		`"status":{"conditions":[{"type":"NetworkUnavailable","status":"False","reason":"FlannelIsUp",`+
-		`"message":"Flannel is running on this node","lastTransitionTime":%q,"lastHeartbeatTime":%q}]}}`,
-		p+"kube-subnet-manager", p+"backend-type", p+"backend-data", l.Attrs.BackendData,
-		p+"public-ip", l.Attrs.PublicIP, beat.UTC().Format(time.RFC3339), beat.UTC().Format(time.RFC3339))
-	_, err := s.admin.CoreV1().Nodes().Patch(ctx, name, types.StrategicMergePatchType, []byte(patch),
+	_, err := s.admin.CoreV1().Nodes().Patch(ctx, name, types.StrategicMergePatchType, flannelPatch(l, beat),
 		metav1.PatchOptions{FieldManager: "flanneld"}, "status")
 	if err != nil {
 		return fmt.Errorf("lab: annotate node %s: %w", name, err)
 	}
 	return nil
+}
+
+// flannelPatch is upstream flanneld's two writes to its node, as one.
+func flannelPatch(l lease.Lease, beat time.Time) []byte {
+	const p = kube.DefaultAnnotationPrefix + "/"
+	at := metav1.NewTime(beat)
+	patch := map[string]any{
+		"metadata": map[string]any{"annotations": map[string]string{
+			p + "kube-subnet-manager": "true",
+			p + "backend-type":        l.Attrs.BackendType,
+			p + "backend-data":        string(l.Attrs.BackendData),
+			p + "public-ip":           l.Attrs.PublicIP.String(),
+		}},
+		"status": map[string]any{"conditions": []v1.NodeCondition{{
+			Type: v1.NodeNetworkUnavailable, Status: v1.ConditionFalse, Reason: kube.ReasonFlannelIsUp,
+			Message: "Flannel is running on this node", LastTransitionTime: at, LastHeartbeatTime: at,
+		}}},
+	}
+	b, err := json.Marshal(patch)
+	if err != nil {
+		panic(err) // maps of strings and a NodeCondition always marshal
+	}
+	return b
 }
 
 // heartbeat is a kubelet status report: every condition's heartbeat time.
@@ -394,7 +412,7 @@ func kubeletStatus(name string, beat time.Time) v1.NodeStatus {
 		DaemonEndpoints: v1.NodeDaemonEndpoints{KubeletEndpoint: v1.DaemonEndpoint{Port: 10250}},
 		NodeInfo: v1.NodeSystemInfo{MachineID: "ec2a8f0e7d5b4a6c9e1f3b2d4c6a8e0f", SystemUUID: "ec2a8f0e-7d5b-4a6c-9e1f-3b2d4c6a8e0f",
 			BootID: "5d2c1b0a-9f8e-4d7c-b6a5-f4e3d2c1b0a9", KernelVersion: "6.12.0-1-amd64", OSImage: "Debian GNU/Linux 13 (trixie)",
-			ContainerRuntimeVersion: "containerd://2.1.4", KubeletVersion: "v1.37.2", KubeProxyVersion: "",
+			ContainerRuntimeVersion: "containerd://2.1.4", KubeletVersion: "v1.37.2",
 			OperatingSystem: "linux", Architecture: "amd64"},
 	}
 	for _, c := range kubeletConditions {
