@@ -204,7 +204,7 @@ func (f *feed) fetch(name string) (*v1.Node, error) {
 			return n, err
 		}
 		d := retry.Next()
-		f.s.log.Warn("read node seen in the watch", "node", name, "err", err, "retry in", d)
+		f.s.log.Warn("read node seen in the watch", "node", name, "err", err, "retry_in", d)
 		if err := backoff.Sleep(f.ctx, d); err != nil {
 			return nil, err
 		}
