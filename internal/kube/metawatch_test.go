@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -19,6 +21,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/flannel-go/flannel/internal/kube"
+	"github.com/flannel-go/flannel/internal/kubetest"
 	"github.com/flannel-go/flannel/internal/lease"
 )
 
@@ -66,11 +69,27 @@ func TestPodCIDRImmutable(t *testing.T) {
 	}
 }
 
+// counts are what a countedSource read: response bytes, and list
+// requests of Nodes (not watches).
+type counts struct{ bytes, lists atomic.Int64 }
+
+type listCountingRT struct {
+	rt http.RoundTripper
+	c  *counts
+}
+
+func (l listCountingRT) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/nodes") && r.URL.Query().Get("watch") != "true" {
+		l.c.lists.Add(1)
+	}
+	return l.rt.RoundTrip(r)
+}
+
 // countedSource is a Source as flanneld builds it (protobuf; node
-// updates as metadata), with flanneld's RBAC, counting the bytes it
-// reads; upstream makes it JSON and whole Nodes, as upstream's flanneld
-// reads them.
-func countedSource(t *testing.T, r *rig, conf string, upstream bool) (*kube.Source, *atomic.Int64) {
+// updates as metadata), with flanneld's RBAC, counting what it reads;
+// upstream makes it JSON and whole Nodes, as upstream's flanneld reads
+// them.
+func countedSource(t *testing.T, r *rig, conf string, upstream bool) (*kube.Source, *counts) {
 	t.Helper()
 	cfg, err := kube.RESTConfig("", r.flannel)
 	if err != nil {
@@ -79,8 +98,8 @@ func countedSource(t *testing.T, r *rig, conf string, upstream bool) (*kube.Sour
 	if upstream {
 		cfg.ContentType, cfg.AcceptContentTypes = "application/json", "application/json"
 	}
-	n := new(atomic.Int64)
-	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper { return countingRT{rt, n} })
+	n := new(counts)
+	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper { return listCountingRT{countingRT{rt, &n.bytes}, n} })
 	c, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -89,11 +108,11 @@ func countedSource(t *testing.T, r *rig, conf string, upstream bool) (*kube.Sour
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := kube.New(context.Background(), kube.Options{Client: c, Metadata: m, NodeName: "self", NetConfPath: conf})
+	s, err := kube.New(context.Background(), kube.Options{Client: c, Metadata: m, NodeName: "self", NetConfPath: conf,
+		UpstreamWatch: upstream})
 	if err != nil {
 		t.Fatal(err)
 	}
-	kube.SetFullCache(s, upstream)
 	return s, n
 }
 
@@ -166,7 +185,7 @@ func TestWatchMetadata(t *testing.T) {
 	}
 
 	// Status updates are no events; they cost ours a third of upstream's.
-	o0, u0 := oursBytes.Load(), upBytes.Load()
+	o0, u0 := oursBytes.bytes.Load(), upBytes.bytes.Load()
 	const beats = 20
 	for i := range beats {
 		m1.Status = kubeletStatus(m1.CreationTimestamp.Add(time.Duration(i) * 10 * time.Second))
@@ -181,7 +200,7 @@ func TestWatchMetadata(t *testing.T) {
 			return e.Type == lease.Added && e.Lease.Attrs.PublicIP.String() == "192.0.2.131" && e.Lease.Subnet.String() == "10.244.31.0/24"
 		})
 	}
-	ob, ub := (oursBytes.Load()-o0)/(beats+1), (upBytes.Load()-u0)/(beats+1)
+	ob, ub := (oursBytes.bytes.Load()-o0)/(beats+1), (upBytes.bytes.Load()-u0)/(beats+1)
 	t.Logf("watch bytes per node update: ours %d, upstream's way %d (%.0f%%)", ob, ub, 100*float64(ob)/float64(ub))
 	if 3*ob > ub {
 		t.Errorf("ours %d bytes per update, more than a third of upstream's %d", ob, ub)
@@ -229,6 +248,34 @@ func TestWatchMetadata(t *testing.T) {
 		wantOne(t, ch, "re-created node's annotation changed", func(e lease.Event) bool {
 			return e.Type == lease.Added && e.Lease.Subnet.String() == "10.244.39.0/24" && e.Lease.Attrs.PublicIP.String() == "192.0.2.139"
 		})
+	}
+
+	// The initial state streamed (WatchList), unless the client was told
+	// not to, as on API servers without it: then listed.
+	lists := oursBytes.lists.Load()
+	if noWatchList := os.Getenv("KUBE_FEATURE_WatchListClient") == "false"; noWatchList != (lists > 0) {
+		t.Errorf("%d list requests with KUBE_FEATURE_WatchListClient=%q", lists, os.Getenv("KUBE_FEATURE_WatchListClient"))
+	}
+}
+
+// TestWatchMetadataListFallback runs TestWatchMetadata with client-go's
+// WatchList off (its feature gates are read once per process, so in a
+// child process): the initial state is listed, updates come as metadata.
+func TestWatchMetadataListFallback(t *testing.T) {
+	if os.Getenv("KUBE_FEATURE_WatchListClient") != "" {
+		t.Skip("in the child")
+	}
+	kubetest.Require(t)
+	cmd := exec.Command(os.Args[0], "-test.run=^TestWatchMetadata$", "-test.v", "-test.count=1")
+	cmd.Env = append(os.Environ(), "KUBE_FEATURE_WatchListClient=false")
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "--- PASS: TestWatchMetadata ") {
+		t.Fatalf("TestWatchMetadata without WatchList: %v\n%s", err, out)
+	}
+	for line := range strings.Lines(string(out)) {
+		if strings.Contains(line, "watch bytes per node update") {
+			t.Log(strings.TrimSpace(line))
+		}
 	}
 }
 
