@@ -132,39 +132,57 @@ type nodeSpec struct {
 
 func (p nodeSpec) assigned() bool { return p.podCIDR != "" || len(p.podCIDRs) > 0 }
 
-// transform slims what the informer caches: whole Nodes by slim, metadata
-// by slimMeta.
+// cached is what the informer keeps of a Node on the metadata path: its
+// name, UID, resource version and our annotations, and its podCIDRs when
+// it came whole. A third of the size of a slimmed v1.Node.
+type cached struct {
+	metav1.ObjectMeta
+	spec *nodeSpec // nil: it came as metadata
+}
+
+// transform is the informer's transform on the metadata path: whole Nodes
+// and metadata both become cached. It is idempotent, as client-go needs
+// (a streamed initial state is transformed, then handed on).
 func (k Keys) transform(obj any) (any, error) {
-	if m, ok := obj.(*metav1.PartialObjectMetadata); ok {
-		return k.slimMeta(m), nil
+	switch o := obj.(type) {
+	case *v1.Node:
+		p := nodeSpec{uid: string(o.UID), podCIDR: o.Spec.PodCIDR, podCIDRs: o.Spec.PodCIDRs}
+		return &cached{ObjectMeta: k.slimMeta(&o.ObjectMeta), spec: &p}, nil
+	case *metav1.PartialObjectMetadata:
+		return &cached{ObjectMeta: k.slimMeta(&o.ObjectMeta)}, nil
 	}
-	return k.slim(obj)
+	return obj, nil // cached already, cache.DeletedFinalStateUnknown and the like
 }
 
-// slimMeta is the transform's counterpart of slim for a metadata object:
-// name, UID, resource version and our annotations.
-func (k Keys) slimMeta(m *metav1.PartialObjectMetadata) *metav1.PartialObjectMetadata {
-	return &metav1.PartialObjectMetadata{ObjectMeta: metav1.ObjectMeta{
-		Name: m.Name, UID: m.UID, ResourceVersion: m.ResourceVersion,
-		Annotations: k.ours(m.Annotations),
-	}}
+// slimMeta keeps of m the name, UID, resource version and our annotations.
+func (k Keys) slimMeta(m *metav1.ObjectMeta) metav1.ObjectMeta {
+	return metav1.ObjectMeta{Name: m.Name, UID: m.UID, ResourceVersion: m.ResourceVersion, Annotations: k.ours(m.Annotations)}
 }
 
-// ours returns the annotations of a that flanneld reads; nil for none.
+// ours returns the annotations of a that flanneld reads; nil for none. The
+// keys flanneld knows are stored as its own strings, not one copy a node.
 func (k Keys) ours(a map[string]string) map[string]string {
 	var out map[string]string
 	for key, v := range a {
-		if k.mine(key) {
-			if out == nil {
-				out = make(map[string]string, 8)
-			}
-			out[key] = v
+		if !k.mine(key) {
+			continue
 		}
+		for _, c := range [...]string{k.SubnetKubeManaged, k.BackendType, k.BackendData, k.BackendV6Data, k.PublicIP,
+			k.PublicIPv6, k.PublicIPOverwrite, k.PublicIPv6Overwrite, k.NodePublicIP, k.NodePublicIPv6} {
+			if key == c {
+				key = c
+				break
+			}
+		}
+		if out == nil {
+			out = make(map[string]string, 8)
+		}
+		out[key] = v
 	}
 	return out
 }
 
-// nodeOf is the Node a metadata object describes, with spec p.
-func nodeOf(m *metav1.PartialObjectMetadata, p nodeSpec) *v1.Node {
-	return &v1.Node{ObjectMeta: m.ObjectMeta, Spec: v1.NodeSpec{PodCIDR: p.podCIDR, PodCIDRs: p.podCIDRs}}
+// nodeOf is the Node that metadata m describes, with spec p.
+func nodeOf(m *metav1.ObjectMeta, p nodeSpec) *v1.Node {
+	return &v1.Node{ObjectMeta: *m, Spec: v1.NodeSpec{PodCIDR: p.podCIDR, PodCIDRs: p.podCIDRs}}
 }

@@ -158,11 +158,38 @@ func TestFeedMetadata(t *testing.T) {
 	}
 }
 
-func mustSlim(t *testing.T, k Keys, n *v1.Node) *v1.Node {
+func mustSlim(t *testing.T, k Keys, n *v1.Node) *cached {
 	t.Helper()
 	o, err := k.transform(n)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return o.(*v1.Node)
+	return o.(*cached)
+}
+
+// TestTransform: what the informer keeps on the metadata path, and that
+// transforming twice changes nothing.
+func TestTransform(t *testing.T) {
+	k, _ := ParseAnnotationPrefix(DefaultAnnotationPrefix)
+	n := node("n1", []string{"10.244.1.0/24"}, peerAnn(k, "192.0.2.1", "null"))
+	n.UID, n.ResourceVersion = "uid-1", "42"
+	n.Annotations["node.alpha.kubernetes.io/ttl"] = "0"
+	n.Labels = map[string]string{"kubernetes.io/hostname": "n1"}
+	n.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "kubelet"}}
+	n.Status.Images = []v1.ContainerImage{{Names: []string{"registry.k8s.io/pause:3.10"}, SizeBytes: 1}}
+	c := mustSlim(t, k, n)
+	if c.Name != "n1" || c.UID != "uid-1" || c.ResourceVersion != "42" || len(c.Annotations) != 4 ||
+		c.Labels != nil || c.ManagedFields != nil || c.spec == nil || c.spec.uid != "uid-1" || c.spec.podCIDR != "10.244.1.0/24" {
+		t.Fatalf("cached whole Node: %+v %+v", c.ObjectMeta, c.spec)
+	}
+	if again, _ := k.transform(c); again != any(c) {
+		t.Error("transform of a cached object changed it")
+	}
+	m, _ := k.transform(&metav1.PartialObjectMetadata{ObjectMeta: n.ObjectMeta})
+	if mc := m.(*cached); mc.spec != nil || len(mc.Annotations) != 4 || mc.ManagedFields != nil {
+		t.Fatalf("cached metadata: %+v %+v", mc.ObjectMeta, mc.spec)
+	}
+	if o, _ := k.transform("tombstone"); o != "tombstone" {
+		t.Errorf("transform of something else: %v", o)
+	}
 }

@@ -156,7 +156,7 @@ func newFeed(ctx context.Context, s *Source, nc *netconf.Config) *feed {
 }
 
 // set takes a node added or updated: a whole (slimmed) Node, or its
-// metadata alone.
+// metadata alone, or either as cached.
 func (f *feed) set(obj any) {
 	switch o := obj.(type) {
 	case *v1.Node:
@@ -164,8 +164,17 @@ func (f *feed) set(obj any) {
 		f.known[o.Name] = nodeSpec{uid: string(o.UID), podCIDR: o.Spec.PodCIDR, podCIDRs: o.Spec.PodCIDRs}
 		f.mu.Unlock()
 		f.setNode(o)
+	case *cached:
+		if o.spec == nil {
+			f.setMeta(&o.ObjectMeta)
+			return
+		}
+		f.mu.Lock()
+		f.known[o.Name] = *o.spec
+		f.mu.Unlock()
+		f.setNode(nodeOf(&o.ObjectMeta, *o.spec))
 	case *metav1.PartialObjectMetadata:
-		f.setMeta(o)
+		f.setMeta(&o.ObjectMeta)
 	}
 }
 
@@ -173,7 +182,7 @@ func (f *feed) set(obj any) {
 // When there are none to trust (a node not seen whole yet, re-created with
 // a new UID, or without podCIDRs then), it reads the whole node, unless the
 // node is no peer and not ours, for whom podCIDRs do not matter yet.
-func (f *feed) setMeta(m *metav1.PartialObjectMetadata) {
+func (f *feed) setMeta(m *metav1.ObjectMeta) {
 	f.mu.Lock()
 	p, ok := f.known[m.Name]
 	f.mu.Unlock()
@@ -187,7 +196,7 @@ func (f *feed) setMeta(m *metav1.PartialObjectMetadata) {
 			// Gone (its deletion is on its way) or Watch is ending.
 			return
 		}
-		slim, _ := f.s.keys.slim(n)
+		slim, _ := f.s.keys.transform(n)
 		f.set(slim)
 		return
 	}
