@@ -51,8 +51,14 @@ func labScale(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	etcdKind := fs.String("etcd", "embedded", "etcd to start: embedded or system")
 	syncTimeout := fs.Duration("sync-timeout", 5*time.Minute, "how long to wait for the full sync")
 	keep := fs.Bool("keep", false, "leave the lab up after a successful run, to look around (then: flannelctl lab down --id ID)")
+	kubeMode := fs.Bool("kube", false, "Kubernetes mode (kubescale.go): the peers are Nodes in a real kube-apiserver, flanneld runs with --kube-subnet-mgr (vxlan)")
+	updates := fs.Int("updates", 200, "with --kube: kubelet status updates the watch bytes per update are taken over")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *kubeMode {
+		return labScaleKube(ctx, kubeScaleFlags{id: *id, peers: *peers, newNodes: *newLeases, interval: *interval,
+			flanneld: *flanneld, etcd: *etcdKind, syncTimeout: *syncTimeout, keep: *keep, updates: *updates}, stdout, stderr)
 	}
 	if *backendType != "vxlan" && *backendType != "host-gw" {
 		return fmt.Errorf("lab scale: --backend %q: only vxlan and host-gw program per-peer kernel entries", *backendType)

@@ -13,6 +13,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/rest"
 
 	"github.com/flannel-go/flannel/internal/kube"
@@ -59,7 +60,12 @@ func BenchmarkWatchSync(b *testing.B) {
 					cfg.ContentType, cfg.AcceptContentTypes = "application/json", "application/json"
 				}
 				c, n := counted(b, cfg)
-				src, err := kube.New(context.Background(), kube.Options{Client: c, NodeName: "bench-0", NetConfPath: conf})
+				// Used only after the sync, so not counted.
+				m, err := metadata.NewForConfig(cfg)
+				if err != nil {
+					b.Fatal(err)
+				}
+				src, err := kube.New(context.Background(), kube.Options{Client: c, Metadata: m, NodeName: "bench-0", NetConfPath: conf})
 				if err != nil {
 					b.Fatal(err)
 				}

@@ -21,6 +21,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -53,12 +54,20 @@ type Options struct {
 	// Client, when set, is used instead of building one from APIURL and
 	// Kubeconfig (tests, the lab).
 	Client kubernetes.Interface
-	Log    *slog.Logger
+	// Metadata goes with Client: Watch takes node updates as metadata
+	// through it (nodewatch.go). Nil with Client set: Watch watches whole
+	// Nodes.
+	Metadata metadata.Interface
+	// UpstreamWatch makes Watch watch and keep whole Nodes, as upstream
+	// does; only benchmarks set it, to compare.
+	UpstreamWatch bool
+	Log           *slog.Logger
 }
 
 // Source is the Kubernetes lease.Source. It is safe for concurrent use.
 type Source struct {
 	client  coreV1
+	meta    metadata.Interface // nil: Watch watches whole Nodes
 	keys    Keys
 	node    string
 	netConf string
@@ -79,7 +88,7 @@ type Source struct {
 	watchers   int
 
 	// fullCache keeps whole Node objects in the informer, as upstream
-	// does; only the benchmark sets it, to measure the transform.
+	// does (Options.UpstreamWatch); only benchmarks set it.
 	fullCache bool
 }
 
@@ -110,6 +119,10 @@ func RESTConfig(apiURL, kubeconfig string) (*rest.Config, error) {
 	cfg.ContentType = ProtobufContentType
 	cfg.AcceptContentTypes = ProtobufContentType + ",application/json"
 	cfg.UserAgent = "flanneld"
+	// Watch reads each node that joins once, whole (nodewatch.go);
+	// client-go's default of 5 requests a second, burst 10, would queue
+	// those of a few nodes joining together by 200 ms each.
+	cfg.QPS, cfg.Burst = 50, 100
 	return cfg, nil
 }
 
@@ -130,6 +143,7 @@ func New(ctx context.Context, o Options) (*Source, error) {
 		setCond:    o.SetNodeNetworkUnavailable,
 		log:        o.Log,
 		ownChanged: make(chan struct{}),
+		fullCache:  o.UpstreamWatch,
 	}
 	if s.netConf == "" {
 		s.netConf = DefaultNetConfPath
@@ -139,6 +153,7 @@ func New(ctx context.Context, o Options) (*Source, error) {
 	}
 	if o.Client != nil {
 		s.client = coreV1{o.Client.CoreV1()}
+		s.meta = o.Metadata
 	} else {
 		cfg, err := RESTConfig(o.APIURL, o.Kubeconfig)
 		if err != nil {
@@ -149,6 +164,9 @@ func New(ctx context.Context, o Options) (*Source, error) {
 			return nil, fmt.Errorf("kube: client: %w", err)
 		}
 		s.client = coreV1{c}
+		if s.meta, err = metadata.NewForConfig(cfg); err != nil {
+			return nil, fmt.Errorf("kube: metadata client: %w", err)
+		}
 	}
 	getenv := o.Getenv
 	if getenv == nil {

@@ -2,6 +2,7 @@ package kube
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"log/slog"
@@ -205,7 +206,7 @@ func TestFeedFilter(t *testing.T) {
 	k, _ := ParseAnnotationPrefix(DefaultAnnotationPrefix)
 	var logs bytes.Buffer
 	s := &Source{keys: k, node: "self", log: slog.New(slog.NewTextHandler(&logs, nil)), ownChanged: make(chan struct{})}
-	f := newFeed(s, mustConf(t, confV4))
+	f := newFeed(context.Background(), s, mustConf(t, confV4))
 	take := func() []lease.Event {
 		evs := f.pending
 		f.pending = nil

@@ -6,13 +6,17 @@ import (
 	"maps"
 	"slices"
 	"sync"
+	"time"
 
 	v1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/flannel-go/flannel/internal/backoff"
 	"github.com/flannel-go/flannel/internal/lease"
 	"github.com/flannel-go/flannel/internal/netconf"
 )
@@ -24,7 +28,9 @@ import (
 // whose annotations and podCIDRs make a valid lease; a change of any one
 // field of it is an update, and a node that stops qualifying is removed.
 // client-go's reflector retries a lost connection by itself and re-lists
-// when it must; differences found then arrive as ordinary events.
+// when it must; differences found then arrive as ordinary events. The
+// informer takes the initial state as whole Nodes and later updates as
+// metadata alone (nodewatch.go says why that is enough).
 //
 // The network config (for its address families) is the one Acquire was
 // given, else net-conf.json. Only one Watch may run at a time.
@@ -49,31 +55,33 @@ func (s *Source) Watch(ctx context.Context, fn func(lease.Update)) error {
 		s.mu.Unlock()
 	}()
 
-	f := newFeed(s, nc)
+	ctx, cancel := context.WithCancel(ctx)
+	f := newFeed(ctx, s, nc)
 	logger := Logger(s.log)
-	transform := cache.TransformFunc(s.keys.slim)
-	if s.fullCache {
-		transform = nil
-	}
-	_, ctrl := cache.NewInformerWithOptions(cache.InformerOptions{
+	opts := cache.InformerOptions{
 		Logger: &logger,
-		ListerWatcher: outlasting(&cache.ListWatch{
-			ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-				return s.client.CoreV1().Nodes().List(ctx, o)
-			},
-			WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-				return s.client.CoreV1().Nodes().Watch(ctx, o)
-			},
-		}, s.log),
-		ObjectType: &v1.Node{},
 		Handler: cache.ResourceEventHandlerFuncs{
 			AddFunc:    f.set,
 			UpdateFunc: func(_, n any) { f.set(n) },
 			DeleteFunc: f.del,
 		},
-		Transform: transform,
-	})
-	ctx, cancel := context.WithCancel(ctx)
+	}
+	switch {
+	case s.fullCache:
+		// Upstream's way, for the benchmark: whole Nodes, kept whole.
+		opts.ListerWatcher, opts.ObjectType = s.nodeListWatch(), &v1.Node{}
+	case s.meta == nil:
+		opts.ListerWatcher, opts.ObjectType = s.nodeListWatch(), &v1.Node{}
+		opts.Transform = s.keys.slim
+	default:
+		// Whole Nodes and metadata both (nodewatch.go), so no one
+		// ObjectType.
+		lw := nodeLW{s: s, meta: s.meta.Resource(v1.SchemeGroupVersion.WithResource("nodes"))}
+		opts.ListerWatcher = &cache.ListWatch{ListWithContextFunc: lw.list, WatchFuncWithContext: lw.watch}
+		opts.Transform = s.keys.transform
+	}
+	opts.ListerWatcher = outlasting(opts.ListerWatcher, s.log)
+	_, ctrl := cache.NewInformerWithOptions(opts)
 	var wg sync.WaitGroup
 	wg.Go(func() { ctrl.RunWithContext(ctx) })
 	defer func() {
@@ -111,9 +119,22 @@ func (s *Source) Watch(ctx context.Context, fn func(lease.Update)) error {
 	}
 }
 
+// nodeListWatch lists and watches whole Nodes.
+func (s *Source) nodeListWatch() *cache.ListWatch {
+	return &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return s.client.CoreV1().Nodes().List(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			return s.client.CoreV1().Nodes().Watch(ctx, o)
+		},
+	}
+}
+
 // feed turns the informer's node notifications, which arrive on the
 // informer's goroutine, into lease events queued for Watch's goroutine.
 type feed struct {
+	ctx  context.Context // Watch's: ends the reads of nodes
 	s    *Source
 	nc   *netconf.Config
 	kick chan struct{} // capacity 1: pending has events
@@ -121,23 +142,86 @@ type feed struct {
 	mu      sync.Mutex
 	peers   map[string]lease.Lease // node name → lease, for valid peers only
 	warned  map[string]string      // node name → the complaint logged for it
+	known   map[string]nodeSpec    // node name → its UID and podCIDRs when last seen whole
 	pending []lease.Event
 }
 
-func newFeed(s *Source, nc *netconf.Config) *feed {
+func newFeed(ctx context.Context, s *Source, nc *netconf.Config) *feed {
 	return &feed{
-		s: s, nc: nc,
+		ctx: ctx, s: s, nc: nc,
 		kick:   make(chan struct{}, 1),
 		peers:  make(map[string]lease.Lease),
 		warned: make(map[string]string),
+		known:  make(map[string]nodeSpec),
 	}
 }
 
+// set takes a node added or updated: a whole (slimmed) Node, or its
+// metadata alone, or either as cached.
 func (f *feed) set(obj any) {
-	n, ok := obj.(*v1.Node)
-	if !ok {
+	switch o := obj.(type) {
+	case *v1.Node:
+		f.mu.Lock()
+		f.known[o.Name] = nodeSpec{uid: string(o.UID), podCIDR: o.Spec.PodCIDR, podCIDRs: o.Spec.PodCIDRs}
+		f.mu.Unlock()
+		f.setNode(o)
+	case *cached:
+		if o.spec == nil {
+			f.setMeta(&o.ObjectMeta)
+			return
+		}
+		f.mu.Lock()
+		f.known[o.Name] = *o.spec
+		f.mu.Unlock()
+		f.setNode(nodeOf(&o.ObjectMeta, *o.spec))
+	case *metav1.PartialObjectMetadata:
+		f.setMeta(&o.ObjectMeta)
+	}
+}
+
+// setMeta completes a node's metadata with the podCIDRs last seen of it.
+// When there are none to trust (a node not seen whole yet, re-created with
+// a new UID, or without podCIDRs then), it reads the whole node, unless the
+// node is no peer and not ours, for whom podCIDRs do not matter yet.
+func (f *feed) setMeta(m *metav1.ObjectMeta) {
+	f.mu.Lock()
+	p, ok := f.known[m.Name]
+	f.mu.Unlock()
+	switch {
+	case ok && p.uid == string(m.UID) && p.assigned():
+	case m.Name != f.s.node && m.Annotations[f.s.keys.SubnetKubeManaged] != "true":
+		p = nodeSpec{} // nodeLease stops at errNotPeer before the podCIDRs
+	default:
+		n, err := f.fetch(m.Name)
+		if err != nil {
+			// Gone (its deletion is on its way) or Watch is ending.
+			return
+		}
+		slim, _ := f.s.keys.transform(n)
+		f.set(slim)
 		return
 	}
+	f.setNode(nodeOf(m, p))
+}
+
+// fetch reads node name whole, retrying until it is read, found absent or
+// Watch ends.
+func (f *feed) fetch(name string) (*v1.Node, error) {
+	retry := backoff.Backoff{Min: 500 * time.Millisecond, Max: 30 * time.Second, Jitter: backoff.Within10}
+	for {
+		n, err := f.s.client.CoreV1().Nodes().Get(f.ctx, name, metav1.GetOptions{})
+		if err == nil || apierrors.IsNotFound(err) || f.ctx.Err() != nil {
+			return n, err
+		}
+		d := retry.Next()
+		f.s.log.Warn("read node seen in the watch", "node", name, "err", err, "retry_in", d)
+		if err := backoff.Sleep(f.ctx, d); err != nil {
+			return nil, err
+		}
+	}
+}
+
+func (f *feed) setNode(n *v1.Node) {
 	if n.Name == f.s.node {
 		f.s.setOwn(n)
 	}
@@ -162,13 +246,12 @@ func (f *feed) set(obj any) {
 
 func (f *feed) del(obj any) {
 	var name string
-	switch o := obj.(type) {
-	case *v1.Node:
-		name = o.Name
-	case cache.DeletedFinalStateUnknown:
+	if o, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 		// Nodes are cluster-scoped: the key is the name.
 		name = o.Key
-	default:
+	} else if m, err := meta.Accessor(obj); err == nil {
+		name = m.GetName()
+	} else {
 		return
 	}
 	if name == f.s.node {
@@ -177,6 +260,7 @@ func (f *feed) del(obj any) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	delete(f.warned, name)
+	delete(f.known, name)
 	f.apply(name, nil)
 }
 

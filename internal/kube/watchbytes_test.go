@@ -88,8 +88,9 @@ func kubeletStatus(beat time.Time) v1.NodeStatus {
 }
 
 // TestWatchBytesPerUpdate measures what one Node status update costs on
-// the watch stream: our client (protobuf) beside upstream's way (JSON). A
+// a watch of whole Nodes: protobuf beside upstream's way (JSON). A
 // measurement, logged; it asserts only that protobuf is the smaller.
+// Watch itself takes updates as metadata: TestWatchMetadata measures that.
 func TestWatchBytesPerUpdate(t *testing.T) {
 	s := kubetest.Start(t, kubeapi.Options{})
 	admin := kubetest.Client(t, s)
