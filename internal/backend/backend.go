@@ -56,9 +56,11 @@ type Info struct {
 	// Device names the overlay device for the config's Backend object
 	// opts and, when not empty, ownData, the BackendData of this host's
 	// own lease, which says what the running flanneld set up and so wins
-	// over opts. It returns "" for backends without a device. It must
-	// accept malformed input (it is used to diagnose broken setups).
-	Device func(opts, ownData json.RawMessage) string
+	// over opts; ipv4 says whether the network has IPv4 (an IPv6-only
+	// network may run another device). It returns "" for backends
+	// without a device. It must accept malformed input (it is used to
+	// diagnose broken setups).
+	Device func(opts, ownData json.RawMessage, ipv4 bool) string
 	// ValidatePeer, optional, says why a peer lease (already of this
 	// type, when TypedLeases) cannot be used by the backend, e.g.
 	// BackendData that does not decode. It may decode JSON, so a caller

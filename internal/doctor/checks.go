@@ -139,13 +139,14 @@ func DeviceName(name string, cfg *netconf.Config, own *lease.Lease) string {
 		return ""
 	}
 	var opts, data json.RawMessage
+	ipv4 := true
 	if cfg != nil {
-		opts = cfg.Backend
+		opts, ipv4 = cfg.Backend, cfg.EnableIPv4
 	}
 	if own != nil {
 		data = own.Attrs.BackendData
 	}
-	return info.Device(opts, data)
+	return info.Device(opts, data, ipv4)
 }
 
 // overhead is what the backend adds to each packet on the underlay.

@@ -22,7 +22,7 @@ const Type = "alloc"
 // device, no encapsulation, no use for the peers' leases.
 var Info = backend.Info{
 	Type:    Type,
-	Device:  func(opts, ownData json.RawMessage) string { return "" },
+	Device:  func(opts, ownData json.RawMessage, ipv4 bool) string { return "" },
 	NoPeers: true,
 }
 

@@ -32,7 +32,7 @@ const Type = "host-gw"
 var Info = backend.Info{
 	Type:        Type,
 	TypedLeases: true,
-	Device:      func(opts, ownData json.RawMessage) string { return "" },
+	Device:      func(opts, ownData json.RawMessage, ipv4 bool) string { return "" },
 }
 
 // New checks that the backend can work on this host; it touches no kernel

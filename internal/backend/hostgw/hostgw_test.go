@@ -22,7 +22,7 @@ func TestInfo(t *testing.T) {
 	if err := Info.CheckPeer(l(Type)); err != nil {
 		t.Errorf("Info.CheckPeer(host-gw lease) = %v", err)
 	}
-	if Info.Type != Type || Info.Overhead != 0 || Info.Device(nil, nil) != "" {
+	if Info.Type != Type || Info.Overhead != 0 || Info.Device(nil, nil, true) != "" {
 		t.Errorf("Info = %+v: want type %s, no overhead, no device", Info, Type)
 	}
 }

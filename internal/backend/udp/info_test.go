@@ -14,7 +14,7 @@ func TestInfo(t *testing.T) {
 	if Info.TypedLeases || Info.CheckPeer(l) != nil {
 		t.Errorf("Info = %+v: want untyped leases", Info)
 	}
-	if Info.Overhead != 28 || Info.Device(nil, nil) != "flannel0" {
-		t.Errorf("Info: overhead %d, device %q; want 28 and flannel0", Info.Overhead, Info.Device(nil, nil))
+	if Info.Overhead != 28 || Info.Device(nil, nil, true) != "flannel0" {
+		t.Errorf("Info: overhead %d, device %q; want 28 and flannel0", Info.Overhead, Info.Device(nil, nil, true))
 	}
 }

@@ -23,7 +23,7 @@ const OffloadEnv = "FLANNEL_UDP_OFFLOAD"
 var Info = backend.Info{
 	Type:     Type,
 	Overhead: encapOverhead,
-	Device:   func(opts, ownData json.RawMessage) string { return "flannel0" },
+	Device:   func(opts, ownData json.RawMessage, ipv4 bool) string { return "flannel0" },
 }
 
 // encapOverhead is what a packet grows by on the wire: IPv4 and UDP headers.

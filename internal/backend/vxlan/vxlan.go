@@ -165,7 +165,7 @@ func DeviceName(vni int) string { return fmt.Sprintf("flannel.%d", vni) }
 // device is Info.Device: the VNI of our lease, else of the options, else
 // the default 1. Options are read leniently: a diagnosis of a config that
 // New would refuse still needs the device the config names.
-func device(opts, ownData json.RawMessage) string {
+func device(opts, ownData json.RawMessage, _ bool) string {
 	var d struct{ VNI int }
 	if json.Unmarshal(ownData, &d) == nil && d.VNI > 0 {
 		return DeviceName(d.VNI)

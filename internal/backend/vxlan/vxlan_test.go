@@ -191,7 +191,7 @@ func TestInfo(t *testing.T) {
 		{`{"VNI":7}`, `{"VNI":9,"VtepMAC":"02:00:00:00:00:09"}`, "flannel.9"},
 		{`[`, `{"VNI":0}`, "flannel.1"},
 	} {
-		if got := Info.Device(json.RawMessage(tc.opts), json.RawMessage(tc.own)); got != tc.want {
+		if got := Info.Device(json.RawMessage(tc.opts), json.RawMessage(tc.own), true); got != tc.want {
 			t.Errorf("Device(%s, %s) = %q, want %q", tc.opts, tc.own, got, tc.want)
 		}
 	}

@@ -249,8 +249,19 @@ var Info = backend.Info{
 	Type:         Type,
 	TypedLeases:  true,
 	Overhead:     overhead,
-	Device:       func(opts, ownData json.RawMessage) string { return DeviceV4 },
+	Device:       infoDevice,
 	ValidatePeer: validatePeer,
+}
+
+// infoDevice is Info.Device: the first of Devices, so flannel-wg-v6 in
+// separate mode on an IPv6-only network. Options that do not parse are
+// taken as the defaults (separate mode).
+func infoDevice(opts, _ json.RawMessage, ipv4 bool) string {
+	c, err := ParseConfig(opts)
+	if err != nil {
+		c.Mode = ModeSeparate
+	}
+	return Devices(c.Mode, ipv4, !ipv4)[0]
 }
 
 // Devices returns the devices a config runs, IPv4's (or the only one)

@@ -213,3 +213,26 @@ func mustKey(t testing.TB) wgtypes.Key {
 	}
 	return k
 }
+
+// The doctor and status look for the device Info.Device names: on an
+// IPv6-only network in separate mode that is flannel-wg-v6, the only
+// device flanneld creates there.
+func TestInfoDevice(t *testing.T) {
+	for _, tc := range []struct {
+		opts string
+		ipv4 bool
+		want string
+	}{
+		{``, true, DeviceV4},
+		{`{}`, false, DeviceV6},
+		{`{"Mode":"separate"}`, false, DeviceV6},
+		{`{"Mode":"auto"}`, false, DeviceV4},
+		{`{"Mode":"ipv6"}`, false, DeviceV4},
+		{`{"Mode":"bogus"}`, false, DeviceV6},
+		{`{"Mode":"auto"}`, true, DeviceV4},
+	} {
+		if got := Info.Device(json.RawMessage(tc.opts), nil, tc.ipv4); got != tc.want {
+			t.Errorf("Device(%s, ipv4=%v) = %q, want %q", tc.opts, tc.ipv4, got, tc.want)
+		}
+	}
+}
