@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/flannel-go/flannel/internal/backend"
+	"github.com/flannel-go/flannel/internal/backend/udp/fastpath"
 	"github.com/flannel-go/flannel/internal/iface"
 	"github.com/flannel-go/flannel/internal/lease"
 )
@@ -32,6 +33,13 @@ type Backend struct {
 	port    uint16
 	want    offloadSet
 	procs   bool // may raise GOMAXPROCS while forwarding
+	mode    datapathMode
+	pinDir  string // for the eBPF datapath's pins; "" pins nothing
+
+	// The eBPF datapath, nil while only the userspace one forwards, and
+	// the peers last synced, for a rebuilt one.
+	fast      *fastpath.Datapath
+	fastPeers map[netip.Prefix]netip.Addr
 
 	sh       shared
 	out, in  counters
@@ -64,7 +72,11 @@ func (o Options) New(cfg backend.Config) (backend.Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	b, err := newBackend(cfg, settings{offloads: want, raiseProcs: o.RaiseGOMAXPROCS})
+	mode, err := parseDatapath(o.Datapath)
+	if err != nil {
+		return nil, err
+	}
+	b, err := newBackend(cfg, settings{offloads: want, raiseProcs: o.RaiseGOMAXPROCS, datapath: mode})
 	if err != nil {
 		return nil, err
 	}
@@ -78,6 +90,10 @@ func (o Options) New(cfg backend.Config) (backend.Backend, error) {
 type settings struct {
 	offloads   offloadSet
 	raiseProcs bool
+	datapath   datapathMode
+	// pinDir overrides where the eBPF datapath pins its maps and links
+	// (tests use a private bpf filesystem); "" means defaultPinDir.
+	pinDir string
 }
 
 func newBackend(cfg backend.Config, set settings) (*Backend, error) {
@@ -109,6 +125,8 @@ func newBackend(cfg backend.Config, set settings) (*Backend, error) {
 		port:    port,
 		want:    set.offloads,
 		procs:   set.raiseProcs,
+		mode:    set.datapath,
+		pinDir:  set.pinDir,
 	}, nil
 }
 
@@ -133,11 +151,29 @@ func (b *Backend) Init(ctx context.Context) (lease.Attrs, error) {
 		return lease.Attrs{}, fmt.Errorf("udp: %w", err)
 	}
 	b.nl, b.rt = h, rt
+	useEBPF := b.chooseEBPF()
+	if useEBPF {
+		// The ingress program leaves GRO-coalesced datagrams to the
+		// socket, so the kernel must not coalesce them for it.
+		b.want.gro = false
+		if b.pinDir == "" {
+			b.pinDir = defaultPinDir()
+		}
+	}
 	if err := b.open(ctx); err != nil {
 		b.nl.Close()
 		b.rt.Close()
 		b.nl, b.rt = nil, nil
 		return lease.Attrs{}, backend.NeedPermission(Type, "CAP_NET_ADMIN and /dev/net/tun", err)
+	}
+	if useEBPF {
+		if err := b.startEBPF(); err != nil {
+			if b.mode == datapathEBPF {
+				b.Close()
+				return lease.Attrs{}, backend.NeedPermission(Type, "CAP_BPF and CAP_NET_ADMIN", err)
+			}
+			b.log.Info("forwarding in userspace: the eBPF datapath did not start", "err", err)
+		}
 	}
 	return lease.Attrs{PublicIP: b.ext.ExtAddr}, nil
 }
@@ -192,6 +228,11 @@ func (b *Backend) Configure(ctx context.Context, own lease.Lease) (int, error) {
 	b.sh.own.Store(newOwnState(b.own))
 	if err := b.configureLink(); err != nil {
 		return 0, backend.NeedPermission(Type, "CAP_NET_ADMIN", err)
+	}
+	if b.fast != nil {
+		if err := b.fast.SetOwn(b.own); err != nil {
+			return 0, fmt.Errorf("udp: %w", err)
+		}
 	}
 	return b.mtu(), nil
 }
@@ -330,7 +371,7 @@ func (b *Backend) Sync(ctx context.Context, peers []lease.Lease) error {
 	if skipped > 0 {
 		b.log.Debug("skipped leases without an IPv4 subnet or PublicIP", "count", skipped)
 	}
-	return nil
+	return b.syncEBPF(ps)
 }
 
 // Repair restores the device's address, MTU, up state and route if they
@@ -351,7 +392,20 @@ func (b *Backend) Repair(ctx context.Context) error {
 		b.log.Warn("rebuilding the datapath", "device_deleted", gone, "loop_error", failed)
 		b.dp.Store(nil)
 		_ = dp.close()
-		open := func() error { return b.open(ctx) }
+		// The programs follow the new device.
+		hadEBPF := b.fast != nil
+		_ = b.stopEBPF()
+		open := func() error {
+			if err := b.open(ctx); err != nil {
+				return err
+			}
+			if hadEBPF {
+				if err := b.startEBPF(); err != nil {
+					b.log.Warn("forwarding in userspace: the eBPF datapath did not restart", "err", err)
+				}
+			}
+			return nil
+		}
 		if b.inNS != nil {
 			err = b.inNS(open)
 		} else {
@@ -374,6 +428,7 @@ func (b *Backend) Close() error {
 	if dp := b.dp.Swap(nil); dp != nil {
 		err = dp.close()
 	}
+	err = errors.Join(err, b.stopEBPF())
 	if b.nl != nil {
 		b.nl.Close()
 		b.nl = nil

@@ -56,7 +56,9 @@ import (
 // Config is what the programs need to know about this host.
 type Config struct {
 	// PublicIP is the source of our datagrams and the destination the
-	// ingress program accepts.
+	// ingress program accepts: the external interface's address, where
+	// the userspace path's socket is bound (behind NAT, not the address
+	// peers are told).
 	PublicIP netip.Addr
 	// Port is Backend.Port: both the source and the destination port of
 	// our datagrams, as upstream's socket sends from the port it listens on.

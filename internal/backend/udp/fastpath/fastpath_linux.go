@@ -294,3 +294,19 @@ func (d *Datapath) Remove() error {
 	}
 	return nil
 }
+
+// Probe loads the programs without attaching or pinning anything, so the
+// caller learns whether this kernel and these privileges accept them
+// before it commits to the eBPF datapath.
+func Probe() error {
+	s := spec()
+	for _, m := range s.Maps {
+		m.Pinning = ebpf.PinNone
+	}
+	coll, err := ebpf.NewCollection(s)
+	if err != nil {
+		return fmt.Errorf("fastpath: load programs: %w", err)
+	}
+	coll.Close()
+	return nil
+}

@@ -65,6 +65,10 @@ var fragMask = wireHalf(0x3f, 0xff)
 // writes it.
 var ipDF = wireHalf(0x40, 0x00)
 
+// ttlCheckDelta is what the IPv4 checksum, as a native load sees it,
+// grows by when the TTL drops by one: htons(0x0100).
+var ttlCheckDelta = wireHalf(0x01, 0x00)
+
 // egressInsns encapsulates packets that flannel0 would transmit (so data
 // starts at the inner IPv4 header) whose destination has a peer.
 func egressInsns() asm.Instructions {
@@ -104,6 +108,25 @@ func egressInsns() asm.Instructions {
 		asm.FnMapLookupElem.Call(),
 		asm.JEq.Imm(asm.R0, 0, pass),
 		asm.LoadMem(asm.R7, asm.R0, 0, asm.Word),
+
+		// Decrement the inner TTL as upstream's proxy does on top of the
+		// kernel's routing (the userspace path does too); a packet that
+		// would reach 0 goes to userspace, which drops and counts it.
+		// The checksum is updated as ip_decrease_ttl does.
+		asm.LoadMem(asm.R2, asm.R6, skbData, asm.Word),
+		asm.LoadMem(asm.R3, asm.R6, skbDataEnd, asm.Word),
+		asm.Mov.Reg(asm.R4, asm.R2),
+		asm.Add.Imm(asm.R4, 20),
+		asm.JGT.Reg(asm.R4, asm.R3, pass),
+		asm.LoadMem(asm.R4, asm.R2, 8, asm.Byte),
+		asm.JLE.Imm(asm.R4, 1, pass),
+		asm.Add.Imm(asm.R4, -1),
+		asm.StoreMem(asm.R2, 8, asm.R4, asm.Byte),
+		asm.LoadMem(asm.R4, asm.R2, 10, asm.Half),
+		asm.Add.Imm(asm.R4, ttlCheckDelta),
+		asm.JLT.Imm(asm.R4, 0xffff, "ttl_csum"),
+		asm.Add.Imm(asm.R4, 1),
+		asm.StoreMem(asm.R2, 10, asm.R4, asm.Half).WithSymbol("ttl_csum"),
 
 		// Room for the outer IPv4 and UDP headers, the packet marked as
 		// UDP-encapsulated so GSO cuts a super-packet into one datagram

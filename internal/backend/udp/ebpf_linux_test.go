@@ -1,0 +1,93 @@
+package udp
+
+import (
+	"testing"
+	"time"
+
+	"golang.org/x/net/ipv4"
+)
+
+// nicWire makes each lab host's underlay veth behave as a NIC's wire: the
+// kernel segments and checksums encapsulated packets before they leave,
+// instead of handing super-packets and unfinished checksums across to the
+// other namespace (see nicTypes).
+func nicWire(t *testing.T, l *lab) {
+	t.Helper()
+	for _, h := range l.hosts {
+		run(t, "ip", "netns", "exec", h.ns.Name, "ethtool", "-K", "eth0", "tx", "off", "tso", "off", "gso", "off",
+			"tx-udp_tnl-segmentation", "off", "tx-udp_tnl-csum-segmentation", "off")
+	}
+}
+
+func TestEBPFEndToEnd(t *testing.T) {
+	l := newLab(t, 3)
+	nicWire(t, l)
+	for _, h := range l.hosts {
+		l.startWith(h, settings{offloads: allOffloads, raiseProcs: true, datapath: datapathEBPF})
+		if got := h.b.Datapath(); got != "ebpf" {
+			t.Fatalf("h%d datapath %s, want ebpf", h.i, got)
+		}
+	}
+	l.syncAll()
+	h1, h2 := l.hosts[0], l.hosts[1]
+	for _, h := range l.hosts {
+		checkHostState(t, h)
+	}
+	capt := startCapture(t, l.sw, "s1")
+	for _, a := range l.hosts {
+		for _, b := range l.hosts {
+			if a != b {
+				mustPing(t, a.ctr, b.ctrAddr)
+			}
+		}
+	}
+
+	// No peer: the program passes it to the TUN, and userspace answers
+	// net-unreachable as before.
+	r, err := probeUDP(h1.ctr, noPeerIP, 3*time.Second)
+	if err != nil {
+		t.Fatalf("udp to %s (no peer): %v", noPeerIP, err)
+	}
+	if r.typ != ipv4.ICMPTypeDestinationUnreachable || r.code != 0 || r.from != h1.subnet.Addr() {
+		t.Errorf("udp to %s (no peer) answered by %s with %v code %d; want net unreachable from %s",
+			noPeerIP, r.from, r.typ, r.code, h1.subnet.Addr())
+	}
+
+	before := h1.b.Stats()
+	d := transfer(t, h1, h2, 64<<20)
+	t.Logf("64 MiB h1→h2 in %v (%.2f Gbit/s)", d, float64(64<<20)*8/d.Seconds()/1e9)
+	d = transfer(t, h2, h1, 16<<20)
+	t.Logf("16 MiB h2→h1 in %v", d)
+	after := h1.b.Stats()
+
+	datagrams, gsoFrames, bad := capt.result()
+	t.Logf("capture on h1's switch port: %d datagrams, %d GSO frames, largest %d bytes", datagrams, gsoFrames, capt.maxLen)
+	if len(bad) > 0 {
+		t.Errorf("datagrams that are not exactly one IPv4 packet: %v", bad)
+	}
+	if datagrams < 40000 {
+		t.Errorf("capture saw only %d datagrams of the transfers", datagrams)
+	}
+	if gsoFrames != 0 || capt.maxLen > 1500 {
+		t.Errorf("%d GSO frames and datagrams up to %d bytes crossed the wire (MTU 1500)", gsoFrames, capt.maxLen)
+	}
+	// The kernel carried the transfers: the userspace loops saw almost
+	// nothing of them.
+	if n := after.Out.Packets - before.Out.Packets + after.In.Packets - before.In.Packets; n > 1000 {
+		t.Errorf("userspace forwarded %d packets during the transfers", n)
+	}
+}
+
+// TestAutoDeclinesVirtualUnderlay: on a veth underlay the auto mode keeps
+// the userspace datapath (and says why in the log).
+func TestAutoDeclinesVirtualUnderlay(t *testing.T) {
+	l := newLab(t, 2)
+	for _, h := range l.hosts {
+		l.startWith(h, settings{offloads: allOffloads, datapath: datapathAuto})
+		if got := h.b.Datapath(); got != "userspace" {
+			t.Errorf("h%d datapath %s on a veth underlay, want userspace", h.i, got)
+		}
+	}
+	l.syncAll()
+	mustPing(t, l.hosts[0].ctr, l.hosts[1].ctrAddr)
+}
