@@ -35,6 +35,12 @@ type Backend struct {
 	procs   bool // may raise GOMAXPROCS while forwarding
 	mode    datapathMode
 	pinDir  string // for the eBPF datapath's pins; "" pins nothing
+	// tunName is what the TUN is opened as: upstream's pattern, or the
+	// name of the device a previous process left for us (see persist).
+	tunName string
+	// persist keeps the TUN when its fd closes: with pinned programs the
+	// kernel goes on forwarding through it while flanneld restarts.
+	persist bool
 
 	// The eBPF datapath, nil while only the userspace one forwards, and
 	// the peers last synced, for a rebuilt one.
@@ -127,6 +133,7 @@ func newBackend(cfg backend.Config, set settings) (*Backend, error) {
 		procs:   set.raiseProcs,
 		mode:    set.datapath,
 		pinDir:  set.pinDir,
+		tunName: tunPattern,
 	}, nil
 }
 
@@ -152,13 +159,11 @@ func (b *Backend) Init(ctx context.Context) (lease.Attrs, error) {
 	}
 	b.nl, b.rt = h, rt
 	useEBPF := b.chooseEBPF()
+	b.adoptPinned(useEBPF)
 	if useEBPF {
 		// The ingress program leaves GRO-coalesced datagrams to the
 		// socket, so the kernel must not coalesce them for it.
 		b.want.gro = false
-		if b.pinDir == "" {
-			b.pinDir = defaultPinDir()
-		}
 	}
 	if err := b.open(ctx); err != nil {
 		b.nl.Close()
@@ -181,12 +186,16 @@ func (b *Backend) Init(ctx context.Context) (lease.Attrs, error) {
 // open creates the device and the socket in the current thread's namespace
 // and starts the loops.
 func (b *Backend) open(ctx context.Context) error {
-	tun, err := openTUN(tunPattern, b.want.tun)
+	tun, err := openTUN(b.tunName, b.want.tun)
 	if errors.Is(err, errNoOffload) {
 		b.log.Info("TUN offloads unavailable, reading one packet per syscall", "err", err)
-		tun, err = openTUN(tunPattern, false)
+		tun, err = openTUN(b.tunName, false)
 	}
 	if err != nil {
+		return fmt.Errorf("udp: %w", err)
+	}
+	if err := tun.setPersist(b.persist); err != nil {
+		tun.Close()
 		return fmt.Errorf("udp: %w", err)
 	}
 	link, err := b.nl.LinkByName(tun.name)

@@ -49,6 +49,30 @@ func (b *Backend) chooseEBPF() bool {
 	return true
 }
 
+// adoptPinned looks for what a previous flanneld's eBPF datapath left in
+// the pin directory. Its TUN, kept alive for the programs, is reopened by
+// name, so the programs keep their device; with the eBPF datapath the
+// TUN is kept persistent in turn. Without it the pins are removed and the
+// TUN goes back to dying with our fd, as upstream's does.
+func (b *Backend) adoptPinned(useEBPF bool) {
+	if b.pinDir == "" {
+		b.pinDir = defaultPinDir()
+	}
+	if idx := fastpath.PinnedDevice(b.pinDir); idx > 0 {
+		if l, err := b.nl.LinkByIndex(idx); err == nil && l.Type() == "tuntap" {
+			b.tunName = l.Attrs().Name
+			b.log.Info("reopening the device the pinned eBPF datapath forwards through", "device", b.tunName)
+		}
+	}
+	if useEBPF {
+		b.persist = b.pinDir != ""
+		return
+	}
+	if err := fastpath.RemovePinned(b.pinDir); err != nil {
+		b.log.Warn("could not remove the pinned eBPF datapath", "err", err)
+	}
+}
+
 // startEBPF loads and attaches the programs for the current TUN, adopting
 // pinned ones, and gives them our subnet and the last peer set. It runs
 // in the namespace Init ran in.

@@ -1,10 +1,16 @@
 package udp
 
 import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
 	"golang.org/x/net/ipv4"
+	"golang.org/x/sys/unix"
 )
 
 // nicWire makes each lab host's underlay veth behave as a NIC's wire: the
@@ -90,4 +96,78 @@ func TestAutoDeclinesVirtualUnderlay(t *testing.T) {
 	}
 	l.syncAll()
 	mustPing(t, l.hosts[0].ctr, l.hosts[1].ctrAddr)
+}
+
+// bpffs mounts a private bpf filesystem for a test's pins.
+func bpffs(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
+		t.Skipf("mount bpffs: %v", err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(dir, unix.MNT_DETACH) })
+	return dir
+}
+
+// TestEBPFRestart: with pins, the kernel goes on forwarding while no
+// flanneld runs; the next one reopens the same TUN and adopts the
+// programs and maps; one that runs the userspace datapath takes them away
+// and lets the TUN die with its fd again, as upstream's does.
+func TestEBPFRestart(t *testing.T) {
+	pins := bpffs(t)
+	l := newLab(t, 2)
+	nicWire(t, l)
+	set := func(h *host, mode datapathMode) settings {
+		return settings{offloads: allOffloads, datapath: mode, pinDir: filepath.Join(pins, fmt.Sprintf("h%d", h.i))}
+	}
+	for _, h := range l.hosts {
+		l.startWith(h, set(h, datapathEBPF))
+	}
+	l.syncAll()
+	h1, h2 := l.hosts[0], l.hosts[1]
+	mustPing(t, h1.ctr, h2.ctrAddr)
+
+	if err := h1.b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// No process on h1: both directions still cross in h1's kernel.
+	mustPing(t, h1.ctr, h2.ctrAddr)
+	mustPing(t, h2.ctr, h1.ctrAddr)
+
+	l.startWith(h1, set(h1, datapathEBPF))
+	if h1.b.Device() != "flannel0" || h1.b.fast == nil || !h1.b.fast.Adopted() {
+		t.Fatalf("restarted backend: device %s, datapath %s; want the adopted flannel0", h1.b.Device(), h1.b.Datapath())
+	}
+	l.syncAll()
+	checkHostState(t, h1)
+	mustPing(t, h1.ctr, h2.ctrAddr)
+	mustPing(t, h2.ctr, h1.ctrAddr)
+
+	// Back to userspace: the pins go, traffic goes on through userspace.
+	if err := h1.b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	l.startWith(h1, set(h1, datapathUserspace))
+	l.syncAll()
+	if _, err := os.Stat(filepath.Join(pins, "h1")); !os.IsNotExist(err) {
+		t.Errorf("pins of h1 after a start in userspace: %v", err)
+	}
+	if h1.b.Device() != "flannel0" {
+		t.Errorf("userspace backend opened %s, not the existing flannel0", h1.b.Device())
+	}
+	mustPing(t, h1.ctr, h2.ctrAddr)
+	mustPing(t, h2.ctr, h1.ctrAddr)
+	if err := h1.b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitFor(2*time.Second, func() error {
+		return h1.ns.Do(func() error {
+			if _, err := net.InterfaceByName("flannel0"); err == nil {
+				return errors.New("flannel0 outlived the userspace backend")
+			}
+			return nil
+		})
+	}); err != nil {
+		t.Error(err)
+	}
 }

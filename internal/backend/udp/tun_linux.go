@@ -77,6 +77,21 @@ func openTUN(pattern string, vnet bool) (*tunDev, error) {
 	return &tunDev{pollFD: p, name: name, vnet: vnet}, nil
 }
 
+// setPersist makes the device outlive (or not) the last close of its
+// file. A device reopened by name keeps the setting it had, so it is set
+// either way. Equivalent to `ip tuntap add mode tun name NAME persist`
+// (or `del`, which only takes the flag off while the device is open).
+func (t *tunDev) setPersist(on bool) error {
+	v := 0
+	if on {
+		v = 1
+	}
+	if err := unix.IoctlSetInt(t.fd, unix.TUNSETPERSIST, v); err != nil {
+		return fmt.Errorf("tun %s: set persist %v: %w", t.name, on, err)
+	}
+	return nil
+}
+
 // tunWriter writes frames into the TUN. Each goroutine that writes has its
 // own, so the callback's fields need no lock; the method value is made once
 // so a write allocates nothing.

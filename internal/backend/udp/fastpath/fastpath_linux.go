@@ -310,3 +310,54 @@ func Probe() error {
 	coll.Close()
 	return nil
 }
+
+// PinnedDevice returns the index of the device the egress link pinned in
+// dir is attached to: the TUN a previous process forwarded through, which
+// the next one reopens. It is 0 when there is none or its device is gone.
+func PinnedDevice(dir string) int {
+	if dir == "" {
+		return 0
+	}
+	l, err := link.LoadPinnedLink(filepath.Join(dir, pinEgress), nil)
+	if err != nil {
+		return 0
+	}
+	defer l.Close()
+	info, err := l.Info()
+	if err != nil || info.TCX() == nil {
+		return 0
+	}
+	return int(info.TCX().Ifindex)
+}
+
+// RemovePinned detaches the programs a previous process pinned in dir and
+// deletes its pins: the userspace datapath was chosen this time, and
+// nothing must forward beside it.
+func RemovePinned(dir string) error {
+	if dir == "" {
+		return nil
+	}
+	var errs []error
+	for _, name := range []string{pinEgress, pinIngress} {
+		path := filepath.Join(dir, name)
+		l, err := link.LoadPinnedLink(path, nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			errs = append(errs, os.Remove(path))
+			continue
+		}
+		errs = append(errs, l.Unpin(), l.Close())
+	}
+	for name := range spec().Maps {
+		if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	_ = os.Remove(dir)
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("fastpath: remove pins in %s: %w", dir, err)
+	}
+	return nil
+}
