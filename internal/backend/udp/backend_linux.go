@@ -424,6 +424,21 @@ func (b *Backend) Repair(ctx context.Context) error {
 			return backend.NeedPermission(Type, "CAP_NET_ADMIN and /dev/net/tun", err)
 		}
 	}
+	if b.fast != nil {
+		if err := b.fast.Check(); err != nil {
+			b.log.Warn("reattaching the eBPF datapath", "err", err)
+			_ = b.stopEBPF()
+			start := b.startEBPF
+			if b.inNS != nil {
+				err = b.inNS(start)
+			} else {
+				err = start()
+			}
+			if err != nil {
+				b.log.Warn("forwarding in userspace: the eBPF datapath did not restart", "err", err)
+			}
+		}
+	}
 	if !b.own.IsValid() {
 		return nil
 	}

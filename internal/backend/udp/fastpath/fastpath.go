@@ -133,4 +133,25 @@ func parseLPMKey(b []byte) (netip.Prefix, bool) {
 	return netip.PrefixFrom(netip.AddrFrom4([4]byte(b[4:])), bits).Masked(), bits <= 32
 }
 
-func nativeUint16(b [2]byte) uint16 { return binary.NativeEndian.Uint16(b[:]) }
+// Byte values as a little- or big-endian host loads them. The programs
+// compare packet fields loaded with native loads against these, so both
+// sides have the same byte order; multi-byte constants are built from
+// their wire bytes here rather than written as integers.
+func wireHalf(b0, b1 byte) int32 {
+	return int32(binary.NativeEndian.Uint16([]byte{b0, b1}))
+}
+
+// ethPIP is ETH_P_IP (0x0800) as a native load of the wire bytes sees it.
+var ethPIP = wireHalf(0x08, 0x00)
+
+// fragMask selects the MF flag and the fragment offset of the 16-bit
+// flags/offset field as a native load sees it.
+var fragMask = wireHalf(0x3f, 0xff)
+
+// ipDF is the flags/offset field with only DF set, as a native store
+// writes it.
+var ipDF = wireHalf(0x40, 0x00)
+
+// ttlCheckDelta is what the IPv4 checksum, as a native load sees it,
+// grows by when the TTL drops by one: htons(0x0100).
+var ttlCheckDelta = wireHalf(0x01, 0x00)

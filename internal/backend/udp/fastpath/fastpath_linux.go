@@ -361,3 +361,23 @@ func RemovePinned(dir string) error {
 	}
 	return nil
 }
+
+// Check reports whether both programs are still attached where Open put
+// them: a link detached behind our back (bpftool link detach) or left on
+// a deleted and recreated external interface reports another ifindex.
+func (d *Datapath) Check() error {
+	for _, c := range []struct {
+		name    string
+		l       link.Link
+		ifindex int
+		typ     ebpf.AttachType
+	}{
+		{pinEgress, d.egress, d.cfg.TUNIndex, ebpf.AttachTCXEgress},
+		{pinIngress, d.ingress, d.cfg.ExtIndex, ebpf.AttachTCXIngress},
+	} {
+		if c.l == nil || !sameTCX(c.l, c.ifindex, c.typ) {
+			return fmt.Errorf("fastpath: %s program no longer attached to ifindex %d", c.name, c.ifindex)
+		}
+	}
+	return nil
+}

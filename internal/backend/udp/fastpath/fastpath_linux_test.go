@@ -538,3 +538,25 @@ func (c *capture) result() (int, []string) {
 	defer c.mu.Unlock()
 	return c.datagrams, c.bad
 }
+
+// TestCheckNoticesDetach: a program detached behind our back is reported,
+// so the backend's Repair reattaches it.
+func TestCheckNoticesDetach(t *testing.T) {
+	hs := twoHosts(t)
+	h := hs[0]
+	dp := h.open(t)
+	defer dp.Close()
+	if err := dp.Check(); err != nil {
+		t.Fatalf("fresh datapath: %v", err)
+	}
+	d, ok := dp.ingress.(interface{ Detach() error })
+	if !ok {
+		t.Skip("link cannot be detached")
+	}
+	if err := d.Detach(); err != nil {
+		t.Fatal(err)
+	}
+	if err := dp.Check(); err == nil {
+		t.Error("Check passed with the ingress program detached")
+	}
+}

@@ -45,30 +45,6 @@ const (
 // maxPeers bounds the peer maps: a /8 network of /24 subnets.
 const maxPeers = 1 << 16
 
-// Byte values as a little- or big-endian host loads them. The programs
-// compare packet fields loaded with native loads against these, so both
-// sides have the same byte order; multi-byte constants are built from
-// their wire bytes here rather than written as integers.
-func wireHalf(b0, b1 byte) int32 {
-	var v [2]byte = [2]byte{b0, b1}
-	return int32(nativeUint16(v))
-}
-
-// ethPIP is ETH_P_IP (0x0800) as a native load of the wire bytes sees it.
-var ethPIP = wireHalf(0x08, 0x00)
-
-// fragMask selects the MF flag and the fragment offset of the 16-bit
-// flags/offset field as a native load sees it.
-var fragMask = wireHalf(0x3f, 0xff)
-
-// ipDF is the flags/offset field with only DF set, as a native store
-// writes it.
-var ipDF = wireHalf(0x40, 0x00)
-
-// ttlCheckDelta is what the IPv4 checksum, as a native load sees it,
-// grows by when the TTL drops by one: htons(0x0100).
-var ttlCheckDelta = wireHalf(0x01, 0x00)
-
 // egressInsns encapsulates packets that flannel0 would transmit (so data
 // starts at the inner IPv4 header) whose destination has a peer.
 func egressInsns() asm.Instructions {
