@@ -43,7 +43,7 @@ func labBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	seconds := fs.Int("seconds", 5, "seconds per iperf3 run")
 	streams := fs.Int("streams", 1, "parallel TCP streams")
 	backendList := fs.String("backends", "vxlan,host-gw,udp,wireguard",
-		"backends to measure; also udp-ebpf (the udp backend's eBPF datapath) and vxlan-nic, both on an underlay with a NIC's offloads (lab.NICWire)")
+		"backends to measure; also udp-ebpf (the udp backend's eBPF datapath, forced), and udp-ebpf-nic and vxlan-nic on an underlay with a NIC's offloads (lab.NICWire)")
 	flanneld := fs.String("flanneld", "", "flanneld binary")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -72,8 +72,9 @@ func labBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		labs = append(labs, l)
 		return l, nil
 	}
-	// nicLab is a lab on a NIC-like underlay whose flanneld run with env.
-	nicLab := func(id, backendType string, env ...string) (*lab.Lab, error) {
+	// envLab is a lab whose flanneld run with env, on a NIC-like underlay
+	// if nic.
+	envLab := func(id, backendType string, nic bool, env ...string) (*lab.Lab, error) {
 		_ = lab.Down(id)
 		cfg := fmt.Sprintf(`{"Network":"10.5.0.0/16","Backend":{"Type":%q}}`, backendType)
 		l, err := lab.Up(ctx, lab.Options{ID: id, Hosts: 2, Config: cfg, Flanneld: bin, EtcdCmd: etcdCmd, NoFlanneld: true})
@@ -81,8 +82,10 @@ func labBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return nil, fmt.Errorf("bench lab %s: %w", id, err)
 		}
 		labs = append(labs, l)
-		if err := l.NICWire(ctx); err != nil {
-			return nil, err
+		if nic {
+			if err := l.NICWire(ctx); err != nil {
+				return nil, err
+			}
 		}
 		for _, h := range l.Hosts {
 			h.Env = append(h.Env, env...)
@@ -110,9 +113,11 @@ func labBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		id := "fb" + strings.ReplaceAll(b, "-", "")
 		switch b {
 		case "udp-ebpf":
-			l, err = nicLab(id, "udp", "FLANNEL_UDP_DATAPATH=ebpf")
+			l, err = envLab(id, "udp", false, "FLANNEL_UDP_DATAPATH=ebpf")
+		case "udp-ebpf-nic":
+			l, err = envLab(id, "udp", true, "FLANNEL_UDP_DATAPATH=ebpf")
 		case "vxlan-nic":
-			l, err = nicLab(id, "vxlan")
+			l, err = envLab(id, "vxlan", true)
 		default:
 			l, err = up(id, b, hosts)
 		}
@@ -124,7 +129,7 @@ func labBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			cases = append(cases, &benchCase{name: "underlay (host → host)", lab: l, from: h1.NS, to: h2.NS, addr: h2.Addr})
 		}
 		c := &benchCase{name: b, lab: l, from: h1.CNS, to: h2.CNS, addr: h2.Container}
-		if b == "udp" || b == "udp-ebpf" || b == "wireguard" { // wireguard: userspace where the kernel has no module
+		if strings.HasPrefix(b, "udp") || b == "wireguard" { // wireguard: userspace where the kernel has no module
 			c.cpuPIDs = []int{h1.FlanneldPID, h2.FlanneldPID}
 		}
 		cases = append(cases, c)
@@ -185,7 +190,7 @@ func labBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	tw.Flush()
 
-	for _, b := range []string{"udp", "udp-ebpf", "wireguard"} {
+	for _, b := range []string{"udp", "udp-ebpf", "udp-ebpf-nic", "wireguard"} {
 		for _, ref := range []string{"vxlan", "vxlan-nic"} {
 			if u, v := byName[b], byName[ref]; u != nil && v != nil {
 				fmt.Fprintf(stdout, "\n%s / %s: %.3f (ping RTT %.2f ×)", b, ref, lab.Summarize(u.results).Median/lab.Summarize(v.results).Median,

@@ -30,11 +30,18 @@
 // so reverse-path filtering, accept_local and firewall rules that name the
 // device see the same thing in both datapaths.
 //
-// The ingress program leaves GSO packets (coalesced by GRO, or
-// super-packets that crossed a virtual wire unsegmented) to the stack: on
-// this kernel bpf_skb_adjust_room cannot clear the encapsulation state of
-// a GSO packet it decapsulates. The backend therefore turns UDP GRO off on
-// its socket while this datapath runs.
+// The ingress program leaves batches of datagrams that GRO or a peer's
+// UDP_SEGMENT coalesced to the socket (the backend turns UDP GRO off on it
+// while this datapath runs, so a NIC's datagrams arrive one by one). A TCP
+// super-packet of our own egress program that crossed a virtual wire
+// (veth) whole is taken apart like a single datagram: its outer and inner
+// lengths both cover all of it, which no batch of datagrams satisfies.
+// On this kernel bpf_skb_adjust_room cannot clear such a packet's
+// encapsulation mark (BPF_F_ADJ_ROOM_DECAP_L4_UDP came later); that is
+// harmless for a packet delivered to a local container through veths,
+// which is the only place the program sends it. An upstream peer cannot
+// read such super-packets, so on a virtual underlay the backend uses this
+// datapath only when told to.
 //
 // # Maps
 //

@@ -213,8 +213,7 @@ func ingressInsns() asm.Instructions {
 	const pass = "pass"
 	return asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1),
-		asm.LoadMem(asm.R2, asm.R6, skbGSOSize, asm.Word),
-		asm.JNE.Imm(asm.R2, 0, pass),
+		asm.LoadMem(asm.R8, asm.R6, skbGSOSize, asm.Word), // R8 = gso_size
 
 		asm.StoreImm(asm.RFP, -4, 0, asm.Word),
 		asm.LoadMapPtr(asm.R1, 0).WithReference(mapConfig),
@@ -261,6 +260,17 @@ func ingressInsns() asm.Instructions {
 		asm.And.Imm(asm.R4, 0xf0),
 		asm.JNE.Imm(asm.R4, 0x40, pass),
 
+		// A GSO packet passes that check only if it is one of our
+		// egress program's TCP super-packets that crossed a virtual wire
+		// whole (outer and inner lengths cover the whole packet); GRO or
+		// UDP_SEGMENT batches of datagrams fail it, as their first inner
+		// packet is one segment long. Only TCP ones are taken: adjust_room
+		// refuses other GSO types.
+		asm.JEq.Imm(asm.R8, 0, "one"),
+		asm.LoadMem(asm.R4, asm.R2, inInner+9, asm.Byte),
+		asm.JNE.Imm(asm.R4, 6, pass),
+		asm.Mov.Reg(asm.R4, asm.R4).WithSymbol("one"),
+
 		// For our subnet and not from it (the userspace path's rule).
 		asm.LoadMem(asm.R5, asm.R9, cfgOwnMask, asm.Word),
 		asm.LoadMem(asm.R0, asm.R9, cfgOwnNet, asm.Word),
@@ -285,7 +295,7 @@ func ingressInsns() asm.Instructions {
 		asm.Mov.Reg(asm.R1, asm.R6),
 		asm.Mov.Imm(asm.R2, -encapLen),
 		asm.Mov.Imm(asm.R3, adjRoomMAC),
-		asm.Mov.Imm(asm.R4, 0),
+		asm.Mov.Imm(asm.R4, adjRoomFixedGSO),
 		asm.FnSkbAdjustRoom.Call(),
 		asm.JNE.Imm(asm.R0, 0, pass),
 		asm.LoadMem(asm.R1, asm.R9, cfgTUNIndex, asm.Word),
