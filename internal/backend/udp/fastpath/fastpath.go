@@ -57,6 +57,7 @@ package fastpath
 
 import (
 	"encoding/binary"
+	"math/bits"
 	"net/netip"
 )
 
@@ -120,6 +121,20 @@ func marshalConfig(c Config) []byte {
 		binary.BigEndian.PutUint32(b[cfgOwnMask:], 0)
 	}
 	return b
+}
+
+// ownFromConfig reads our subnet back from a config map value; invalid
+// if it holds none.
+func ownFromConfig(b []byte) netip.Prefix {
+	if len(b) != cfgSize {
+		return netip.Prefix{}
+	}
+	m := binary.BigEndian.Uint32(b[cfgOwnMask:])
+	ones := bits.LeadingZeros32(^m)
+	if ones < 32 && m<<ones != 0 || m == 0 && binary.BigEndian.Uint32(b[cfgOwnNet:]) == ^uint32(0) {
+		return netip.Prefix{} // not a prefix mask, or the "none" marker
+	}
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte(b[cfgOwnNet:cfgOwnNet+4])), ones).Masked()
 }
 
 // lpmKey is the peers map's key: a prefix length (host order) and the

@@ -54,6 +54,14 @@ func Open(cfg Config, log *slog.Logger) (*Datapath, error) {
 			d.Close()
 		}
 	}()
+	if d.adopted && !d.cfg.Own.IsValid() {
+		// Before Configure the old programs, still attached, go on
+		// decapsulating for the subnet they were given until SetOwn.
+		var old []byte
+		if err := d.coll.Maps[mapConfig].Lookup(uint32(0), &old); err == nil {
+			d.cfg.Own = ownFromConfig(old)
+		}
+	}
 	if err := d.writeConfig(); err != nil {
 		return nil, err
 	}

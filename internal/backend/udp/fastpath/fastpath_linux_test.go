@@ -196,11 +196,18 @@ func TestLoadAdoptRemove(t *testing.T) {
 	}
 
 	// A restarted process adopts the pins: the peers are still there and
-	// the links are the same ones, with new programs.
+	// the links are the same ones, with new programs. Until it knows its
+	// lease it keeps the subnet the old programs decapsulated for.
+	own := h.subnet
+	h.subnet = netip.Prefix{}
 	dp = h.open(t)
+	h.subnet = own
 	defer dp.Close()
 	if !dp.Adopted() {
 		t.Error("second Open did not adopt the pinned maps")
+	}
+	if dp.cfg.Own != own {
+		t.Errorf("adopted config has subnet %v, want the previous %v", dp.cfg.Own, own)
 	}
 	got, err := dp.Peers()
 	if err != nil {

@@ -58,3 +58,19 @@ func TestWireConstants(t *testing.T) {
 		t.Errorf("ethPIP %#x, native load %#x", ethPIP, got)
 	}
 }
+
+func TestOwnFromConfig(t *testing.T) {
+	for _, own := range []string{"10.77.1.0/24", "10.0.0.0/8", "10.77.1.4/32", "0.0.0.0/0", ""} {
+		var p netip.Prefix
+		if own != "" {
+			p = netip.MustParsePrefix(own)
+		}
+		b := marshalConfig(Config{PublicIP: netip.MustParseAddr("192.168.77.1"), Own: p})
+		if got := ownFromConfig(b); got != p {
+			t.Errorf("%q came back as %v", own, got)
+		}
+	}
+	if got := ownFromConfig([]byte{1}); got.IsValid() {
+		t.Errorf("short value gave %v", got)
+	}
+}
