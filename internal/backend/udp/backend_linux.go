@@ -194,9 +194,12 @@ func (b *Backend) open(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("udp: %w", err)
 	}
-	if err := tun.setPersist(b.persist); err != nil {
-		tun.Close()
-		return fmt.Errorf("udp: %w", err)
+	// A device reopened by name keeps the persistence it had.
+	if b.persist || b.tunName != tunPattern {
+		if err := tun.setPersist(b.persist); err != nil {
+			tun.Close()
+			return fmt.Errorf("udp: %w", err)
+		}
 	}
 	link, err := b.nl.LinkByName(tun.name)
 	if err != nil {
