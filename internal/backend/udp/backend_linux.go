@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 
 	"github.com/vishvananda/netlink"
@@ -46,6 +47,10 @@ type Backend struct {
 	// the peers last synced, for a rebuilt one.
 	fast      *fastpath.Datapath
 	fastPeers map[netip.Prefix]netip.Addr
+	// statsMu guards fastStats, which reads fast's counters: Stats runs
+	// concurrently with the methods that start and stop fast.
+	statsMu   sync.Mutex
+	fastStats func() (fastpath.Counters, error)
 
 	sh       shared
 	out, in  counters
@@ -472,6 +477,13 @@ func (b *Backend) Stats() Stats {
 	s := Stats{Out: b.out.snapshot(), In: b.in.snapshot()}
 	if dp := b.dp.Load(); dp != nil {
 		s.Offloads = dp.offloads()
+	}
+	b.statsMu.Lock()
+	defer b.statsMu.Unlock()
+	if b.fastStats != nil {
+		if c, err := b.fastStats(); err == nil {
+			s.EBPF = &EBPFStats{OutPackets: c.OutPackets, OutBytes: c.OutBytes, InPackets: c.InPackets, InBytes: c.InBytes}
+		}
 	}
 	return s
 }

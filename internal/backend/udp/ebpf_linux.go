@@ -100,6 +100,9 @@ func (b *Backend) startEBPF() error {
 		}
 	}
 	b.fast = fp
+	b.statsMu.Lock()
+	b.fastStats = fp.Counters
+	b.statsMu.Unlock()
 	b.log.Info("forwarding known peers in the kernel (eBPF)", "adopted", fp.Adopted(), "pins", cfg.PinDir)
 	return nil
 }
@@ -110,6 +113,9 @@ func (b *Backend) stopEBPF() error {
 	if b.fast == nil {
 		return nil
 	}
+	b.statsMu.Lock()
+	b.fastStats = nil
+	b.statsMu.Unlock()
 	err := b.fast.Close()
 	b.fast = nil
 	return err

@@ -78,9 +78,12 @@ func TestEBPFEndToEnd(t *testing.T) {
 		t.Errorf("%d GSO frames and datagrams up to %d bytes crossed the wire (MTU 1500)", gsoFrames, capt.maxLen)
 	}
 	// The kernel carried the transfers: the userspace loops saw almost
-	// nothing of them.
+	// nothing of them, the programs' counters all of them.
 	if n := after.Out.Packets - before.Out.Packets + after.In.Packets - before.In.Packets; n > 1000 {
 		t.Errorf("userspace forwarded %d packets during the transfers", n)
+	}
+	if e := after.EBPF; e == nil || e.OutBytes < 64<<20 || e.InBytes < 16<<20 || e.OutPackets < 40000 {
+		t.Errorf("h1's eBPF counters %+v after 64 MiB out and 16 MiB in", e)
 	}
 }
 

@@ -389,3 +389,31 @@ func (d *Datapath) Check() error {
 	}
 	return nil
 }
+
+// Counters are what the programs forwarded: inner packets (each segment
+// of a super-packet counts) and their bytes.
+type Counters struct {
+	OutPackets, OutBytes uint64 // encapsulated to peers
+	InPackets, InBytes   uint64 // decapsulated for our subnet
+}
+
+// Counters sums the programs' per-CPU counters. With adopted maps they
+// include what the previous process's programs forwarded.
+func (d *Datapath) Counters() (Counters, error) {
+	type pair struct{ Packets, Bytes uint64 }
+	var c Counters
+	for key, dst := range map[uint32][2]*uint64{
+		statOut: {&c.OutPackets, &c.OutBytes},
+		statIn:  {&c.InPackets, &c.InBytes},
+	} {
+		var per []pair
+		if err := d.coll.Maps[mapStats].Lookup(key, &per); err != nil {
+			return Counters{}, fmt.Errorf("fastpath: read counters: %w", err)
+		}
+		for _, p := range per {
+			*dst[0] += p.Packets
+			*dst[1] += p.Bytes
+		}
+	}
+	return c, nil
+}

@@ -306,6 +306,20 @@ func TestForwarding(t *testing.T) {
 
 	d := transfer(t, h1, h2, 32<<20)
 	t.Logf("32 MiB c1→c2 through the eBPF path in %v (%.2f Gbit/s)", d, float64(32<<20)*8/d.Seconds()/1e9)
+	for _, h := range hs {
+		c, err := h.dp.Counters()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("h%d counters %+v", h.i, c)
+		out, in := c.OutBytes, c.InBytes
+		if h == h2 {
+			out, in = in, out
+		}
+		if out < 32<<20 || c.OutPackets == 0 || c.InPackets == 0 || in == 0 {
+			t.Errorf("h%d counted %+v after 32 MiB out of h1", h.i, c)
+		}
+	}
 	datagrams, bad := capt.result()
 	t.Logf("capture on h2's eth0: %d datagrams on port 8285", datagrams)
 	if datagrams < 10000 { // the capture socket may drop some under load

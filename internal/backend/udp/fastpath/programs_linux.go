@@ -11,7 +11,51 @@ const (
 	skbData    = 76
 	skbDataEnd = 80
 	skbGSOSize = 176
+	skbGSOSegs = 164
 )
+
+// Stack slots the programs keep a packet's count and size in across the
+// helpers that reshape it.
+const (
+	fpSegs  = -24
+	fpBytes = -32
+)
+
+// countInsns adds the packets and bytes kept at fpSegs and fpBytes to the
+// per-CPU counters of direction key (statOut, statIn). It clobbers R0-R5.
+func countInsns(key int32, label string) asm.Instructions {
+	return asm.Instructions{
+		asm.StoreImm(asm.RFP, -4, int64(key), asm.Word),
+		asm.LoadMapPtr(asm.R1, 0).WithReference(mapStats),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -4),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, label),
+		asm.LoadMem(asm.R1, asm.RFP, fpSegs, asm.DWord),
+		asm.LoadMem(asm.R2, asm.R0, 0, asm.DWord),
+		asm.Add.Reg(asm.R2, asm.R1),
+		asm.StoreMem(asm.R0, 0, asm.R2, asm.DWord),
+		asm.LoadMem(asm.R1, asm.RFP, fpBytes, asm.DWord),
+		asm.LoadMem(asm.R2, asm.R0, 8, asm.DWord),
+		asm.Add.Reg(asm.R2, asm.R1),
+		asm.StoreMem(asm.R0, 8, asm.R2, asm.DWord),
+		asm.Mov.Reg(asm.R0, asm.R0).WithSymbol(label),
+	}
+}
+
+// saveCountInsns keeps the packet's segment count (at least 1) and its
+// length less hdr bytes on the stack for countInsns.
+func saveCountInsns(hdr int32, label string) asm.Instructions {
+	return asm.Instructions{
+		asm.LoadMem(asm.R1, asm.R6, skbGSOSegs, asm.Word),
+		asm.JNE.Imm(asm.R1, 0, label),
+		asm.Mov.Imm(asm.R1, 1),
+		asm.StoreMem(asm.RFP, fpSegs, asm.R1, asm.DWord).WithSymbol(label),
+		asm.LoadMem(asm.R1, asm.R6, skbLen, asm.Word),
+		asm.Add.Imm(asm.R1, -hdr),
+		asm.StoreMem(asm.RFP, fpBytes, asm.R1, asm.DWord),
+	}
+}
 
 // Return codes and flags from include/uapi/linux/bpf.h.
 const (
@@ -40,6 +84,13 @@ const (
 	mapConfig  = "config"
 	mapPeers   = "peers"
 	mapPeerIPs = "peer_ips"
+	mapStats   = "stats"
+)
+
+// Keys of the stats map: one pair of counters per direction.
+const (
+	statOut = 0
+	statIn  = 1
 )
 
 // maxPeers bounds the peer maps: a /8 network of /24 subnets.
@@ -49,7 +100,7 @@ const maxPeers = 1 << 16
 // starts at the inner IPv4 header) whose destination has a peer.
 func egressInsns() asm.Instructions {
 	const pass, drop = "pass", "drop"
-	return asm.Instructions{
+	insns := asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1), // R6 = skb
 
 		// R9 = config, or pass while there is none.
@@ -110,6 +161,9 @@ func egressInsns() asm.Instructions {
 		// flannel0's MTU already left room for our 28 bytes. A packet
 		// that is already encapsulated is refused (-EALREADY) and goes to
 		// userspace unchanged.
+	}
+	insns = append(insns, saveCountInsns(0, "out_segs")...)
+	insns = append(insns, asm.Instructions{
 		asm.Mov.Reg(asm.R1, asm.R6),
 		asm.Mov.Imm(asm.R2, encapLen),
 		asm.Mov.Imm(asm.R3, adjRoomMAC),
@@ -181,7 +235,9 @@ func egressInsns() asm.Instructions {
 		asm.Add.Reg(asm.R0, asm.R1),
 		asm.Xor.Imm(asm.R0, 0xffff),
 		asm.StoreMem(asm.R8, 10, asm.R0, asm.Half),
-
+	}...)
+	insns = append(insns, countInsns(statOut, "out_counted")...)
+	return append(insns, asm.Instructions{
 		// Out of the external interface to the next hop for the peer.
 		asm.LoadMem(asm.R1, asm.R9, cfgExtIndex, asm.Word),
 		asm.Mov.Imm(asm.R2, 0),
@@ -194,7 +250,7 @@ func egressInsns() asm.Instructions {
 		asm.Return(),
 		asm.Mov.Imm(asm.R0, tcxDrop).WithSymbol(drop),
 		asm.Return(),
-	}
+	}...)
 }
 
 // Offsets in a received frame: Ethernet, outer IPv4 (no options), UDP,
@@ -211,7 +267,7 @@ const (
 // ingress. Everything else, GSO packets included, goes on unchanged.
 func ingressInsns() asm.Instructions {
 	const pass = "pass"
-	return asm.Instructions{
+	insns := asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1),
 		asm.LoadMem(asm.R8, asm.R6, skbGSOSize, asm.Word), // R8 = gso_size
 
@@ -292,12 +348,18 @@ func ingressInsns() asm.Instructions {
 
 		// Take the outer headers out from behind the Ethernet header; the
 		// redirect to a device without a link layer takes that off too.
+	}
+	insns = append(insns, saveCountInsns(ethLen+encapLen, "in_segs")...)
+	insns = append(insns, asm.Instructions{
 		asm.Mov.Reg(asm.R1, asm.R6),
 		asm.Mov.Imm(asm.R2, -encapLen),
 		asm.Mov.Imm(asm.R3, adjRoomMAC),
 		asm.Mov.Imm(asm.R4, adjRoomFixedGSO),
 		asm.FnSkbAdjustRoom.Call(),
 		asm.JNE.Imm(asm.R0, 0, pass),
+	}...)
+	insns = append(insns, countInsns(statIn, "in_counted")...)
+	return append(insns, asm.Instructions{
 		asm.LoadMem(asm.R1, asm.R9, cfgTUNIndex, asm.Word),
 		asm.Mov.Imm(asm.R2, redirectIngress),
 		asm.FnRedirect.Call(),
@@ -305,7 +367,7 @@ func ingressInsns() asm.Instructions {
 
 		asm.Mov.Imm(asm.R0, tcxNext).WithSymbol(pass),
 		asm.Return(),
-	}
+	}...)
 }
 
 // spec is the collection: three maps and two programs.
@@ -326,6 +388,11 @@ func spec() *ebpf.CollectionSpec {
 			mapPeerIPs: {
 				Name: mapPeerIPs, Type: ebpf.Hash,
 				KeySize: 4, ValueSize: 4, MaxEntries: maxPeers,
+				Pinning: ebpf.PinByName,
+			},
+			mapStats: {
+				Name: mapStats, Type: ebpf.PerCPUArray,
+				KeySize: 4, ValueSize: 16, MaxEntries: 2,
 				Pinning: ebpf.PinByName,
 			},
 		},
