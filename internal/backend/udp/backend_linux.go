@@ -144,7 +144,8 @@ func newBackend(cfg backend.Config, set settings) (*Backend, error) {
 
 // Init creates the TUN device and the UDP socket in the calling thread's
 // network namespace and starts forwarding (to nobody until Configure and
-// Sync). A TUN cannot be adopted across a restart: it dies with its fd.
+// Sync). A TUN cannot be adopted across a restart (it dies with its fd)
+// unless the pinned eBPF datapath kept it (see adoptPinned).
 // The lease carries only PublicIP, with BackendType left empty, as upstream
 // writes it, so upstream hosts accept our lease.
 func (b *Backend) Init(ctx context.Context) (lease.Attrs, error) {
@@ -454,13 +455,15 @@ func (b *Backend) Repair(ctx context.Context) error {
 }
 
 // Close stops forwarding and waits for the loops. The TUN device goes away
-// with its fd (it is not persistent), as upstream's does.
+// with its fd (it is not persistent), as upstream's does, except when
+// pinned eBPF programs forward through it until the next start.
 func (b *Backend) Close() error {
-	var err error
+	// The programs go first (unless pinned, when they stay for the next
+	// process), so none is left redirecting into a TUN that is gone.
+	err := b.stopEBPF()
 	if dp := b.dp.Swap(nil); dp != nil {
-		err = dp.close()
+		err = errors.Join(err, dp.close())
 	}
-	err = errors.Join(err, b.stopEBPF())
 	if b.nl != nil {
 		b.nl.Close()
 		b.nl = nil

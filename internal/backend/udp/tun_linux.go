@@ -10,7 +10,8 @@ import (
 )
 
 // tunDev is our end of the TUN device. The device is not persistent: it
-// disappears with the last close of its file, as upstream's does.
+// disappears with the last close of its file, as upstream's does (see
+// setPersist for the exception).
 type tunDev struct {
 	*pollFD
 	name string
