@@ -77,7 +77,7 @@ func wantDecap(f []byte) bool {
 		return false
 	}
 	inner := f[inInner:]
-	if int(binary.BigEndian.Uint16(ip[2:])) != int(binary.BigEndian.Uint16(inner[2:]))+28 || inner[0]>>4 != 4 {
+	if binary.BigEndian.Uint16(ip[2:]) != binary.BigEndian.Uint16(inner[2:])+28 || inner[0]>>4 != 4 {
 		return false
 	}
 	if !testCfg.Own.Contains(netip.AddrFrom4([4]byte(inner[16:20]))) || testCfg.Own.Contains(netip.AddrFrom4([4]byte(inner[12:16]))) {
@@ -124,6 +124,13 @@ func TestIngressProgram(t *testing.T) {
 		"not for our subnet": func(f []byte) []byte { f[inInner+18] = 3; return f },
 		"from our subnet":    func(f []byte) []byte { f[inInner+14] = 2; return f },
 		"truncated":          func(f []byte) []byte { return f[:inInner+10] },
+		// A 64 KiB inner packet: the outer length wraps, as our egress
+		// program writes it for such a super-packet.
+		"wrapped length": func(f []byte) []byte {
+			binary.BigEndian.PutUint16(f[inInner+2:], 65530)
+			binary.BigEndian.PutUint16(f[inIP+2:], (65530+28)&0xffff)
+			return f
+		},
 	} {
 		t.Run(name, func(t *testing.T) { checkIngress(t, prog, mut(frame())) })
 	}

@@ -306,11 +306,15 @@ func ingressInsns() asm.Instructions {
 		asm.JNE.Reg(asm.R4, asm.R5, pass),
 
 		// Exactly one IPv4 packet: its length is the datagram's payload.
+		// Modulo 2^16: a super-packet of nearly 64 KiB that crossed a
+		// virtual wire whole carries the outer length our egress program
+		// wrote, which wraps (segmentation rewrites it per segment).
 		asm.LoadMem(asm.R4, asm.R2, inIP+2, asm.Half),
 		asm.HostTo(asm.BE, asm.R4, asm.Half),
 		asm.LoadMem(asm.R5, asm.R2, inInner+2, asm.Half),
 		asm.HostTo(asm.BE, asm.R5, asm.Half),
 		asm.Add.Imm(asm.R5, encapLen),
+		asm.And.Imm(asm.R5, 0xffff),
 		asm.JNE.Reg(asm.R4, asm.R5, pass),
 		asm.LoadMem(asm.R4, asm.R2, inInner, asm.Byte),
 		asm.And.Imm(asm.R4, 0xf0),
