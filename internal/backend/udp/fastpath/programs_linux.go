@@ -123,6 +123,15 @@ func egressInsns() asm.Instructions {
 		asm.LoadMem(asm.R4, asm.R2, 0, asm.Byte),
 		asm.And.Imm(asm.R4, 0xf0),
 		asm.JNE.Imm(asm.R4, 0x40, pass),
+		// Super-packets other than TCP (UDP GSO from a container) go to
+		// userspace, which segments them: one that crossed a virtual wire
+		// whole would reach the peer's socket as one giant datagram, as
+		// its ingress program only takes TCP ones apart.
+		asm.LoadMem(asm.R4, asm.R6, skbGSOSize, asm.Word),
+		asm.JEq.Imm(asm.R4, 0, "not_gso"),
+		asm.LoadMem(asm.R4, asm.R2, 9, asm.Byte),
+		asm.JNE.Imm(asm.R4, 6, pass),
+		asm.Mov.Imm(asm.R4, 0).WithSymbol("not_gso"),
 
 		// R7 = the peer's public IP for the inner destination, or pass:
 		// userspace answers net-unreachable.
