@@ -166,6 +166,7 @@ func (b *Backend) Init(ctx context.Context) (lease.Attrs, error) {
 	b.nl, b.rt = h, rt
 	useEBPF := b.chooseEBPF()
 	b.adoptPinned(useEBPF)
+	wantGRO := b.want.gro
 	if useEBPF {
 		// The ingress program leaves GRO-coalesced datagrams to the
 		// socket, so the kernel must not coalesce them for it.
@@ -184,6 +185,19 @@ func (b *Backend) Init(ctx context.Context) (lease.Attrs, error) {
 				return lease.Attrs{}, backend.NeedPermission(Type, "CAP_BPF and CAP_NET_ADMIN", err)
 			}
 			b.log.Info("forwarding in userspace: the eBPF datapath did not start", "err", err)
+			// Start over as a plain userspace datapath: UDP GRO back on,
+			// a TUN that dies with its fd.
+			b.want.gro, b.persist = wantGRO, false
+			if name := b.Device(); name != "" {
+				b.tunName = name // the same device, its persistence taken off
+			}
+			if dp := b.dp.Swap(nil); dp != nil {
+				_ = dp.close()
+			}
+			if err := b.open(ctx); err != nil {
+				b.Close()
+				return lease.Attrs{}, backend.NeedPermission(Type, "CAP_NET_ADMIN and /dev/net/tun", err)
+			}
 		}
 	}
 	return lease.Attrs{PublicIP: b.ext.ExtAddr}, nil

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -194,5 +195,33 @@ func TestEBPFVirtualWire(t *testing.T) {
 	after := h2.b.Stats()
 	if n := after.In.Packets - before.In.Packets + after.Out.Packets - before.Out.Packets; n > 1000 {
 		t.Errorf("userspace forwarded %d packets during the transfers", n)
+	}
+}
+
+// TestAutoFallsBack: when auto mode chooses eBPF (here the veth counts as
+// a NIC) but the programs cannot be set up (pins on a filesystem that
+// takes none), the backend starts over in userspace with UDP GRO and the
+// same flannel0, and forwards.
+func TestAutoFallsBack(t *testing.T) {
+	old := nicTypes
+	nicTypes = append(slices.Clone(nicTypes), "veth")
+	t.Cleanup(func() { nicTypes = old })
+	l := newLab(t, 2)
+	h1, h2 := l.hosts[0], l.hosts[1]
+	l.start(h2, allOffloads)
+	l.startWith(h1, settings{offloads: allOffloads, datapath: datapathAuto, pinDir: t.TempDir()})
+	b := h1.b
+	if b.Datapath() != "userspace" || b.Device() != "flannel0" || !b.Stats().Offloads.UDPGRO {
+		t.Fatalf("after the fallback: datapath %s, device %s, offloads %+v", b.Datapath(), b.Device(), b.Stats().Offloads)
+	}
+	l.syncAll()
+	mustPing(t, h1.ctr, h2.ctrAddr)
+	if err := h1.ns.Do(func() error {
+		if _, err := net.InterfaceByName("flannel1"); err == nil {
+			return errors.New("a second TUN flannel1 exists")
+		}
+		return nil
+	}); err != nil {
+		t.Error(err)
 	}
 }
