@@ -111,7 +111,7 @@ func Summarize(ts []Throughput) Summary {
 // underlay is why its auto mode declines); kernel vxlan is measured on the
 // same wire for a fair comparison. Equivalent to, on each host:
 //
-//	ethtool -K eth0 tx off tso off gso off tx-udp_tnl-segmentation off tx-udp_tnl-csum-segmentation off
+//	ethtool -K eth0 tx off tso off gso off tx-udp_tnl-segmentation off tx-udp_tnl-csum-segmentation off tx-udp-segmentation off
 func (l *Lab) NICWire(ctx context.Context) error {
 	for _, h := range l.Hosts {
 		n, err := ns.Open(h.NS)
@@ -119,7 +119,7 @@ func (l *Lab) NICWire(ctx context.Context) error {
 			return err
 		}
 		if _, err := n.Run(ctx, "ethtool", "-K", "eth0", "tx", "off", "tso", "off", "gso", "off",
-			"tx-udp_tnl-segmentation", "off", "tx-udp_tnl-csum-segmentation", "off"); err != nil {
+			"tx-udp_tnl-segmentation", "off", "tx-udp_tnl-csum-segmentation", "off", "tx-udp-segmentation", "off"); err != nil {
 			return fmt.Errorf("lab: %s: NIC-like offloads on eth0: %w", h.Name, err)
 		}
 	}

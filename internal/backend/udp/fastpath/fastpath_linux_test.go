@@ -112,7 +112,7 @@ func twoHosts(t *testing.T) []*host {
 		run(t, "ip", "-n", n, "addr", "add", h.underlay.String()+"/24", "dev", "eth0")
 		run(t, "ip", "-n", n, "link", "set", "eth0", "up")
 		run(t, "ip", "netns", "exec", n, "ethtool", "-K", "eth0", "tx", "off", "tso", "off", "gso", "off",
-			"tx-udp_tnl-segmentation", "off", "tx-udp_tnl-csum-segmentation", "off")
+			"tx-udp_tnl-segmentation", "off", "tx-udp_tnl-csum-segmentation", "off", "tx-udp-segmentation", "off")
 		run(t, "ip", "netns", "exec", n, "sysctl", "-qw", "net.ipv4.ip_forward=1")
 		if err := h.ns.Do(func() error { h.tun = openTUN(t); return nil }); err != nil {
 			t.Fatal(err)
