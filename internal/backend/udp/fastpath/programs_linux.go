@@ -14,6 +14,31 @@ const (
 	skbGSOSegs = 164
 )
 
+// pullInsns leaves R2 = skb->data and R3 = skb->data_end with at least n
+// bytes between them, pulling them into the linear part first if they
+// are not there (a socket's datagram may carry only its headers there, its
+// payload in a page); it jumps to fail if the packet is shorter. It
+// clobbers R0-R5.
+func pullInsns(n int32, label, fail string) asm.Instructions {
+	return asm.Instructions{
+		asm.LoadMem(asm.R2, asm.R6, skbData, asm.Word),
+		asm.LoadMem(asm.R3, asm.R6, skbDataEnd, asm.Word),
+		asm.Mov.Reg(asm.R4, asm.R2),
+		asm.Add.Imm(asm.R4, n),
+		asm.JLE.Reg(asm.R4, asm.R3, label),
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.Mov.Imm(asm.R2, n),
+		asm.FnSkbPullData.Call(),
+		asm.JNE.Imm(asm.R0, 0, fail),
+		asm.LoadMem(asm.R2, asm.R6, skbData, asm.Word),
+		asm.LoadMem(asm.R3, asm.R6, skbDataEnd, asm.Word),
+		asm.Mov.Reg(asm.R4, asm.R2),
+		asm.Add.Imm(asm.R4, n),
+		asm.JGT.Reg(asm.R4, asm.R3, fail),
+		asm.Mov.Reg(asm.R4, asm.R4).WithSymbol(label),
+	}
+}
+
 // Stack slots the programs keep a packet's count and size in across the
 // helpers that reshape it.
 const (
@@ -113,13 +138,10 @@ func egressInsns() asm.Instructions {
 		asm.Mov.Reg(asm.R9, asm.R0),
 		asm.LoadMem(asm.R2, asm.R9, cfgExtIndex, asm.Word),
 		asm.JEq.Imm(asm.R2, 0, pass),
-
-		// An IPv4 header must be there.
-		asm.LoadMem(asm.R2, asm.R6, skbData, asm.Word),
-		asm.LoadMem(asm.R3, asm.R6, skbDataEnd, asm.Word),
-		asm.Mov.Reg(asm.R4, asm.R2),
-		asm.Add.Imm(asm.R4, 20),
-		asm.JGT.Reg(asm.R4, asm.R3, pass),
+	}
+	// An IPv4 header must be there.
+	insns = append(insns, pullInsns(20, "out_pulled", pass)...)
+	insns = append(insns, asm.Instructions{
 		asm.LoadMem(asm.R4, asm.R2, 0, asm.Byte),
 		asm.And.Imm(asm.R4, 0xf0),
 		asm.JNE.Imm(asm.R4, 0x40, pass),
@@ -170,7 +192,7 @@ func egressInsns() asm.Instructions {
 		// flannel0's MTU already left room for our 28 bytes. A packet
 		// that is already encapsulated is refused (-EALREADY) and goes to
 		// userspace unchanged.
-	}
+	}...)
 	insns = append(insns, saveCountInsns(0, "out_segs")...)
 	insns = append(insns, asm.Instructions{
 		asm.Mov.Reg(asm.R1, asm.R6),
@@ -289,12 +311,9 @@ func ingressInsns() asm.Instructions {
 		asm.Mov.Reg(asm.R9, asm.R0),
 		asm.LoadMem(asm.R2, asm.R9, cfgTUNIndex, asm.Word),
 		asm.JEq.Imm(asm.R2, 0, pass),
-
-		asm.LoadMem(asm.R2, asm.R6, skbData, asm.Word),
-		asm.LoadMem(asm.R3, asm.R6, skbDataEnd, asm.Word),
-		asm.Mov.Reg(asm.R4, asm.R2),
-		asm.Add.Imm(asm.R4, inInner+20),
-		asm.JGT.Reg(asm.R4, asm.R3, pass),
+	}
+	insns = append(insns, pullInsns(inInner+20, "in_pulled", pass)...)
+	insns = append(insns, asm.Instructions{
 
 		// Outer: IPv4 without options, UDP, not a fragment, to our
 		// public IP and port.
@@ -361,7 +380,7 @@ func ingressInsns() asm.Instructions {
 
 		// Take the outer headers out from behind the Ethernet header; the
 		// redirect to a device without a link layer takes that off too.
-	}
+	}...)
 	insns = append(insns, saveCountInsns(ethLen+encapLen, "in_segs")...)
 	insns = append(insns, asm.Instructions{
 		asm.Mov.Reg(asm.R1, asm.R6),
