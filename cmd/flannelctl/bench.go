@@ -42,7 +42,8 @@ func labBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	rounds := fs.Int("rounds", 3, "interleaved rounds")
 	seconds := fs.Int("seconds", 5, "seconds per iperf3 run")
 	streams := fs.Int("streams", 1, "parallel TCP streams")
-	backendList := fs.String("backends", "vxlan,host-gw,udp,wireguard", "backends to measure")
+	backendList := fs.String("backends", "vxlan,host-gw,udp,wireguard",
+		"backends to measure; also udp-ebpf (the udp backend's eBPF datapath, forced), and udp-ebpf-nic and vxlan-nic on an underlay with a NIC's offloads (lab.NICWire)")
 	flanneld := fs.String("flanneld", "", "flanneld binary")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -71,6 +72,35 @@ func labBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		labs = append(labs, l)
 		return l, nil
 	}
+	// envLab is a lab whose flanneld run with env, on a NIC-like underlay
+	// if nic.
+	envLab := func(id, backendType string, nic bool, env ...string) (*lab.Lab, error) {
+		_ = lab.Down(id)
+		cfg := fmt.Sprintf(`{"Network":"10.5.0.0/16","Backend":{"Type":%q}}`, backendType)
+		l, err := lab.Up(ctx, lab.Options{ID: id, Hosts: 2, Config: cfg, Flanneld: bin, EtcdCmd: etcdCmd, NoFlanneld: true})
+		if err != nil {
+			return nil, fmt.Errorf("bench lab %s: %w", id, err)
+		}
+		labs = append(labs, l)
+		if nic {
+			if err := l.NICWire(ctx); err != nil {
+				return nil, err
+			}
+		}
+		for _, h := range l.Hosts {
+			h.Env = append(h.Env, env...)
+			if err := l.StartFlanneld(h); err != nil {
+				return nil, err
+			}
+			if err := l.WaitSubnet(ctx, h, 30*time.Second); err != nil {
+				return nil, err
+			}
+			if err := l.SetupContainer(h); err != nil {
+				return nil, err
+			}
+		}
+		return l, nil
+	}
 	fmt.Fprintf(stdout, "setting up labs...\n")
 	var cases []*benchCase
 	for _, b := range strings.Split(*backendList, ",") {
@@ -78,7 +108,19 @@ func labBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		if b == "vxlan" {
 			hosts = 4 // 3 peers for the memory figure
 		}
-		l, err := up("fb"+strings.ReplaceAll(b, "-", ""), b, hosts)
+		var l *lab.Lab
+		var err error
+		id := "fb" + strings.ReplaceAll(b, "-", "")
+		switch b {
+		case "udp-ebpf":
+			l, err = envLab(id, "udp", false, "FLANNEL_UDP_DATAPATH=ebpf")
+		case "udp-ebpf-nic":
+			l, err = envLab(id, "udp", true, "FLANNEL_UDP_DATAPATH=ebpf")
+		case "vxlan-nic":
+			l, err = envLab(id, "vxlan", true)
+		default:
+			l, err = up(id, b, hosts)
+		}
 		if err != nil {
 			return err
 		}
@@ -87,7 +129,7 @@ func labBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			cases = append(cases, &benchCase{name: "underlay (host → host)", lab: l, from: h1.NS, to: h2.NS, addr: h2.Addr})
 		}
 		c := &benchCase{name: b, lab: l, from: h1.CNS, to: h2.CNS, addr: h2.Container}
-		if b == "udp" || b == "wireguard" { // wireguard: userspace where the kernel has no module
+		if strings.HasPrefix(b, "udp") || b == "wireguard" { // wireguard: userspace where the kernel has no module
 			c.cpuPIDs = []int{h1.FlanneldPID, h2.FlanneldPID}
 		}
 		cases = append(cases, c)
@@ -148,9 +190,12 @@ func labBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	tw.Flush()
 
-	for _, b := range []string{"udp", "wireguard"} {
-		if u, v := byName[b], byName["vxlan"]; u != nil && v != nil {
-			fmt.Fprintf(stdout, "\n%s / vxlan: %.3f", b, lab.Summarize(u.results).Median/lab.Summarize(v.results).Median)
+	for _, b := range []string{"udp", "udp-ebpf", "udp-ebpf-nic", "wireguard"} {
+		for _, ref := range []string{"vxlan", "vxlan-nic"} {
+			if u, v := byName[b], byName[ref]; u != nil && v != nil {
+				fmt.Fprintf(stdout, "\n%s / %s: %.3f (ping RTT %.2f ×)", b, ref, lab.Summarize(u.results).Median/lab.Summarize(v.results).Median,
+					float64(u.rtt)/float64(v.rtt))
+			}
 		}
 	}
 	fmt.Fprintln(stdout)

@@ -63,9 +63,10 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	// The udp backend's settings that concern the whole process are
-	// decided here: offloads come from the environment, and the datapath
-	// may take one more P per forwarding loop.
-	udpOpts := udp.Options{Offloads: getenv(udp.OffloadEnv), RaiseGOMAXPROCS: true}
+	// decided here: offloads and the datapath (eBPF or userspace) come
+	// from the environment, and the userspace datapath may take one more
+	// P per forwarding loop.
+	udpOpts := udp.Options{Offloads: getenv(udp.OffloadEnv), Datapath: getenv(udp.DatapathEnv), RaiseGOMAXPROCS: true}
 	if err := serve(ctx, o, getenv, udpOpts, log); err != nil {
 		log.Error("exiting", "err", err)
 		return 1

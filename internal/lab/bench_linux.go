@@ -3,6 +3,7 @@ package lab
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 
 	"github.com/flannel-go/flannel/internal/ns"
@@ -101,4 +102,26 @@ func Summarize(ts []Throughput) Summary {
 		s.Median = (v[len(v)/2-1] + v[len(v)/2]) / 2
 	}
 	return s
+}
+
+// NICWire makes every host's underlay veth behave as a NIC's wire does:
+// the sending kernel segments encapsulated super-packets and finishes
+// their checksums before they cross, instead of handing them whole to the
+// other namespace. The udp backend's eBPF datapath needs that (a veth
+// underlay is why its auto mode declines); kernel vxlan is measured on the
+// same wire for a fair comparison. Equivalent to, on each host:
+//
+//	ethtool -K eth0 tx off tso off gso off tx-udp_tnl-segmentation off tx-udp_tnl-csum-segmentation off tx-udp-segmentation off
+func (l *Lab) NICWire(ctx context.Context) error {
+	for _, h := range l.Hosts {
+		n, err := ns.Open(h.NS)
+		if err != nil {
+			return err
+		}
+		if _, err := n.Run(ctx, "ethtool", "-K", "eth0", "tx", "off", "tso", "off", "gso", "off",
+			"tx-udp_tnl-segmentation", "off", "tx-udp_tnl-csum-segmentation", "off", "tx-udp-segmentation", "off"); err != nil {
+			return fmt.Errorf("lab: %s: NIC-like offloads on eth0: %w", h.Name, err)
+		}
+	}
+	return nil
 }

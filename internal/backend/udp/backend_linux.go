@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 
 	"github.com/vishvananda/netlink"
@@ -15,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/flannel-go/flannel/internal/backend"
+	"github.com/flannel-go/flannel/internal/backend/udp/fastpath"
 	"github.com/flannel-go/flannel/internal/iface"
 	"github.com/flannel-go/flannel/internal/lease"
 )
@@ -32,6 +34,23 @@ type Backend struct {
 	port    uint16
 	want    offloadSet
 	procs   bool // may raise GOMAXPROCS while forwarding
+	mode    datapathMode
+	pinDir  string // for the eBPF datapath's pins; "" pins nothing
+	// tunName is what the TUN is opened as: upstream's pattern, or the
+	// name of the device a previous process left for us (see persist).
+	tunName string
+	// persist keeps the TUN when its fd closes: with pinned programs the
+	// kernel goes on forwarding through it while flanneld restarts.
+	persist bool
+
+	// The eBPF datapath, nil while only the userspace one forwards, and
+	// the peers last synced, for a rebuilt one.
+	fast      *fastpath.Datapath
+	fastPeers map[netip.Prefix]netip.Addr
+	// statsMu guards fastStats, which reads fast's counters: Stats runs
+	// concurrently with the methods that start and stop fast.
+	statsMu   sync.Mutex
+	fastStats func() (fastpath.Counters, error)
 
 	sh       shared
 	out, in  counters
@@ -64,7 +83,11 @@ func (o Options) New(cfg backend.Config) (backend.Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	b, err := newBackend(cfg, settings{offloads: want, raiseProcs: o.RaiseGOMAXPROCS})
+	mode, err := parseDatapath(o.Datapath)
+	if err != nil {
+		return nil, err
+	}
+	b, err := newBackend(cfg, settings{offloads: want, raiseProcs: o.RaiseGOMAXPROCS, datapath: mode})
 	if err != nil {
 		return nil, err
 	}
@@ -78,6 +101,10 @@ func (o Options) New(cfg backend.Config) (backend.Backend, error) {
 type settings struct {
 	offloads   offloadSet
 	raiseProcs bool
+	datapath   datapathMode
+	// pinDir overrides where the eBPF datapath pins its maps and links
+	// (tests use a private bpf filesystem); "" means defaultPinDir.
+	pinDir string
 }
 
 func newBackend(cfg backend.Config, set settings) (*Backend, error) {
@@ -109,12 +136,16 @@ func newBackend(cfg backend.Config, set settings) (*Backend, error) {
 		port:    port,
 		want:    set.offloads,
 		procs:   set.raiseProcs,
+		mode:    set.datapath,
+		pinDir:  set.pinDir,
+		tunName: tunPattern,
 	}, nil
 }
 
 // Init creates the TUN device and the UDP socket in the calling thread's
 // network namespace and starts forwarding (to nobody until Configure and
-// Sync). A TUN cannot be adopted across a restart: it dies with its fd.
+// Sync). A TUN cannot be adopted across a restart (it dies with its fd)
+// unless the pinned eBPF datapath kept it (see adoptPinned).
 // The lease carries only PublicIP, with BackendType left empty, as upstream
 // writes it, so upstream hosts accept our lease.
 func (b *Backend) Init(ctx context.Context) (lease.Attrs, error) {
@@ -133,11 +164,41 @@ func (b *Backend) Init(ctx context.Context) (lease.Attrs, error) {
 		return lease.Attrs{}, fmt.Errorf("udp: %w", err)
 	}
 	b.nl, b.rt = h, rt
+	useEBPF := b.chooseEBPF()
+	b.adoptPinned(useEBPF)
+	wantGRO := b.want.gro
+	if useEBPF {
+		// The ingress program leaves GRO-coalesced datagrams to the
+		// socket, so the kernel must not coalesce them for it.
+		b.want.gro = false
+	}
 	if err := b.open(ctx); err != nil {
 		b.nl.Close()
 		b.rt.Close()
 		b.nl, b.rt = nil, nil
 		return lease.Attrs{}, backend.NeedPermission(Type, "CAP_NET_ADMIN and /dev/net/tun", err)
+	}
+	if useEBPF {
+		if err := b.startEBPF(); err != nil {
+			if b.mode == datapathEBPF {
+				b.Close()
+				return lease.Attrs{}, backend.NeedPermission(Type, "CAP_BPF and CAP_NET_ADMIN", err)
+			}
+			b.log.Info("forwarding in userspace: the eBPF datapath did not start", "err", err)
+			// Start over as a plain userspace datapath: UDP GRO back on,
+			// a TUN that dies with its fd.
+			b.want.gro, b.persist = wantGRO, false
+			if name := b.Device(); name != "" {
+				b.tunName = name // the same device, its persistence taken off
+			}
+			if dp := b.dp.Swap(nil); dp != nil {
+				_ = dp.close()
+			}
+			if err := b.open(ctx); err != nil {
+				b.Close()
+				return lease.Attrs{}, backend.NeedPermission(Type, "CAP_NET_ADMIN and /dev/net/tun", err)
+			}
+		}
 	}
 	return lease.Attrs{PublicIP: b.ext.ExtAddr}, nil
 }
@@ -145,13 +206,20 @@ func (b *Backend) Init(ctx context.Context) (lease.Attrs, error) {
 // open creates the device and the socket in the current thread's namespace
 // and starts the loops.
 func (b *Backend) open(ctx context.Context) error {
-	tun, err := openTUN(tunPattern, b.want.tun)
+	tun, err := openTUN(b.tunName, b.want.tun)
 	if errors.Is(err, errNoOffload) {
 		b.log.Info("TUN offloads unavailable, reading one packet per syscall", "err", err)
-		tun, err = openTUN(tunPattern, false)
+		tun, err = openTUN(b.tunName, false)
 	}
 	if err != nil {
 		return fmt.Errorf("udp: %w", err)
+	}
+	// A device reopened by name keeps the persistence it had.
+	if b.persist || b.tunName != tunPattern {
+		if err := tun.setPersist(b.persist); err != nil {
+			tun.Close()
+			return fmt.Errorf("udp: %w", err)
+		}
 	}
 	link, err := b.nl.LinkByName(tun.name)
 	if err != nil {
@@ -192,6 +260,11 @@ func (b *Backend) Configure(ctx context.Context, own lease.Lease) (int, error) {
 	b.sh.own.Store(newOwnState(b.own))
 	if err := b.configureLink(); err != nil {
 		return 0, backend.NeedPermission(Type, "CAP_NET_ADMIN", err)
+	}
+	if b.fast != nil {
+		if err := b.fast.SetOwn(b.own); err != nil {
+			return 0, fmt.Errorf("udp: %w", err)
+		}
 	}
 	return b.mtu(), nil
 }
@@ -330,7 +403,7 @@ func (b *Backend) Sync(ctx context.Context, peers []lease.Lease) error {
 	if skipped > 0 {
 		b.log.Debug("skipped leases without an IPv4 subnet or PublicIP", "count", skipped)
 	}
-	return nil
+	return b.syncEBPF(ps)
 }
 
 // Repair restores the device's address, MTU, up state and route if they
@@ -351,7 +424,20 @@ func (b *Backend) Repair(ctx context.Context) error {
 		b.log.Warn("rebuilding the datapath", "device_deleted", gone, "loop_error", failed)
 		b.dp.Store(nil)
 		_ = dp.close()
-		open := func() error { return b.open(ctx) }
+		// The programs follow the new device.
+		hadEBPF := b.fast != nil
+		_ = b.stopEBPF()
+		open := func() error {
+			if err := b.open(ctx); err != nil {
+				return err
+			}
+			if hadEBPF {
+				if err := b.startEBPF(); err != nil {
+					b.log.Warn("forwarding in userspace: the eBPF datapath did not restart", "err", err)
+				}
+			}
+			return nil
+		}
 		if b.inNS != nil {
 			err = b.inNS(open)
 		} else {
@@ -361,6 +447,21 @@ func (b *Backend) Repair(ctx context.Context) error {
 			return backend.NeedPermission(Type, "CAP_NET_ADMIN and /dev/net/tun", err)
 		}
 	}
+	if b.fast != nil {
+		if err := b.fast.Check(); err != nil {
+			b.log.Warn("reattaching the eBPF datapath", "err", err)
+			_ = b.stopEBPF()
+			start := b.startEBPF
+			if b.inNS != nil {
+				err = b.inNS(start)
+			} else {
+				err = start()
+			}
+			if err != nil {
+				b.log.Warn("forwarding in userspace: the eBPF datapath did not restart", "err", err)
+			}
+		}
+	}
 	if !b.own.IsValid() {
 		return nil
 	}
@@ -368,11 +469,14 @@ func (b *Backend) Repair(ctx context.Context) error {
 }
 
 // Close stops forwarding and waits for the loops. The TUN device goes away
-// with its fd (it is not persistent), as upstream's does.
+// with its fd (it is not persistent), as upstream's does, except when
+// pinned eBPF programs forward through it until the next start.
 func (b *Backend) Close() error {
-	var err error
+	// The programs go first (unless pinned, when they stay for the next
+	// process), so none is left redirecting into a TUN that is gone.
+	err := b.stopEBPF()
 	if dp := b.dp.Swap(nil); dp != nil {
-		err = dp.close()
+		err = errors.Join(err, dp.close())
 	}
 	if b.nl != nil {
 		b.nl.Close()
@@ -390,6 +494,13 @@ func (b *Backend) Stats() Stats {
 	s := Stats{Out: b.out.snapshot(), In: b.in.snapshot()}
 	if dp := b.dp.Load(); dp != nil {
 		s.Offloads = dp.offloads()
+	}
+	b.statsMu.Lock()
+	defer b.statsMu.Unlock()
+	if b.fastStats != nil {
+		if c, err := b.fastStats(); err == nil {
+			s.EBPF = &EBPFStats{OutPackets: c.OutPackets, OutBytes: c.OutBytes, InPackets: c.InPackets, InBytes: c.InBytes}
+		}
 	}
 	return s
 }

@@ -18,17 +18,19 @@ type Collector struct {
 var _ prometheus.Collector = (*Collector)(nil)
 
 var (
-	descPackets = prometheus.NewDesc("flannel_udp_packets_total", "Packets forwarded by the udp backend, by direction (out: containers to peers).", []string{"direction"}, nil)
-	descBytes   = prometheus.NewDesc("flannel_udp_bytes_total", "Inner IPv4 bytes forwarded by the udp backend, by direction.", []string{"direction"}, nil)
-	descDrops   = prometheus.NewDesc("flannel_udp_drops_total", "Packets the udp backend dropped, by direction and reason.", []string{"direction", "reason"}, nil)
-	descOffload = prometheus.NewDesc("flannel_udp_offload", "1 for each kernel offload the udp datapath is using.", []string{"offload"}, nil)
+	descPackets     = prometheus.NewDesc("flannel_udp_packets_total", "Packets forwarded by the udp backend, by direction (out: containers to peers).", []string{"direction"}, nil)
+	descBytes       = prometheus.NewDesc("flannel_udp_bytes_total", "Inner IPv4 bytes forwarded by the udp backend, by direction.", []string{"direction"}, nil)
+	descDrops       = prometheus.NewDesc("flannel_udp_drops_total", "Packets the udp backend dropped, by direction and reason.", []string{"direction", "reason"}, nil)
+	descEBPFPackets = prometheus.NewDesc("flannel_udp_ebpf_packets_total", "Packets the udp backend's eBPF datapath forwarded in the kernel, by direction (out: containers to peers); absent without it.", []string{"direction"}, nil)
+	descEBPFBytes   = prometheus.NewDesc("flannel_udp_ebpf_bytes_total", "Inner IPv4 bytes the udp backend's eBPF datapath forwarded, by direction (a super-packet's headers count once).", []string{"direction"}, nil)
+	descOffload     = prometheus.NewDesc("flannel_udp_offload", "1 for each kernel offload the udp datapath is using.", []string{"offload"}, nil)
 )
 
 func (c *Collector) set(stats func() Stats) { c.stats.Store(&stats) }
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPackets, descBytes, descDrops, descOffload} {
+	for _, d := range []*prometheus.Desc{descPackets, descBytes, descDrops, descOffload, descEBPFPackets, descEBPFBytes} {
 		ch <- d
 	}
 }
@@ -50,6 +52,12 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			"malformed": d.v.Drops.Malformed, "write_error": d.v.Drops.WriteError} {
 			ch <- prometheus.MustNewConstMetric(descDrops, prometheus.CounterValue, float64(n), d.name, reason)
 		}
+	}
+	if e := s.EBPF; e != nil {
+		ch <- prometheus.MustNewConstMetric(descEBPFPackets, prometheus.CounterValue, float64(e.OutPackets), "out")
+		ch <- prometheus.MustNewConstMetric(descEBPFPackets, prometheus.CounterValue, float64(e.InPackets), "in")
+		ch <- prometheus.MustNewConstMetric(descEBPFBytes, prometheus.CounterValue, float64(e.OutBytes), "out")
+		ch <- prometheus.MustNewConstMetric(descEBPFBytes, prometheus.CounterValue, float64(e.InBytes), "in")
 	}
 	for name, on := range map[string]bool{"tun_vnet": s.Offloads.TUNVnet, "udp_gso": s.Offloads.UDPGSO, "udp_gro": s.Offloads.UDPGRO} {
 		v := 0.0

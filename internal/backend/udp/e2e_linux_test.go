@@ -167,9 +167,21 @@ func TestEndToEnd(t *testing.T) {
 // TestUpstreamPeer plays an upstream flannel host by hand: a plain UDP
 // socket that sends one raw IPv4 packet per datagram and expects the same.
 func TestUpstreamPeer(t *testing.T) {
+	for _, mode := range []datapathMode{datapathUserspace, datapathEBPF} {
+		t.Run(mode.String(), func(t *testing.T) { testUpstreamPeer(t, mode) })
+	}
+}
+
+func testUpstreamPeer(t *testing.T, mode datapathMode) {
 	l := newLab(t, 2)
 	h1, up := l.hosts[0], l.hosts[1]
-	l.start(h1, allOffloads)
+	if mode == datapathEBPF {
+		nicWire(t, l)
+	}
+	l.startWith(h1, settings{offloads: allOffloads, raiseProcs: true, datapath: mode})
+	if h1.b.Datapath() != mode.String() {
+		t.Fatalf("datapath %s, want %s", h1.b.Datapath(), mode)
+	}
 	// Upstream's udp leases have no BackendType; a peer of another type
 	// is accepted too, as upstream does.
 	for _, typ := range []string{"", "vxlan"} {
@@ -217,6 +229,9 @@ func TestUpstreamPeer(t *testing.T) {
 		if h.TTL != 62 {
 			t.Errorf("reply TTL %d, want 62", h.TTL)
 		}
+	}
+	if s := h1.b.Stats(); mode == datapathEBPF && s.In.Packets+s.Out.Packets != 0 {
+		t.Errorf("the eBPF datapath left packets to userspace: in %+v, out %+v", s.In, s.Out)
 	}
 }
 

@@ -130,9 +130,15 @@ func labConfig(h *host, t testing.TB, options string) backend.Config {
 // start runs a backend on h: Init inside its namespace, Configure, and the
 // container veth's MTU set to what Configure returned.
 func (l *lab) start(h *host, want offloadSet) {
+	l.t.Helper()
+	l.startWith(h, settings{offloads: want, raiseProcs: true})
+}
+
+// startWith is start with every setting given.
+func (l *lab) startWith(h *host, set settings) {
 	t := l.t
 	t.Helper()
-	b, err := newBackend(labConfig(h, t, `{"Type":"udp"}`), settings{offloads: want, raiseProcs: true})
+	b, err := newBackend(labConfig(h, t, `{"Type":"udp"}`), set)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -364,6 +370,7 @@ type capture struct {
 	mu        sync.Mutex
 	datagrams int
 	gsoFrames int
+	maxLen    int // the largest IPv4 datagram seen whole (not as GSO)
 	bad       []string
 }
 
@@ -440,6 +447,8 @@ func (c *capture) frame(f []byte) {
 	if vh.gsoType != 0 {
 		c.gsoFrames++
 		seg = int(vh.gsoSize)
+	} else {
+		c.maxLen = max(c.maxLen, len(ip))
 	}
 	for len(payload) > 0 {
 		d := payload[:min(seg, len(payload))]

@@ -49,3 +49,16 @@ func TestParseOffloads(t *testing.T) {
 		}
 	}
 }
+
+func TestParseDatapath(t *testing.T) {
+	for in, want := range map[string]datapathMode{
+		"": datapathAuto, "auto": datapathAuto, " eBPF ": datapathEBPF, "userspace": datapathUserspace,
+	} {
+		if got, err := parseDatapath(in); err != nil || got != want {
+			t.Errorf("parseDatapath(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	if _, err := parseDatapath("kernel"); err == nil {
+		t.Error("parseDatapath(kernel) accepted")
+	}
+}

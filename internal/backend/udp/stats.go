@@ -11,6 +11,18 @@ type Stats struct {
 	// Offloads says which kernel offloads the datapath is using now (one
 	// can be switched off at run time after a failure).
 	Offloads Offloads
+	// EBPF counts what the eBPF datapath forwarded in the kernel, nil
+	// while it is not running. Out and In above then count only what its
+	// programs passed on to userspace.
+	EBPF *EBPFStats
+}
+
+// EBPFStats counts the eBPF datapath's packets (each segment of a
+// super-packet counts) and bytes (inner IPv4 bytes as the kernel held
+// them: a super-packet's headers count once).
+type EBPFStats struct {
+	OutPackets, OutBytes uint64
+	InPackets, InBytes   uint64
 }
 
 // Direction counts one direction of the datapath.

@@ -10,7 +10,8 @@ import (
 )
 
 // tunDev is our end of the TUN device. The device is not persistent: it
-// disappears with the last close of its file, as upstream's does.
+// disappears with the last close of its file, as upstream's does (see
+// setPersist for the exception).
 type tunDev struct {
 	*pollFD
 	name string
@@ -75,6 +76,21 @@ func openTUN(pattern string, vnet bool) (*tunDev, error) {
 	}
 	ok = true
 	return &tunDev{pollFD: p, name: name, vnet: vnet}, nil
+}
+
+// setPersist makes the device outlive (or not) the last close of its
+// file. A device reopened by name keeps the setting it had, so it is set
+// either way. Equivalent to `ip tuntap add mode tun name NAME persist`
+// (or `del`, which only takes the flag off while the device is open).
+func (t *tunDev) setPersist(on bool) error {
+	v := 0
+	if on {
+		v = 1
+	}
+	if err := unix.IoctlSetInt(t.fd, unix.TUNSETPERSIST, v); err != nil {
+		return fmt.Errorf("tun %s: set persist %v: %w", t.name, on, err)
+	}
+	return nil
 }
 
 // tunWriter writes frames into the TUN. Each goroutine that writes has its

@@ -46,4 +46,12 @@
 // "off" none (plain TUN, one datagram per packet, still batched by
 // sendmmsg/recvmmsg), or a comma-separated list of those to use out of
 // "tun" (virtio-net headers: TSO reads, coalesced writes), "gso" and "gro".
+//
+// FLANNEL_UDP_DATAPATH (Options.Datapath) chooses "auto", "ebpf" or
+// "userspace": with eBPF (package fastpath) programs in the kernel
+// forward known peers' packets in the same wire format and pass the rest
+// on to the loops here (ebpf_linux.go says when auto declines it). With
+// its maps and links pinned, the TUN is made persistent so that the
+// kernel goes on forwarding across a restart, and the next start reopens
+// it by name.
 package udp

@@ -1,0 +1,176 @@
+package udp
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/flannel-go/flannel/internal/backend/udp/fastpath"
+)
+
+// The eBPF datapath (package fastpath) runs beside the userspace one: its
+// programs forward known peers' packets in the kernel and pass everything
+// else (unknown subnets, GSO packets on receive, anything malformed) on to
+// the TUN and the socket, where the userspace loops handle it as before.
+
+// nicTypes are the external device kinds on which the kernel segments and
+// checksums our UDP-encapsulated GSO packets before they reach a peer. A
+// virtual device (veth, bridge, macvlan, tun, …) hands them to the other
+// side whole, where neither our ingress program nor an upstream peer's
+// socket could take them apart.
+var nicTypes = []string{"device", "bond", "team", "vlan"}
+
+// chooseEBPF decides, before the socket is opened, whether to try the
+// eBPF datapath, and logs once why not when auto mode declines it.
+func (b *Backend) chooseEBPF() bool {
+	switch b.mode {
+	case datapathUserspace:
+		return false
+	case datapathEBPF:
+		return true
+	}
+	why := func(reason string, args ...any) bool {
+		b.log.Info("forwarding in userspace: "+reason, append(args, "set", DatapathEnv+"=ebpf to insist")...)
+		return false
+	}
+	link, err := b.nl.LinkByName(b.ext.Name)
+	if err != nil {
+		return why("cannot inspect the external interface", "interface", b.ext.Name, "err", err)
+	}
+	if t := link.Type(); !slices.Contains(nicTypes, t) {
+		return why("the external interface is a virtual "+t+" device, which would pass encapsulated super-packets on unsegmented",
+			"interface", b.ext.Name)
+	}
+	if err := fastpath.Probe(); err != nil {
+		return why("eBPF programs do not load here", "err", err)
+	}
+	return true
+}
+
+// adoptPinned looks for what a previous flanneld's eBPF datapath left in
+// the pin directory. Its TUN, kept alive for the programs, is reopened by
+// name, so the programs keep their device; with the eBPF datapath the
+// TUN is kept persistent in turn. Without it the pins are removed and the
+// TUN goes back to dying with our fd, as upstream's does.
+func (b *Backend) adoptPinned(useEBPF bool) {
+	if b.pinDir == "" {
+		b.pinDir = defaultPinDir()
+	}
+	if idx := fastpath.PinnedDevice(b.pinDir); idx > 0 {
+		if l, err := b.nl.LinkByIndex(idx); err == nil && l.Type() == "tuntap" {
+			b.tunName = l.Attrs().Name
+			b.log.Info("reopening the device the pinned eBPF datapath forwards through", "device", b.tunName)
+		}
+	}
+	if useEBPF {
+		b.persist = b.pinDir != ""
+		return
+	}
+	if err := fastpath.RemovePinned(b.pinDir); err != nil {
+		b.log.Warn("could not remove the pinned eBPF datapath", "err", err)
+	}
+}
+
+// startEBPF loads and attaches the programs for the current TUN, adopting
+// pinned ones, and gives them our subnet and the last peer set. It runs
+// in the namespace Init ran in.
+func (b *Backend) startEBPF() error {
+	link, err := b.nl.LinkByName(b.ext.Name)
+	if err != nil {
+		return fmt.Errorf("udp: find external interface %s: %w", b.ext.Name, err)
+	}
+	cfg := fastpath.Config{
+		PublicIP: b.ext.IfaceAddr,
+		Port:     b.port,
+		ExtIndex: link.Attrs().Index,
+		TUNIndex: b.ifaceIdx,
+		Own:      b.own,
+		PinDir:   b.pinDir,
+	}
+	fp, err := fastpath.Open(cfg, b.log)
+	if err != nil {
+		return fmt.Errorf("udp: %w", err)
+	}
+	if b.fastPeers != nil {
+		if err := fp.SetPeers(b.fastPeers); err != nil {
+			fp.Close()
+			return fmt.Errorf("udp: %w", err)
+		}
+	}
+	b.fast = fp
+	b.statsMu.Lock()
+	b.fastStats = fp.Counters
+	b.statsMu.Unlock()
+	b.log.Info("forwarding known peers in the kernel (eBPF)", "adopted", fp.Adopted(), "pins", cfg.PinDir)
+	return nil
+}
+
+// stopEBPF releases the programs; their pins (if any) stay for the next
+// process to adopt.
+func (b *Backend) stopEBPF() error {
+	if b.fast == nil {
+		return nil
+	}
+	b.statsMu.Lock()
+	b.fastStats = nil
+	b.statsMu.Unlock()
+	err := b.fast.Close()
+	b.fast = nil
+	return err
+}
+
+// syncEBPF hands the peer set to the programs' map.
+func (b *Backend) syncEBPF(ps []peer) error {
+	want := make(map[netip.Prefix]netip.Addr, len(ps))
+	for _, p := range ps {
+		want[p.subnet] = netip.AddrFrom4(p.ip)
+	}
+	b.fastPeers = want
+	if b.fast == nil {
+		return nil
+	}
+	if err := b.fast.SetPeers(want); err != nil {
+		return fmt.Errorf("udp: %w", err)
+	}
+	return nil
+}
+
+// Datapath says which datapath forwards known peers: "ebpf" or
+// "userspace".
+func (b *Backend) Datapath() string {
+	if b.fast != nil {
+		return "ebpf"
+	}
+	return "userspace"
+}
+
+// defaultPinDir is where the programs' maps and links are pinned so that
+// a restarted flanneld adopts them: /sys/fs/bpf/flannel/udp, with the
+// network namespace's inode appended outside the host's namespace (one
+// bpf filesystem serves them all). It is "" (nothing pinned) when no bpf
+// filesystem is mounted there.
+func defaultPinDir() string {
+	var st unix.Statfs_t
+	if err := unix.Statfs("/sys/fs/bpf", &st); err != nil || uint32(st.Type) != unix.BPF_FS_MAGIC {
+		return ""
+	}
+	self, err := nsInode("/proc/thread-self/ns/net")
+	if err != nil {
+		return ""
+	}
+	dir := "/sys/fs/bpf/flannel/udp"
+	if init, err := nsInode("/proc/1/ns/net"); err != nil || init != self {
+		dir = fmt.Sprintf("%s.%d", dir, self)
+	}
+	return dir
+}
+
+func nsInode(path string) (uint64, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return 0, err
+	}
+	return st.Ino, nil
+}
