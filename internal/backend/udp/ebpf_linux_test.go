@@ -203,9 +203,9 @@ func TestEBPFVirtualWire(t *testing.T) {
 // takes none), the backend starts over in userspace with UDP GRO and the
 // same flannel0, and forwards.
 func TestAutoFallsBack(t *testing.T) {
-	old := nicTypes
-	nicTypes = append(slices.Clone(nicTypes), "veth")
-	t.Cleanup(func() { nicTypes = old })
+	old, oldTries := nicTypes, autoTriesEBPF
+	nicTypes, autoTriesEBPF = append(slices.Clone(nicTypes), "veth"), true
+	t.Cleanup(func() { nicTypes, autoTriesEBPF = old, oldTries })
 	l := newLab(t, 2)
 	h1, h2 := l.hosts[0], l.hosts[1]
 	l.start(h2, allOffloads)
