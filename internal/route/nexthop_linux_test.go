@@ -392,4 +392,3 @@ func TestNexthopFallback(t *testing.T) {
 type oldKernel struct{ *Handle }
 
 func (oldKernel) NexthopList() ([]Nexthop, error) { return nil, unix.EOPNOTSUPP }
-
