@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"syscall"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
@@ -165,8 +166,8 @@ func parseNexthop(b []byte) (Nexthop, bool) {
 	}
 	n := Nexthop{Protocol: b[2], OnLink: native.Uint32(b[4:])&unix.RTNH_F_ONLINK != 0}
 	family := b[0]
-	attrs, err := nl.ParseRouteAttr(b[sizeofNHMsg:])
-	if err != nil {
+	attrs, ok := parseAttrs(b[sizeofNHMsg:])
+	if !ok {
 		return Nexthop{}, false
 	}
 	for _, a := range attrs {
@@ -188,6 +189,24 @@ func parseNexthop(b []byte) (Nexthop, bool) {
 		}
 	}
 	return n, n.ID != 0
+}
+
+// parseAttrs splits a message's attributes. (nl.ParseRouteAttr panics
+// on some malformed input; these messages may be anyone's.)
+func parseAttrs(b []byte) ([]syscall.NetlinkRouteAttr, bool) {
+	var out []syscall.NetlinkRouteAttr
+	for len(b) >= unix.SizeofRtAttr {
+		l := int(native.Uint16(b))
+		if l < unix.SizeofRtAttr || l > len(b) {
+			return nil, false
+		}
+		out = append(out, syscall.NetlinkRouteAttr{
+			Attr:  syscall.RtAttr{Len: uint16(l), Type: native.Uint16(b[2:]) & nl.NLA_TYPE_MASK},
+			Value: b[unix.SizeofRtAttr:l],
+		})
+		b = b[min(len(b), (l+unix.NLA_ALIGNTO-1)&^(unix.NLA_ALIGNTO-1)):]
+	}
+	return out, true
 }
 
 // NexthopAdd: `ip nexthop add id ID via GW dev LINK [onlink] proto P`.

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
@@ -392,3 +393,38 @@ func TestNexthopFallback(t *testing.T) {
 type oldKernel struct{ *Handle }
 
 func (oldKernel) NexthopList() ([]Nexthop, error) { return nil, unix.EOPNOTSUPP }
+
+// FuzzParseNexthop: nexthop messages come from the kernel (dumps,
+// notifications of anyone's changes); no input may panic, and what parses
+// has an id.
+func FuzzParseNexthop(f *testing.F) {
+	f.Add(nhMsg{family: unix.AF_INET, protocol: nhProtocol, flags: unix.RTNH_F_ONLINK}.Serialize())
+	m := nhMsg{family: unix.AF_INET}.Serialize()
+	for _, a := range []*nl.RtAttr{nl.NewRtAttr(unix.NHA_ID, nl.Uint32Attr(7)), nl.NewRtAttr(unix.NHA_OIF, nl.Uint32Attr(2)),
+		nl.NewRtAttr(unix.NHA_GATEWAY, []byte{10, 0, 0, 1})} {
+		m = append(m, a.Serialize()...)
+	}
+	f.Add(m)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if n, ok := parseNexthop(b); ok && n.ID == 0 {
+			t.Errorf("parsed %v without an id", n)
+		}
+	})
+}
+
+// FuzzParseRoute: route messages come from the kernel too.
+func FuzzParseRoute(f *testing.F) {
+	msg := nl.NewRtMsg()
+	msg.Family, msg.Dst_len = unix.AF_INET, 24
+	b := msg.Serialize()
+	for _, a := range []*nl.RtAttr{nl.NewRtAttr(unix.RTA_DST, []byte{10, 5, 1, 0}), nl.NewRtAttr(rtaNHID, nl.Uint32Attr(nhBase)),
+		nl.NewRtAttr(unix.RTA_TABLE, nl.Uint32Attr(unix.RT_TABLE_MAIN))} {
+		b = append(b, a.Serialize()...)
+	}
+	f.Add(b)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if r, ok := parseRoute(b); ok && !r.Dst.IsValid() {
+			t.Errorf("parsed %v without a destination", r)
+		}
+	})
+}

@@ -176,8 +176,8 @@ func parseRoute(b []byte) (RouteNH, bool) {
 		return RouteNH{}, false
 	}
 	msg := nl.DeserializeRtMsg(b)
-	attrs, err := nl.ParseRouteAttr(b[unix.SizeofRtMsg:])
-	if err != nil {
+	attrs, ok := parseAttrs(b[unix.SizeofRtMsg:])
+	if !ok {
 		return RouteNH{}, false
 	}
 	var nh uint32
