@@ -389,6 +389,44 @@ func TestNexthopFallback(t *testing.T) {
 	}
 }
 
+// TestNexthopProbeRetried: a probe that fails for a reason that may pass
+// leaves classic routes (one warning) until one succeeds.
+func TestNexthopProbeRetried(t *testing.T) {
+	l := newNHLab(t)
+	logs := &logbuf.Buffer{}
+	k := &flakyKernel{Handle: l.h, fails: 2}
+	tb := NewTable(k, WithLog(logs.Logger()))
+	l.set(tb, l.peers(1))
+	l.set(tb, l.peers(1, 2))
+	if got, want := l.routes(), wantRoutes(false, "1", 1, 2); got != want {
+		t.Errorf("ip route while the probe fails:\n%s\nwant\n%s", got, want)
+	}
+	l.set(tb, l.peers(2, 3))
+	if got := l.routes(); !strings.Contains(got, "10.6.3.0/24 nhid N via 192.168.0.13 dev eth0") ||
+		!strings.Contains(got, "10.6.2.0/24 via 192.168.0.12 dev eth0") {
+		t.Errorf("ip route once the probe works: new peers through objects, unchanged ones as they were:\n%s", got)
+	}
+	if got := l.nexthops(true); len(got) != 2 {
+		t.Errorf("nexthops %v, want peer 3's two", got)
+	}
+	if n := strings.Count(strings.Join(logs.Take(), "\n"), "cannot list nexthop objects"); n != 1 {
+		t.Errorf("%d warnings about the probe, want 1", n)
+	}
+}
+
+type flakyKernel struct {
+	*Handle
+	fails int
+}
+
+func (k *flakyKernel) NexthopList() ([]Nexthop, error) {
+	if k.fails > 0 {
+		k.fails--
+		return nil, unix.ENOBUFS
+	}
+	return k.Handle.NexthopList()
+}
+
 // oldKernel answers the nexthop dump as Linux before 5.3 does.
 type oldKernel struct{ *Handle }
 

@@ -69,15 +69,20 @@ func (t *Table) nhSync() {
 		return
 	}
 	list, err := Dump(t.nhl.NexthopList)
-	if err != nil {
-		if t.nh == nil {
-			t.nhl = nil
-			if noNexthops(err) {
-				t.log.Info("route: the kernel has no nexthop objects (Linux 5.3+); installing classic routes", "error", err)
-			} else {
-				t.log.Warn("route: cannot list nexthop objects; installing classic routes", "error", err)
-			}
+	switch {
+	case err != nil && t.nh == nil && noNexthops(err):
+		t.nhl = nil
+		t.log.Info("route: the kernel has no nexthop objects (Linux 5.3+); installing classic routes", "error", err)
+		return
+	case err != nil && t.nh == nil:
+		// Any other failure may pass: classic routes until a probe
+		// succeeds (they are replaced by the kind in use when they change).
+		if !t.nhWarned {
+			t.log.Warn("route: cannot list nexthop objects; installing classic routes until it works", "error", err)
+			t.nhWarned = true
 		}
+		return
+	case err != nil:
 		return // keep the last record; still dirty, so the next change retries
 	}
 	nh := &nexthops{byKey: map[nhKey]uint32{}, keyOf: map[uint32]nhKey{}, refs: map[uint32]int{},

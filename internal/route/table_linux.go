@@ -36,6 +36,7 @@ type Table struct {
 	nh       *nexthops // nil until the probe
 	nhFailed int       // deletions of objects that failed since the last report
 	nhErrs   errList
+	nhWarned bool // a probe failed for a reason that may pass
 }
 
 // NewTable returns an empty table that changes the kernel through nl.
