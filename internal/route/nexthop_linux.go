@@ -66,6 +66,10 @@ type NexthopNetlink interface {
 	// nexthop id; r's gateway, link and onlink are the nexthop's.
 	// Equivalent to: `ip route replace DST nhid ID [metric M]`.
 	RouteReplaceNH(r Route, id uint32) error
+	// RouteDelNH deletes r's key if it is a route through the nexthop
+	// id, and fails with ESRCH otherwise.
+	// Equivalent to: `ip route del DST nhid ID [metric M]`.
+	RouteDelNH(r Route, id uint32) error
 }
 
 // nexthopLister is what ListRoutes needs to resolve routes that name a
@@ -240,6 +244,21 @@ func (h *Handle) RouteReplaceNH(r Route, id uint32) error {
 	msg.Family = uint8(familyOf(r.Dst.Addr()))
 	msg.Dst_len = uint8(r.Dst.Bits())
 	req := h.request(unix.RTM_NEWROUTE, unix.NLM_F_CREATE|unix.NLM_F_REPLACE|unix.NLM_F_ACK, msg,
+		nl.NewRtAttr(unix.RTA_DST, r.Dst.Addr().AsSlice()),
+		nl.NewRtAttr(rtaNHID, nl.Uint32Attr(id)))
+	if r.Metric != 0 {
+		req.AddData(nl.NewRtAttr(unix.RTA_PRIORITY, nl.Uint32Attr(uint32(r.Metric))))
+	}
+	_, err := req.Execute(unix.NETLINK_ROUTE, 0)
+	return err
+}
+
+// RouteDelNH: `ip route del DST nhid ID [metric M]`.
+func (h *Handle) RouteDelNH(r Route, id uint32) error {
+	msg := nl.NewRtDelMsg() // main table, any scope
+	msg.Family = uint8(familyOf(r.Dst.Addr()))
+	msg.Dst_len = uint8(r.Dst.Bits())
+	req := h.request(unix.RTM_DELROUTE, unix.NLM_F_ACK, msg,
 		nl.NewRtAttr(unix.RTA_DST, r.Dst.Addr().AsSlice()),
 		nl.NewRtAttr(rtaNHID, nl.Uint32Attr(id)))
 	if r.Metric != 0 {

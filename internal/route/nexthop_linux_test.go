@@ -297,6 +297,30 @@ func TestNexthopStaleAndForeign(t *testing.T) {
 	if out := l.ip("-4", "route", "show"); !strings.Contains(out, "10.7.1.0/24 nhid 5 ") || !strings.Contains(out, "10.7.2.0/24 nhid "+id(100)+" ") {
 		t.Errorf("foreign routes gone:\n%s", out)
 	}
+
+	// Someone puts a route of theirs at a key of ours; an old flanneld
+	// left a classic route, which a new one adopts as it is.
+	l.ip("route", "replace", "10.6.1.0/24", "via", "192.168.0.77", "dev", "eth0")
+	l.ip("route", "add", "10.6.2.0/24", "via", "192.168.0.12", "dev", "eth0")
+	l.reload(tb)
+	if c := l.set(tb, v4(l.peers(2))); c.Added != 1 || c.Removed != 3 {
+		t.Errorf("Set of peer 2 over a classic route: %+v, want only peer 2's vxlan route added and peer 1's three removed", c)
+	}
+	if out := l.ip("-4", "route", "show"); !strings.Contains(out, "10.6.2.0/24 via 192.168.0.12 dev eth0") || strings.Contains(out, "10.6.1.0/24") {
+		t.Errorf("classic route of peer 2 not adopted as it was, or peer 1's route kept:\n%s", out)
+	}
+	tb = NewTable(l.h)
+	l.set(tb, State{Routes: []Route{{Dst: netip.MustParsePrefix("10.6.1.0/24"), Gw: netip.MustParseAddr("192.168.0.11"), LinkIndex: l.eth}}})
+	l.ip("route", "replace", "10.6.1.0/24", "via", "192.168.0.77", "dev", "eth0")
+	l.set(tb, State{})
+	if out := l.ip("-4", "route", "show"); !strings.Contains(out, "10.6.1.0/24 via 192.168.0.77 dev eth0") {
+		t.Errorf("a route someone put at our key was deleted as ours:\n%s", out)
+	}
+	l.reload(tb) // sees the route at our key: Load takes it as ours
+	l.set(tb, State{})
+	if l.set(tb, v4(l.peers(2))); len(l.nexthops(true)) != 2 {
+		t.Errorf("our nexthops %v, want peer 2's two", l.nexthops(true))
+	}
 }
 
 // TestNexthopRepair: someone deletes one of our objects (the kernel drops

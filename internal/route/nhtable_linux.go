@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net/netip"
 
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -123,6 +122,14 @@ func (nh *nexthops) lookup(r Route) (uint32, bool) {
 	}
 	id, ok := nh.byKey[nhKeyOf(r)]
 	return id, ok
+}
+
+// nhOf returns the object the applied route r uses, if it uses one.
+func (t *Table) nhOf(r Route) (uint32, bool) {
+	if t.nh == nil {
+		return 0, false
+	}
+	return t.nh.lookup(r)
 }
 
 // alloc returns an id of our range that no object has.
@@ -244,15 +251,15 @@ func (t *Table) nhReport(c *Changes, errs *errList) {
 	t.nhFailed, t.nhErrs = 0, errList{}
 }
 
-// delRoute is the route a delete names. With nexthop objects, for an
-// IPv4 route through a gateway only its key: the kernel matches no gateway
-// or link against a route through an object, and the route at our key may
-// be either kind (a classic one from a flanneld before this one). Classic
-// tables name the whole route, so a route someone else put at the key is
-// not theirs to delete.
-func (t *Table) delRoute(r Route) *netlink.Route {
-	if t.nh != nil && viaNexthop(r) {
-		return &netlink.Route{Dst: IPNet(r.Dst), Priority: r.Metric}
+// routeDelNH deletes the applied route r, which the record says uses an
+// object: by the object's id, so that a route someone else put at our key
+// is not taken for ours (the kernel matches no gateway or link against a
+// route through an object). A classic route at the key (one a flanneld
+// before this one installed) is deleted as such.
+func (t *Table) routeDelNH(r Route, id uint32) error {
+	err := t.nhl.RouteDelNH(r, id)
+	if isGone(err) {
+		err = t.nl.RouteDel(netlinkRoute(r))
 	}
-	return netlinkRoute(r)
+	return err
 }

@@ -263,7 +263,12 @@ func (t *Table) routeReplace(r Route) error {
 }
 
 func (t *Table) routeDel(r Route) error {
-	err := t.nl.RouteDel(t.delRoute(r))
+	var err error
+	if id, ok := t.nhOf(r); ok {
+		err = t.routeDelNH(r, id)
+	} else {
+		err = t.nl.RouteDel(netlinkRoute(r))
+	}
 	if err != nil && !isGone(err) {
 		return fmt.Errorf("delete route %s: %w", r, err)
 	}

@@ -85,6 +85,11 @@ func (c *countingNL) RouteReplaceNH(r route.Route, id uint32) error {
 	return c.NexthopNetlink.RouteReplaceNH(r, id)
 }
 
+func (c *countingNL) RouteDelNH(r route.Route, id uint32) error {
+	c.changes = append(c.changes, "del "+r.Dst.String())
+	return c.NexthopNetlink.RouteDelNH(r, id)
+}
+
 func (c *countingNL) RouteReplace(r *netlink.Route) error {
 	c.changes = append(c.changes, "replace "+r.Dst.String())
 	return c.netlinker.RouteReplace(r)

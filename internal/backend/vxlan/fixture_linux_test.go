@@ -112,6 +112,11 @@ func (c *countingNL) RouteReplaceNH(r route.Route, id uint32) error {
 	return c.NexthopNetlink.RouteReplaceNH(r, id)
 }
 
+func (c *countingNL) RouteDelNH(r route.Route, id uint32) error {
+	c.note("route del " + r.Dst.String())
+	return c.NexthopNetlink.RouteDelNH(r, id)
+}
+
 func (c *countingNL) note(s string) { c.changes = append(c.changes, s) }
 
 func (c *countingNL) RouteReplace(r *netlink.Route) error {

@@ -104,6 +104,16 @@ func (k *FakeNetlink) RouteReplaceNH(r route.Route, id uint32) error {
 	return nil
 }
 
+func (k *FakeNetlink) RouteDelNH(r route.Route, id uint32) error {
+	key := routeEntryKey(r.Dst, r.Metric)
+	if nh, ok := k.routeNH[key]; !ok || nh != id {
+		return unix.ESRCH
+	}
+	delete(k.Entries, key)
+	delete(k.routeNH, key)
+	return nil
+}
+
 // CheckNexthops reports objects no route uses and objects alike (a
 // leak a restart would have to clean up).
 func (k *FakeNetlink) CheckNexthops() error {
