@@ -42,6 +42,9 @@ func ListRoutes(nl Lister, family int, keep func(Route) bool) ([]Route, error) {
 	if err := checkFamily(family); err != nil {
 		return nil, err
 	}
+	if nhl, ok := nl.(nexthopLister); ok {
+		return listRoutesNH(nhl, family, keep)
+	}
 	nrs, err := Dump(func() ([]netlink.Route, error) {
 		return nl.RouteListFiltered(family, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
 	})
@@ -53,6 +56,40 @@ func ListRoutes(nl Lister, family int, keep func(Route) bool) ([]Route, error) {
 		r, ok := routeFrom(nr)
 		if ok && keep(r) {
 			out = append(out, r)
+		}
+	}
+	return out, nil
+}
+
+// listRoutesNH is ListRoutes where routes may name nexthop objects: a
+// route through one is listed with the object's gateway, link and onlink,
+// so it compares equal to the Route that was installed whether or not the
+// dump carried them (net.ipv4.nexthop_compat_mode=1 or 0). A route
+// through a group or an object that is gone is not listed.
+func listRoutesNH(nl nexthopLister, family int, keep func(Route) bool) ([]Route, error) {
+	nhs, err := Dump(nl.NexthopList)
+	if err != nil && !noNexthops(err) {
+		return nil, fmt.Errorf("route: list nexthops: %w", err)
+	}
+	byID := make(map[uint32]Nexthop, len(nhs))
+	for _, n := range nhs {
+		byID[n.ID] = n
+	}
+	rs, err := Dump(func() ([]RouteNH, error) { return nl.RouteListNH(family) })
+	if err != nil {
+		return nil, fmt.Errorf("route: list routes: %w", err)
+	}
+	var out []Route
+	for _, r := range rs {
+		if r.NH != 0 {
+			n, ok := byID[r.NH]
+			if !ok || n.Other {
+				continue
+			}
+			r.Gw, r.LinkIndex, r.OnLink = n.Gw, n.LinkIndex, n.OnLink
+		}
+		if keep(r.Route) {
+			out = append(out, r.Route)
 		}
 	}
 	return out, nil

@@ -16,6 +16,14 @@
 // one VTEP MAC) by subnet, so one new lease among 65,000 costs what it
 // costs among three. A Watch lets a periodic repair skip its dumps unless
 // the kernel notified that an entry may be gone.
+//
+// On Linux 5.3 and later a Table given a *Handle installs IPv4 routes
+// through a gateway as routes to nexthop objects (`ip route replace DST
+// nhid ID`), one object per gateway, link and onlink: the IPv4 FIB hashes
+// classic routes' shared nexthop data without the gateway, so tens of
+// thousands of peers' routes through one device make each insert scan
+// all earlier ones. Listings resolve a route's object, so the rest of the
+// package sees the same Route either way. See nhtable_linux.go.
 package route
 
 import (

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"slices"
@@ -27,11 +28,27 @@ type Table struct {
 	routes map[routeKey]Route
 	neighs map[neighKey]Neigh
 	fdb    map[FDB]FDB
+
+	log *slog.Logger
+	// nhl is nl's nexthop part: nil if it has none, the kernel has none
+	// (the probe failed) or WithClassicRoutes; then routes are classic.
+	nhl      NexthopNetlink
+	nh       *nexthops // nil until the probe
+	nhFailed int       // deletions of objects that failed since the last report
+	nhErrs   errList
+	nhWarned bool // a probe failed for a reason that may pass
 }
 
 // NewTable returns an empty table that changes the kernel through nl.
-func NewTable(nl Netlink) *Table {
-	t := &Table{nl: nl}
+// If nl is also a NexthopNetlink (a *Handle is), the table installs IPv4
+// routes through a gateway as routes to nexthop objects, unless the
+// kernel has none, which the first change finds out.
+func NewTable(nl Netlink, opts ...Option) *Table {
+	t := &Table{nl: nl, log: slog.New(slog.DiscardHandler)}
+	t.nhl, _ = nl.(NexthopNetlink)
+	for _, o := range opts {
+		o(t)
+	}
 	t.Load(State{})
 	return t
 }
@@ -51,6 +68,9 @@ func (t *Table) Load(have State) {
 	}
 	for _, f := range have.FDB {
 		t.fdb[f] = f
+	}
+	if t.nh != nil {
+		t.nh.dirty = true // the routes may use other objects now
 	}
 }
 
@@ -89,6 +109,8 @@ func (t *Table) Set(want State) (Changes, error) {
 	remove(t.routes, w.routes, t.routeDel, &c, &errs)
 	remove(t.neighs, w.neighs, t.neighDel, &c, &errs)
 	remove(t.fdb, w.fdb, t.fdbDel, &c, &errs)
+	t.nhSweep()
+	t.nhReport(&c, &errs)
 	return c, errs.err(c)
 }
 
@@ -106,6 +128,7 @@ func (t *Table) Update(put, del State) (Changes, error) {
 	drop(t.routes, w.routes, del.Routes, Route.key, t.routeDel, &c, &errs)
 	drop(t.neighs, w.neighs, del.Neighs, Neigh.key, t.neighDel, &c, &errs)
 	drop(t.fdb, w.fdb, del.FDB, fdbKey, t.fdbDel, &c, &errs)
+	t.nhReport(&c, &errs)
 	return c, errs.err(c)
 }
 
@@ -120,6 +143,7 @@ type keyedState struct {
 // (neighbour, FDB, then the route that makes them reachable), the first
 // half of both Set and Update, and returns want keyed.
 func (t *Table) put(want State, c *Changes, errs *errList) keyedState {
+	t.nhSync()
 	w := keyedState{
 		routes: keyed(want.Routes, Route.key),
 		neighs: keyed(want.Neighs, Neigh.key),
@@ -226,14 +250,30 @@ func (l *errList) err(c Changes) error {
 }
 
 func (t *Table) routeReplace(r Route) error {
+	if t.nh != nil && viaNexthop(r) {
+		return t.routeReplaceNH(r)
+	}
 	if err := t.nl.RouteReplace(netlinkRoute(r)); err != nil {
 		return fmt.Errorf("replace route %s: %w", r, err)
+	}
+	if old, ok := t.routes[r.key()]; ok {
+		t.nhUnref(old) // it may have used an object
 	}
 	return nil
 }
 
 func (t *Table) routeDel(r Route) error {
-	if err := t.nl.RouteDel(netlinkRoute(r)); err != nil {
+	var err error
+	if id, ok := t.nhOf(r); ok {
+		err = t.routeDelNH(r, id)
+	} else {
+		err = t.nl.RouteDel(netlinkRoute(r))
+	}
+	if err != nil && !isGone(err) {
+		return fmt.Errorf("delete route %s: %w", r, err)
+	}
+	t.nhUnref(r)
+	if err != nil {
 		return fmt.Errorf("delete route %s: %w", r, err)
 	}
 	return nil

@@ -35,9 +35,19 @@ type Watch struct {
 	links map[int]bool
 	buf   []byte
 
-	seen State // entries notified as added or changed since the last Suspect
-	gone State // ... as deleted
-	lost bool
+	seen     State    // entries notified as added or changed since the last Suspect
+	gone     State    // ... as deleted
+	viaNH    []nhNote // routes through nexthop objects, added, changed or deleted
+	nexthops []nhNote // nexthop objects added, changed or deleted
+	lost     bool
+}
+
+// nhNote is a notification about a route through a nexthop object or
+// about an object.
+type nhNote struct {
+	route RouteNH
+	nh    Nexthop
+	del   bool
 }
 
 // watchBuffer is the socket's receive buffer: notifications of 5 s of
@@ -58,7 +68,7 @@ func NewWatch(links ...int) (*Watch, error) {
 		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, watchBuffer)
 	}
 	sa := &unix.SockaddrNetlink{Family: unix.AF_NETLINK}
-	for _, g := range []uint{unix.RTNLGRP_LINK, unix.RTNLGRP_NEIGH, unix.RTNLGRP_IPV4_IFADDR, unix.RTNLGRP_IPV4_ROUTE} {
+	for _, g := range []uint{unix.RTNLGRP_LINK, unix.RTNLGRP_NEIGH, unix.RTNLGRP_IPV4_IFADDR, unix.RTNLGRP_IPV4_ROUTE, unix.RTNLGRP_NEXTHOP} {
 		sa.Groups |= 1 << (g - 1)
 	}
 	if err := unix.Bind(fd, sa); err != nil {
@@ -117,11 +127,15 @@ func (w *Watch) read() {
 func (w *Watch) message(m syscall.NetlinkMessage) {
 	switch m.Header.Type {
 	case unix.RTM_NEWROUTE, unix.RTM_DELROUTE:
-		r, ok := parseRoute(m.Data)
+		rn, ok := parseRoute(m.Data)
 		if !ok {
 			return
 		}
-		if m.Header.Type == unix.RTM_DELROUTE {
+		r := rn.Route
+		if rn.NH != 0 {
+			// Resolved in Suspect, against the Table's objects.
+			w.viaNH = append(w.viaNH, nhNote{route: rn, del: m.Header.Type == unix.RTM_DELROUTE})
+		} else if m.Header.Type == unix.RTM_DELROUTE {
 			w.gone.Routes = append(w.gone.Routes, r)
 		} else {
 			w.seen.Routes = append(w.seen.Routes, r)
@@ -137,29 +151,36 @@ func (w *Watch) message(m syscall.NetlinkMessage) {
 		if len(m.Data) >= unix.SizeofIfInfomsg && w.links[int(nl.DeserializeIfInfomsg(m.Data).Index)] {
 			w.lost = true
 		}
+	case unix.RTM_NEWNEXTHOP, unix.RTM_DELNEXTHOP:
+		if n, ok := parseNexthop(m.Data); ok {
+			w.nexthops = append(w.nexthops, nhNote{nh: n, del: m.Header.Type == unix.RTM_DELNEXTHOP})
+		}
 	case unix.RTM_DELADDR:
 		w.lost = true
 	}
-	if w.seen.Len()+w.gone.Len() > maxSeen {
+	if w.seen.Len()+w.gone.Len()+len(w.viaNH)+len(w.nexthops) > maxSeen {
 		// Beyond this many, a dump is as cheap as checking them.
 		w.lost = true
-		w.seen, w.gone = State{}, State{}
+		w.seen, w.gone, w.viaNH, w.nexthops = State{}, State{}, nil, nil
 	}
 }
 
 // maxSeen bounds what a Watch keeps between two Suspect calls.
 const maxSeen = 1 << 16
 
-// parseRoute reads a route notification as ListRoutes reads a dump.
-func parseRoute(b []byte) (Route, bool) {
+// parseRoute reads a route message (a notification, a dump's answer) as
+// ListRoutes reads a dump, with the id of the nexthop object the route
+// uses, if any.
+func parseRoute(b []byte) (RouteNH, bool) {
 	if len(b) < unix.SizeofRtMsg {
-		return Route{}, false
+		return RouteNH{}, false
 	}
 	msg := nl.DeserializeRtMsg(b)
-	attrs, err := nl.ParseRouteAttr(b[unix.SizeofRtMsg:])
-	if err != nil {
-		return Route{}, false
+	attrs, ok := parseAttrs(b[unix.SizeofRtMsg:])
+	if !ok {
+		return RouteNH{}, false
 	}
+	var nh uint32
 	nr := netlink.Route{Table: int(msg.Table), Type: int(msg.Type), Tos: int(msg.Tos), Flags: int(msg.Flags)}
 	ipOf := func(v []byte) net.IP {
 		if msg.Family == unix.AF_INET && len(v) == 4 || msg.Family == unix.AF_INET6 && len(v) == 16 {
@@ -187,11 +208,16 @@ func parseRoute(b []byte) (Route, bool) {
 			if len(a.Value) == 4 {
 				nr.Table = int(native.Uint32(a.Value))
 			}
+		case rtaNHID:
+			if len(a.Value) == 4 {
+				nh = native.Uint32(a.Value)
+			}
 		case unix.RTA_MULTIPATH:
-			return Route{}, false
+			return RouteNH{}, false
 		}
 	}
-	return routeFrom(nr)
+	r, ok := routeFrom(nr)
+	return RouteNH{r, nh}, ok
 }
 
 func (w *Watch) neigh(del bool, u *netlink.Neigh) {
@@ -228,9 +254,37 @@ func (w *Watch) neigh(del bool, u *netlink.Neigh) {
 func (w *Watch) Suspect(t *Table) bool {
 	w.read()
 	seen, gone, lost, links := w.seen, w.gone, w.lost, w.links
-	w.seen, w.gone, w.lost = State{}, State{}, false
+	viaNH, nexthops := w.viaNH, w.nexthops
+	w.seen, w.gone, w.lost, w.viaNH, w.nexthops = State{}, State{}, false, nil, nil
 	if lost || w.fd < 0 {
 		return true
+	}
+	// An object of ours deleted or changed by someone (the kernel drops
+	// the routes through a deleted one, notifying them only in compat
+	// mode). Our own deletions left the record before they are read here.
+	for _, e := range nexthops {
+		if t.nh == nil {
+			break
+		}
+		if k, ok := t.nh.keyOf[e.nh.ID]; ok && (e.del || k != (nhKey{e.nh.Gw, e.nh.LinkIndex, e.nh.OnLink})) {
+			return true
+		}
+	}
+	// A route through an object is what the object says (without compat
+	// mode the notification carries nothing else); one through an object
+	// not ours is no route we applied.
+	for _, e := range viaNH {
+		r := e.route.Route
+		if t.nh != nil {
+			if k, ok := t.nh.keyOf[e.route.NH]; ok {
+				r.Gw, r.LinkIndex, r.OnLink = k.gw, k.link, k.onLink
+			}
+		}
+		if e.del {
+			gone.Routes = append(gone.Routes, r)
+		} else {
+			seen.Routes = append(seen.Routes, r)
+		}
 	}
 	for _, r := range gone.Routes {
 		if _, ok := t.routes[r.key()]; ok {

@@ -8,7 +8,6 @@ import (
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/flannel-go/flannel/internal/backend"
 	"github.com/flannel-go/flannel/internal/iface"
@@ -71,14 +70,14 @@ func (b *Backend) Init(ctx context.Context) (lease.Attrs, error) {
 			b.ext.Name, b.ext.IfaceAddr)
 	}
 	if b.nl == nil {
-		h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+		h, err := route.NewHandle()
 		if err != nil {
 			return lease.Attrs{}, fmt.Errorf("host-gw: netlink handle: %w", err)
 		}
 		b.nl = h
 		b.f.OnClose(h.Close)
 	}
-	b.f.Table = route.NewTable(b.nl)
+	b.f.Table = route.NewTable(b.nl, route.WithLog(b.log))
 	if err := b.load(); err != nil {
 		return lease.Attrs{}, err
 	}

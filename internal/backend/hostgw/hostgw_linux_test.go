@@ -76,7 +76,18 @@ func (h *host) wantRoutes(extra []string, peers ...*host) string {
 
 type countingNL struct {
 	netlinker
+	route.NexthopNetlink
 	changes []string
+}
+
+func (c *countingNL) RouteReplaceNH(r route.Route, id uint32) error {
+	c.changes = append(c.changes, "replace "+r.Dst.String())
+	return c.NexthopNetlink.RouteReplaceNH(r, id)
+}
+
+func (c *countingNL) RouteDelNH(r route.Route, id uint32) error {
+	c.changes = append(c.changes, "del "+r.Dst.String())
+	return c.NexthopNetlink.RouteDelNH(r, id)
 }
 
 func (c *countingNL) RouteReplace(r *netlink.Route) error {
@@ -91,12 +102,8 @@ func (c *countingNL) RouteDel(r *netlink.Route) error {
 
 func (h *host) count(t testing.TB) *countingNL {
 	t.Helper()
-	nh, err := h.NS.Handle()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nh.Close)
-	c := &countingNL{netlinker: nh}
+	nh := routetest.Handle(t, h.NS)
+	c := &countingNL{netlinker: nh, NexthopNetlink: nh}
 	applied := h.B.f.Table.Applied()
 	h.B.nl, h.B.f.Table = c, route.NewTable(c)
 	h.B.f.Table.Load(applied)

@@ -103,7 +103,18 @@ func wantEntries(t testing.TB, ps ...*host) string {
 // countingNL counts the calls that change kernel state.
 type countingNL struct {
 	netlinker
+	route.NexthopNetlink
 	changes []string
+}
+
+func (c *countingNL) RouteReplaceNH(r route.Route, id uint32) error {
+	c.note("route replace " + r.Dst.String())
+	return c.NexthopNetlink.RouteReplaceNH(r, id)
+}
+
+func (c *countingNL) RouteDelNH(r route.Route, id uint32) error {
+	c.note("route del " + r.Dst.String())
+	return c.NexthopNetlink.RouteDelNH(r, id)
 }
 
 func (c *countingNL) note(s string) { c.changes = append(c.changes, s) }
@@ -157,12 +168,8 @@ func (c *countingNL) AddrDel(l netlink.Link, a *netlink.Addr) error {
 // counter. The handle is opened in the host's namespace.
 func (h *host) count(t testing.TB) *countingNL {
 	t.Helper()
-	nh, err := h.NS.Handle()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nh.Close)
-	c := &countingNL{netlinker: nh}
+	nh := routetest.Handle(t, h.NS)
+	c := &countingNL{netlinker: nh, NexthopNetlink: nh}
 	h.B.nl = c
 	applied := h.B.f.Table.Applied()
 	h.B.f.Table = route.NewTable(c)

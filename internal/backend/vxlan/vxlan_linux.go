@@ -130,7 +130,7 @@ func (b *Backend) Init(ctx context.Context) (lease.Attrs, error) {
 			under, b.ext.Name, b.mtu, b.name, minMTU)
 	}
 	if b.nl == nil {
-		h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+		h, err := route.NewHandle()
 		if err != nil {
 			return lease.Attrs{}, fmt.Errorf("vxlan: netlink handle: %w", err)
 		}
@@ -140,7 +140,7 @@ func (b *Backend) Init(ctx context.Context) (lease.Attrs, error) {
 	if err := b.ensureDevice(false); err != nil {
 		return lease.Attrs{}, backend.NeedPermission(Type, "CAP_NET_ADMIN", err)
 	}
-	b.f.Table = route.NewTable(b.nl)
+	b.f.Table = route.NewTable(b.nl, route.WithLog(b.log))
 	if err := b.load(); err != nil {
 		return lease.Attrs{}, err
 	}

@@ -5,12 +5,17 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"regexp"
+	"slices"
 	"testing"
+
+	"github.com/vishvananda/netns"
 
 	"github.com/flannel-go/flannel/internal/iface"
 	"github.com/flannel-go/flannel/internal/lease"
 	"github.com/flannel-go/flannel/internal/logbuf"
 	"github.com/flannel-go/flannel/internal/ns"
+	"github.com/flannel-go/flannel/internal/route"
 )
 
 // Datapath is what a Node drives of the backend under test; every
@@ -102,10 +107,36 @@ func (n *Node[B]) Sync(t testing.TB, peers ...Peer) {
 	}
 }
 
-// IP runs ip(8) with args in the node's namespace.
+// IP runs ip(8) with args in the node's namespace. Route listings show
+// routes as before nexthop objects: `nhid N ` is taken out, so a test
+// compares what a route does (gateway, device, onlink), not which object
+// carries it.
 func (n *Node[B]) IP(t testing.TB, args ...string) string {
 	t.Helper()
-	return Run(t, n.NS, "ip", args...)
+	out := Run(t, n.NS, "ip", args...)
+	if slices.Contains(args, "route") {
+		out = nhidRE.ReplaceAllString(out, "")
+	}
+	return out
+}
+
+var nhidRE = regexp.MustCompile(`nhid [0-9]+ `)
+
+// Handle opens a nexthop-capable netlink handle in n, closed when the
+// test ends (for tests that wrap a backend's handle).
+func Handle(t testing.TB, n *ns.NS) *route.Handle {
+	t.Helper()
+	nsh, err := netns.GetFromName(n.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nsh.Close()
+	h, err := route.NewHandleAt(nsh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.Close)
+	return h
 }
 
 // Ping checks container-to-container traffic from the node to each peer.

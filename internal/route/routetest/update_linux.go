@@ -12,33 +12,126 @@ import (
 	"testing"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/flannel-go/flannel/internal/backend"
 	"github.com/flannel-go/flannel/internal/lease"
+	"github.com/flannel-go/flannel/internal/route"
 )
 
 // FakeNetlink accepts every change a route.Table makes and keeps the
 // result keyed as the kernel keys it, so two backends fed the same peers
 // by different paths can be compared. RouteGet says a gateway-less route
 // through OnLinkIndex for the addresses in OnLink and a gateway otherwise.
+//
+// It has nexthop objects, as Linux 5.3 and later do, so a Table on it
+// installs IPv4 routes through a gateway through them; Entries shows such
+// a route as the classic one, and CheckNexthops says whether the objects
+// are exactly those the routes use.
 type FakeNetlink struct {
 	Entries     map[string]string
 	OnLink      map[netip.Addr]bool
 	OnLinkIndex int
+	Nexthops    map[uint32]route.Nexthop
+	routeNH     map[string]uint32 // route entry key → its object's id
 }
+
+var _ route.NexthopNetlink = (*FakeNetlink)(nil)
 
 // NewFakeNetlink returns an empty fake kernel.
 func NewFakeNetlink() *FakeNetlink {
-	return &FakeNetlink{Entries: map[string]string{}, OnLink: map[netip.Addr]bool{}}
+	return &FakeNetlink{Entries: map[string]string{}, OnLink: map[netip.Addr]bool{},
+		Nexthops: map[uint32]route.Nexthop{}, routeNH: map[string]uint32{}}
+}
+
+func routeEntryKey(dst fmt.Stringer, metric int) string {
+	return fmt.Sprintf("route %s metric %d", dst, metric)
 }
 
 func (k *FakeNetlink) RouteReplace(r *netlink.Route) error {
-	k.Entries[fmt.Sprintf("route %s metric %d", r.Dst, r.Priority)] = fmt.Sprintf("via %v dev %d flags %d", r.Gw, r.LinkIndex, r.Flags)
+	key := routeEntryKey(r.Dst, r.Priority)
+	k.Entries[key] = fmt.Sprintf("via %v dev %d flags %d", r.Gw, r.LinkIndex, r.Flags)
+	delete(k.routeNH, key)
 	return nil
 }
 
 func (k *FakeNetlink) RouteDel(r *netlink.Route) error {
-	delete(k.Entries, fmt.Sprintf("route %s metric %d", r.Dst, r.Priority))
+	key := routeEntryKey(r.Dst, r.Priority)
+	delete(k.Entries, key)
+	delete(k.routeNH, key)
+	return nil
+}
+
+func (k *FakeNetlink) NexthopList() ([]route.Nexthop, error) {
+	return slices.Collect(maps.Values(k.Nexthops)), nil
+}
+
+func (k *FakeNetlink) NexthopAdd(n route.Nexthop) error {
+	if _, ok := k.Nexthops[n.ID]; ok {
+		return unix.EEXIST
+	}
+	k.Nexthops[n.ID] = n
+	return nil
+}
+
+// NexthopDel deletes the object and, as the kernel does, its routes.
+func (k *FakeNetlink) NexthopDel(id uint32) error {
+	if _, ok := k.Nexthops[id]; !ok {
+		return unix.ENOENT
+	}
+	delete(k.Nexthops, id)
+	for key, nh := range k.routeNH {
+		if nh == id {
+			delete(k.Entries, key)
+			delete(k.routeNH, key)
+		}
+	}
+	return nil
+}
+
+func (k *FakeNetlink) RouteReplaceNH(r route.Route, id uint32) error {
+	n, ok := k.Nexthops[id]
+	if !ok {
+		return unix.EINVAL
+	}
+	flags := 0
+	if n.OnLink {
+		flags = int(netlink.FLAG_ONLINK)
+	}
+	key := routeEntryKey(r.Dst, r.Metric)
+	k.Entries[key] = fmt.Sprintf("via %v dev %d flags %d", n.Gw, n.LinkIndex, flags)
+	k.routeNH[key] = id
+	return nil
+}
+
+func (k *FakeNetlink) RouteDelNH(r route.Route, id uint32) error {
+	key := routeEntryKey(r.Dst, r.Metric)
+	if nh, ok := k.routeNH[key]; !ok || nh != id {
+		return unix.ESRCH
+	}
+	delete(k.Entries, key)
+	delete(k.routeNH, key)
+	return nil
+}
+
+// CheckNexthops reports objects no route uses and objects alike (a
+// leak a restart would have to clean up).
+func (k *FakeNetlink) CheckNexthops() error {
+	used := map[uint32]bool{}
+	for _, id := range k.routeNH {
+		used[id] = true
+	}
+	alike := map[route.Nexthop]uint32{}
+	for id, n := range k.Nexthops {
+		if !used[id] {
+			return fmt.Errorf("nexthop %v is used by no route", n)
+		}
+		n.ID = 0
+		if o, ok := alike[n]; ok {
+			return fmt.Errorf("nexthops %d and %d are alike: %v", o, id, n)
+		}
+		alike[n] = id
+	}
 	return nil
 }
 
@@ -135,6 +228,11 @@ func CheckUpdates(t *testing.T, seeds, steps int, pool []netip.Prefix,
 			}
 			if got, want := kInc.Render(), kFull.Render(); got != want {
 				t.Fatalf("seed %d step %d: after Updates\n%s\nwant (one Sync of the set)\n%s", seed, step, got, want)
+			}
+			for _, k := range []*FakeNetlink{kInc, kFull} {
+				if err := k.CheckNexthops(); err != nil {
+					t.Fatalf("seed %d step %d: %v", seed, step, err)
+				}
 			}
 		}
 	}

@@ -1,0 +1,265 @@
+package route
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+
+	"golang.org/x/sys/unix"
+)
+
+// Our nexthop objects: protocol boot, as netlink gives our routes, and
+// ids from a range of our own, far above the ids the kernel picks when
+// asked to (it counts up from 1), so flanneld finds its own after a
+// restart and leaves everyone else's alone. One object per (gateway,
+// link, onlink), shared by every route through it; a restarted flanneld
+// adopts the objects of its predecessor by that key.
+const (
+	nhProtocol        = unix.RTPROT_BOOT
+	nhBase     uint32 = 0xf1a00000
+	nhSpan     uint32 = 1 << 24
+)
+
+func ownNexthop(n Nexthop) bool {
+	return n.Protocol == nhProtocol && n.ID-nhBase < nhSpan && !n.Other && n.Gw.Is4()
+}
+
+type nhKey struct {
+	gw     netip.Addr
+	link   int
+	onLink bool
+}
+
+func nhKeyOf(r Route) nhKey { return nhKey{r.Gw, r.LinkIndex, r.OnLink} }
+
+// viaNexthop reports whether r is a route a Table installs through a
+// nexthop object when the kernel has them: IPv4 through a gateway. (The
+// IPv6 FIB keeps the gateway in the route; it has no shared bucket.)
+func viaNexthop(r Route) bool { return r.Dst.Addr().Is4() && r.Gw.Is4() }
+
+// nexthops is a Table's record of its nexthop objects.
+type nexthops struct {
+	byKey map[nhKey]uint32 // the object routes with this key use
+	keyOf map[uint32]nhKey // every object of ours the kernel has, spare duplicates too
+	refs  map[uint32]int   // applied routes using each
+	taken map[uint32]bool  // ids in our range that are someone else's
+	next  uint32
+	dirty bool // the kernel may differ: dump again before the next change
+}
+
+// Option configures a Table.
+type Option func(*Table)
+
+// WithLog gives the Table a logger for the one line saying which kind of
+// route it installs.
+func WithLog(log *slog.Logger) Option {
+	return func(t *Table) { t.log = log }
+}
+
+// WithClassicRoutes makes the Table install routes with their gateway
+// inline, as it does when the kernel has no nexthop objects.
+func WithClassicRoutes() Option { return func(t *Table) { t.nhl = nil } }
+
+// nhSync learns the kernel's nexthop objects if it has not or may be out
+// of date (after a Load or a failure); the first time it is the probe.
+func (t *Table) nhSync() {
+	if t.nhl == nil || (t.nh != nil && !t.nh.dirty) {
+		return
+	}
+	list, err := Dump(t.nhl.NexthopList)
+	switch {
+	case err != nil && t.nh == nil && noNexthops(err):
+		t.nhl = nil
+		t.log.Info("route: the kernel has no nexthop objects (Linux 5.3+); installing classic routes", "error", err)
+		return
+	case err != nil && t.nh == nil:
+		// Any other failure may pass: classic routes until a probe
+		// succeeds (they are replaced by the kind in use when they change).
+		if !t.nhWarned {
+			t.log.Warn("route: cannot list nexthop objects; installing classic routes until it works", "error", err)
+			t.nhWarned = true
+		}
+		return
+	case err != nil:
+		return // keep the last record; still dirty, so the next change retries
+	}
+	nh := &nexthops{byKey: map[nhKey]uint32{}, keyOf: map[uint32]nhKey{}, refs: map[uint32]int{},
+		taken: map[uint32]bool{}, next: nhBase}
+	if t.nh == nil {
+		t.log.Info("route: installing IPv4 routes through nexthop objects")
+	} else {
+		nh.next = t.nh.next
+	}
+	for _, n := range list {
+		if n.ID-nhBase >= nhSpan {
+			continue
+		}
+		if !ownNexthop(n) {
+			nh.taken[n.ID] = true
+			continue
+		}
+		k := nhKey{n.Gw, n.LinkIndex, n.OnLink}
+		nh.keyOf[n.ID] = k
+		if id, ok := nh.byKey[k]; !ok || n.ID < id {
+			nh.byKey[k] = n.ID
+		}
+	}
+	// The routes a dump showed with this key use this object, or one
+	// like it: either way they keep working when spares are deleted
+	// only if unused, which is what the refs decide.
+	for _, r := range t.routes {
+		if id, ok := nh.lookup(r); ok {
+			nh.refs[id]++
+		}
+	}
+	t.nh = nh
+}
+
+func (nh *nexthops) lookup(r Route) (uint32, bool) {
+	if !viaNexthop(r) {
+		return 0, false
+	}
+	id, ok := nh.byKey[nhKeyOf(r)]
+	return id, ok
+}
+
+// nhOf returns the object the applied route r uses, if it uses one.
+func (t *Table) nhOf(r Route) (uint32, bool) {
+	if t.nh == nil {
+		return 0, false
+	}
+	return t.nh.lookup(r)
+}
+
+// alloc returns an id of our range that no object has.
+func (nh *nexthops) alloc() uint32 {
+	for range nhSpan {
+		id := nh.next
+		nh.next++
+		if nh.next-nhBase >= nhSpan {
+			nh.next = nhBase
+		}
+		if _, ours := nh.keyOf[id]; !ours && !nh.taken[id] {
+			return id
+		}
+	}
+	return 0
+}
+
+// nhCreate makes the object for k. Equivalent to:
+// `ip nexthop add id ID via GW dev LINK [onlink] proto boot`.
+func (t *Table) nhCreate(k nhKey) (uint32, error) {
+	for range 8 {
+		id := t.nh.alloc()
+		if id == 0 {
+			return 0, errors.New("no free nexthop id")
+		}
+		err := t.nhl.NexthopAdd(Nexthop{ID: id, Gw: k.gw, LinkIndex: k.link, OnLink: k.onLink, Protocol: nhProtocol})
+		if errors.Is(err, unix.EEXIST) { // someone took it since the dump
+			t.nh.taken[id] = true
+			continue
+		}
+		if err != nil {
+			return 0, err
+		}
+		t.nh.byKey[k] = id
+		t.nh.keyOf[id] = k
+		return id, nil
+	}
+	return 0, errors.New("nexthop ids keep being taken")
+}
+
+// routeReplaceNH installs r through the object for its gateway, creating
+// the object first if there is none, and releases the object the route
+// used before.
+func (t *Table) routeReplaceNH(r Route) error {
+	k := nhKeyOf(r)
+	id, ok := t.nh.byKey[k]
+	if !ok {
+		var err error
+		if id, err = t.nhCreate(k); err != nil {
+			return fmt.Errorf("add nexthop for route %s: %w", r, err)
+		}
+	}
+	if err := t.nhl.RouteReplaceNH(r, id); err != nil {
+		// The object may be gone (deleted by hand): learn again.
+		t.nh.dirty = true
+		if t.nh.refs[id] == 0 {
+			t.nhDelete(id)
+		}
+		return fmt.Errorf("replace route %s nhid %d: %w", r, id, err)
+	}
+	t.nh.refs[id]++
+	if old, ok := t.routes[r.key()]; ok {
+		t.nhUnref(old)
+	}
+	return nil
+}
+
+// nhUnref notes that the applied route r is gone or changed and deletes
+// its object once no route uses it.
+func (t *Table) nhUnref(r Route) {
+	if t.nh == nil {
+		return
+	}
+	id, ok := t.nh.lookup(r)
+	if !ok {
+		return
+	}
+	t.nh.refs[id]--
+	if t.nh.refs[id] <= 0 {
+		t.nhDelete(id)
+	}
+}
+
+// nhDelete deletes one of our objects. A failure is kept for Set or
+// Update to report; the object stays in the record, and Set's sweep
+// retries.
+func (t *Table) nhDelete(id uint32) {
+	if err := t.nhl.NexthopDel(id); err != nil && !isGone(err) {
+		t.nhFailed++
+		t.nhErrs.add(fmt.Errorf("delete nexthop %d: %w", id, err))
+		return
+	}
+	if k, ok := t.nh.keyOf[id]; ok && t.nh.byKey[k] == id {
+		delete(t.nh.byKey, k)
+	}
+	delete(t.nh.keyOf, id)
+	delete(t.nh.refs, id)
+}
+
+// nhSweep deletes our objects no applied route uses: spares, those of
+// peers that left while no one was looking.
+func (t *Table) nhSweep() {
+	if t.nh == nil {
+		return
+	}
+	for id := range t.nh.keyOf {
+		if t.nh.refs[id] <= 0 {
+			t.nhDelete(id)
+		}
+	}
+}
+
+// nhReport moves the failed deletions of objects into c and errs.
+func (t *Table) nhReport(c *Changes, errs *errList) {
+	c.Failed += t.nhFailed
+	for _, err := range t.nhErrs.first {
+		errs.add(err)
+	}
+	t.nhFailed, t.nhErrs = 0, errList{}
+}
+
+// routeDelNH deletes the applied route r, which the record says uses an
+// object: by the object's id, so that a route someone else put at our key
+// is not taken for ours (the kernel matches no gateway or link against a
+// route through an object). A classic route at the key (one a flanneld
+// before this one installed) is deleted as such.
+func (t *Table) routeDelNH(r Route, id uint32) error {
+	err := t.nhl.RouteDelNH(r, id)
+	if isGone(err) {
+		err = t.nl.RouteDel(netlinkRoute(r))
+	}
+	return err
+}
