@@ -109,7 +109,9 @@ ReadWritePaths=/run/a
 		{"later scalar wins", []string{"[Service]\nProtectSystem=no\n"},
 			func(u Unit) bool { return u.ProtectSystem == "" }},
 		{"families add up", []string{"[Service]\nRestrictAddressFamilies=AF_NETLINK\n"},
-			func(u Unit) bool { return slices.Equal(u.AddressFamilies, []string{"AF_UNIX", "AF_INET", "AF_NETLINK"}) }},
+			func(u Unit) bool {
+				return slices.Equal(u.AddressFamilies, []string{"AF_UNIX", "AF_INET", "AF_NETLINK"})
+			}},
 		{"empty lifts families", []string{"[Service]\nRestrictAddressFamilies=\n"},
 			func(u Unit) bool { return u.AddressFamilies == nil }},
 		{"paths add up", []string{"[Service]\nReadWritePaths=-/sys/fs/bpf /run/b\n"},
@@ -121,7 +123,9 @@ ReadWritePaths=/run/a
 		{"empty resets environment", []string{"[Service]\nEnvironment=\nEnvironment=E=2\n"},
 			func(u Unit) bool { return slices.Equal(u.Env, []string{"E=2"}) }},
 		{"other sections ignored", []string{"[Unit]\nDescription=x\n"},
-			func(u Unit) bool { return slices.Equal(u.Caps, []string{"net_admin", "net_raw"}) && u.ProtectSystem == "full" }},
+			func(u Unit) bool {
+				return slices.Equal(u.Caps, []string{"net_admin", "net_raw"}) && u.ProtectSystem == "full"
+			}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var rs []io.Reader
