@@ -177,11 +177,11 @@ func (u *Unit) set(key, val string) error {
 		}
 		words, err := splitQuoted(val)
 		if err != nil {
-			return fmt.Errorf("Environment: %w", err)
+			return fmt.Errorf("%s: %w", key, err)
 		}
 		for _, w := range words {
 			if name, _, ok := strings.Cut(w, "="); !ok || name == "" {
-				return fmt.Errorf("Environment: %q is not NAME=value", w)
+				return fmt.Errorf("%s: %q is not NAME=value", key, w)
 			}
 		}
 		u.Env = append(u.Env, words...)
