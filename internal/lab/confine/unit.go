@@ -1,7 +1,8 @@
 // Package confine reproduces, without systemd, the confinement a systemd
 // unit file asks for, so tests run flanneld the way dist/flanneld.service
 // runs it and follow that file when it changes. It reads the [Service]
-// section and builds a command line of util-linux tools: unshare for a
+// section (of the unit and of its drop-ins, merged as systemd merges them)
+// and builds a command line of util-linux tools: unshare for a
 // mount (and UTS) namespace, mount for the read-only and hidden paths,
 // setpriv for the capability bounding set and no_new_privs.
 package confine
