@@ -300,6 +300,14 @@ func TestSystemdVerify(t *testing.T) {
 	dropin := strings.ReplaceAll(readFile(t, filepath.Join(dest, "etc/systemd/system/docker.service.d/flannel.conf")), "/usr/bin/dockerd", dockerd)
 	writeFile(t, filepath.Join(vdir, "docker.service.d", "flannel.conf"), dropin, 0o644)
 
+	// The eBPF drop-in is installed by hand next to the unit; verify
+	// reads it with flanneld.service.
+	if err := os.Mkdir(filepath.Join(vdir, "flanneld.service.d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ebpf := readFile(t, "flanneld-udp-ebpf.conf")
+	writeFile(t, filepath.Join(vdir, "flanneld.service.d", "udp-ebpf.conf"), ebpf, 0o644)
+
 	// verify exits 0 on unknown keys and bad values ("…, ignoring"), so
 	// any output at all is a failure.
 	verify := func(unit string) (string, error) {
@@ -317,12 +325,18 @@ func TestSystemdVerify(t *testing.T) {
 		})
 	}
 
-	// The drop-in is only checked if systemd-analyze reads it from next
-	// to docker.service: a broken copy must be reported.
+	// The drop-ins are only checked if systemd-analyze reads them from
+	// next to their units: a broken copy must be reported.
 	t.Run("drop-in is read", func(t *testing.T) {
 		writeFile(t, filepath.Join(vdir, "docker.service.d", "flannel.conf"), dropin+"[Service]\nNoSuchKey=1\n", 0o644)
 		if out, _ := verify(filepath.Join(vdir, "docker.service")); !strings.Contains(out, "NoSuchKey") {
 			t.Errorf("a bad key in the drop-in went unreported: %q", out)
+		}
+	})
+	t.Run("eBPF drop-in is read", func(t *testing.T) {
+		writeFile(t, filepath.Join(vdir, "flanneld.service.d", "udp-ebpf.conf"), ebpf+"NoSuchKey=1\n", 0o644)
+		if out, _ := verify(filepath.Join(vdir, "flanneld.service")); !strings.Contains(out, "NoSuchKey") {
+			t.Errorf("a bad key in the eBPF drop-in went unreported: %q", out)
 		}
 	})
 }

@@ -175,8 +175,9 @@ func (b *Backend) Datapath() string {
 // defaultPinDir is where the programs' maps and links are pinned so that
 // a restarted flanneld adopts them: /sys/fs/bpf/flannel/udp, with the
 // network namespace's inode appended outside the host's namespace (one
-// bpf filesystem serves them all). It is "" (nothing pinned) when no bpf
-// filesystem is mounted there.
+// bpf filesystem serves them all) after a "-": bpffs refuses names with a
+// dot (EPERM, reserved for its own files). It is "" (nothing pinned) when
+// no bpf filesystem is mounted there.
 func defaultPinDir() string {
 	var st unix.Statfs_t
 	if err := unix.Statfs("/sys/fs/bpf", &st); err != nil || uint32(st.Type) != unix.BPF_FS_MAGIC {
@@ -188,7 +189,7 @@ func defaultPinDir() string {
 	}
 	dir := "/sys/fs/bpf/flannel/udp"
 	if init, err := nsInode("/proc/1/ns/net"); err != nil || init != self {
-		dir = fmt.Sprintf("%s.%d", dir, self)
+		dir = fmt.Sprintf("%s-%d", dir, self)
 	}
 	return dir
 }

@@ -28,6 +28,18 @@ ro() {
 		done
 	done
 }
+rw() {
+	for p; do
+		case $p in
+		-*) p=${p#-}; [ -e "$p" ] || continue ;;
+		*) [ -e "$p" ] || { echo "confine: ReadWritePaths: $p does not exist" >&2; exit 1; } ;;
+		esac
+		mountpoint -q "$p" || mount --rbind "$p" "$p"
+		findmnt -R -n -r -o TARGET --mountpoint "$p" | while read -r m; do
+			mount -o remount,bind,rw "$m"
+		done
+	done
+}
 hide() {
 	for p; do
 		[ -d "$p" ] && ! [ -L "$p" ] || continue
@@ -106,6 +118,13 @@ func (u Unit) Prefix(program string) ([]string, error) {
 	if u.ProtectControlGroups {
 		line("ro", []string{"/sys/fs/cgroup"})
 	}
+	if len(u.ReadWritePaths) > 0 {
+		// Last, as systemd mounts the more specific paths last.
+		line("rw", u.ReadWritePaths)
+	}
+	for _, e := range u.Env {
+		fmt.Fprintf(&sh, "export %s\n", shellQuote(e))
+	}
 	sh.WriteString("exec setpriv")
 	if u.Caps != nil {
 		fmt.Fprintf(&sh, " --bounding-set %s", u.boundingSet())
@@ -141,6 +160,11 @@ func (u Unit) boundingSet() string {
 		parts = append(parts, "+"+c)
 	}
 	return strings.Join(parts, ",")
+}
+
+// shellQuote quotes s as one sh word.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 func under(path string, dirs []string) bool {

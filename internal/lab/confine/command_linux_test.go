@@ -57,6 +57,54 @@ done`
 	}
 }
 
+// TestReadWritePathsAndEnvironment: a ReadWritePaths= path under a
+// read-only one (here ProtectKernelTunables' /proc/sys) is writable again,
+// its read-only siblings stay so, a missing "-" path is skipped, a
+// missing plain one fails, and Environment= reaches the program.
+func TestReadWritePathsAndEnvironment(t *testing.T) {
+	netnstest.SkipUnlessRoot(t)
+	n := netnstest.New(t, "cf")
+	u, err := Parse(strings.NewReader(`[Service]
+ProtectKernelTunables=yes
+CapabilityBoundingSet=CAP_NET_ADMIN
+Environment="FLANNEL_X=a b" 'FLANNEL_Y=it'"'"'s'
+ReadWritePaths=/proc/sys/net/ipv4/conf/lo -/nonexistent/confine
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	script := `for p in /proc/sys/net/ipv4/conf/lo/accept_local /proc/sys/net/ipv4/conf/default/accept_local; do
+	if (echo 1 > $p) 2>/dev/null; then echo "wrote $p"; fi
+done
+echo "X=$FLANNEL_X Y=$FLANNEL_Y"`
+	argv, err := u.Command([]string{"/bin/sh", "-c", script})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := n.Run(context.Background(), argv[0], argv[1:]...)
+	if err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if !strings.Contains(out, "wrote /proc/sys/net/ipv4/conf/lo/") {
+		t.Errorf("the ReadWritePaths path stayed read-only:\n%s", out)
+	}
+	if strings.Contains(out, "wrote /proc/sys/net/ipv4/conf/default/") {
+		t.Errorf("a path beside the ReadWritePaths one became writable:\n%s", out)
+	}
+	if !strings.Contains(out, "X=a b Y=it's") {
+		t.Errorf("Environment= did not reach the program:\n%s", out)
+	}
+
+	u.ReadWritePaths = []string{"/nonexistent/confine"}
+	argv, err = u.Command([]string{"/bin/true"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := n.Run(context.Background(), argv[0], argv[1:]...); err == nil || !strings.Contains(out, "/nonexistent/confine does not exist") {
+		t.Errorf("a missing ReadWritePaths path: %v\n%s", err, out)
+	}
+}
+
 // TestRestrictAddressFamilies: with the afexec helper, socket(2) works
 // for the families the unit lists and fails with EAFNOSUPPORT for the
 // others, as under systemd.

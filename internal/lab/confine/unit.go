@@ -1,7 +1,8 @@
 // Package confine reproduces, without systemd, the confinement a systemd
 // unit file asks for, so tests run flanneld the way dist/flanneld.service
 // runs it and follow that file when it changes. It reads the [Service]
-// section and builds a command line of util-linux tools: unshare for a
+// section (of the unit and of its drop-ins, merged as systemd merges them)
+// and builds a command line of util-linux tools: unshare for a
 // mount (and UTS) namespace, mount for the read-only and hidden paths,
 // setpriv for the capability bounding set and no_new_privs.
 package confine
@@ -10,6 +11,7 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"path/filepath"
 	"slices"
 	"strings"
 )
@@ -33,6 +35,12 @@ type Unit struct {
 	// seccomp filter no util-linux tool sets up.
 	AddressFamilies []string
 	Helper          string
+	// ReadWritePaths are made writable again after the read-only mounts
+	// (systemd mounts the more specific path last, so a path under a
+	// read-only one wins). A leading "-" means "if it exists".
+	ReadWritePaths []string
+	// Env is what Environment= lines set ("NAME=value"), in order.
+	Env []string
 
 	// NotEmulated lists the confining directives that were read but are
 	// not reproduced (most need a seccomp filter), as "Name=value".
@@ -53,17 +61,35 @@ var notEmulated = []string{
 
 // plain are [Service] directives that do not confine the program.
 var plain = []string{
-	"Type", "Environment", "EnvironmentFile", "ExecStart", "ExecStartPre",
+	"Type", "EnvironmentFile", "ExecStart", "ExecStartPre",
 	"ExecStartPost", "ExecStop", "ExecReload", "Restart", "RestartSec",
 	"TimeoutStartSec", "TimeoutStopSec", "KillMode", "NotifyAccess",
 	"LimitNOFILE", "WatchdogSec",
 }
 
-// Parse reads a unit file. A [Service] directive it does not know is an
-// error, so a new hardening line in the unit cannot be silently skipped
-// by the tests: teach this package whether it confines.
-func Parse(r io.Reader) (Unit, error) {
+// Parse reads a unit file and then its drop-ins, in the order given
+// (systemd's: by file name), applying each drop-in on top as systemd
+// merges them: a later scalar setting wins, list-valued directives
+// (CapabilityBoundingSet, RestrictAddressFamilies, ReadWritePaths,
+// Environment) add up, and an empty assignment resets a list. A [Service]
+// directive it does not know is an error, so a new hardening line in the
+// unit cannot be silently skipped by the tests: teach this package
+// whether it confines.
+func Parse(unit io.Reader, dropIns ...io.Reader) (Unit, error) {
 	var u Unit
+	if err := u.apply(unit); err != nil {
+		return Unit{}, err
+	}
+	for i, d := range dropIns {
+		if err := u.apply(d); err != nil {
+			return Unit{}, fmt.Errorf("drop-in %d: %w", i+1, err)
+		}
+	}
+	return u, nil
+}
+
+// apply reads one unit file or drop-in into u.
+func (u *Unit) apply(r io.Reader) error {
 	section := ""
 	sc := bufio.NewScanner(r)
 	line := ""
@@ -82,26 +108,23 @@ func Parse(r io.Reader) (Unit, error) {
 		text, line = line, ""
 		if strings.HasPrefix(text, "[") {
 			if !strings.HasSuffix(text, "]") {
-				return Unit{}, fmt.Errorf("line %d: bad section header %q", n, text)
+				return fmt.Errorf("line %d: bad section header %q", n, text)
 			}
 			section = text[1 : len(text)-1]
 			continue
 		}
 		key, val, ok := strings.Cut(text, "=")
 		if !ok {
-			return Unit{}, fmt.Errorf("line %d: not a Key=value line: %q", n, text)
+			return fmt.Errorf("line %d: not a Key=value line: %q", n, text)
 		}
 		if section != "Service" {
 			continue
 		}
 		if err := u.set(strings.TrimSpace(key), strings.TrimSpace(val)); err != nil {
-			return Unit{}, fmt.Errorf("line %d: %w", n, err)
+			return fmt.Errorf("line %d: %w", n, err)
 		}
 	}
-	if err := sc.Err(); err != nil {
-		return Unit{}, err
-	}
-	return u, nil
+	return sc.Err()
 }
 
 func (u *Unit) set(key, val string) error {
@@ -125,6 +148,8 @@ func (u *Unit) set(key, val string) error {
 		u.ProtectSystem, err = parseChoice(key, val, "yes", "full")
 	case "RestrictAddressFamilies":
 		switch {
+		case val == "":
+			u.AddressFamilies = nil
 		case val == "none":
 			u.AddressFamilies = []string{}
 		case strings.HasPrefix(val, "~"):
@@ -132,6 +157,35 @@ func (u *Unit) set(key, val string) error {
 		default:
 			u.AddressFamilies = append(u.AddressFamilies, strings.Fields(val)...)
 		}
+	case "ReadWritePaths":
+		if val == "" {
+			u.ReadWritePaths = nil
+			break
+		}
+		for _, p := range strings.Fields(val) {
+			if !filepath.IsAbs(strings.TrimLeft(p, "-+")) {
+				return fmt.Errorf("ReadWritePaths: %q is not an absolute path", p)
+			}
+			if strings.HasPrefix(p, "+") {
+				return fmt.Errorf("ReadWritePaths: %q: \"+\" (outside RootDirectory=) is not emulated", p)
+			}
+		}
+		u.ReadWritePaths = append(u.ReadWritePaths, strings.Fields(val)...)
+	case "Environment":
+		if val == "" {
+			u.Env = nil
+			break
+		}
+		words, err := splitQuoted(val)
+		if err != nil {
+			return fmt.Errorf("%s: %w", key, err)
+		}
+		for _, w := range words {
+			if name, _, ok := strings.Cut(w, "="); !ok || name == "" {
+				return fmt.Errorf("%s: %q is not NAME=value", key, w)
+			}
+		}
+		u.Env = append(u.Env, words...)
 	case "ProtectHome":
 		u.ProtectHome, err = parseChoice(key, val, "yes", "read-only", "tmpfs")
 	default:
@@ -160,10 +214,17 @@ func parseCaps(have []string, val string) ([]string, error) {
 		caps = append(caps, strings.ToLower(c))
 	}
 	if invert {
-		// Only the removal of named capabilities from the full set can
-		// be told to setpriv, and only as long as nothing was kept yet.
+		if len(have) > 0 && strings.HasPrefix(have[0], "-") {
+			for _, c := range caps {
+				if !slices.Contains(have, "-"+c) {
+					have = append(have, "-"+c)
+				}
+			}
+			return have, nil
+		}
 		if have != nil {
-			return nil, fmt.Errorf("CapabilityBoundingSet: ~ after a positive list is not supported")
+			// A kept list minus the named capabilities.
+			return slices.DeleteFunc(slices.Clone(have), func(c string) bool { return slices.Contains(caps, c) }), nil
 		}
 		out := []string{}
 		for _, c := range caps {
@@ -174,7 +235,64 @@ func parseCaps(have []string, val string) ([]string, error) {
 	if val == "" {
 		return []string{}, nil
 	}
-	return append(slices.Clone(have), caps...), nil
+	if len(have) > 0 && strings.HasPrefix(have[0], "-") {
+		// Everything but some, plus some: everything but the rest.
+		out := slices.DeleteFunc(slices.Clone(have), func(c string) bool { return slices.Contains(caps, c[1:]) })
+		if len(out) == 0 {
+			return nil, nil // nothing dropped any more
+		}
+		return out, nil
+	}
+	out := slices.Clone(have)
+	for _, c := range caps {
+		if !slices.Contains(out, c) {
+			out = append(out, c)
+		}
+	}
+	return out, nil
+}
+
+// splitQuoted splits an Environment= value into its assignments: words
+// separated by spaces, where double or single quotes keep spaces in and a
+// backslash escapes the next character inside double quotes or outside
+// quotes (systemd.syntax(7), without C escapes like \n).
+func splitQuoted(val string) ([]string, error) {
+	var words []string
+	var w strings.Builder
+	inWord := false
+	var quote rune
+	escaped := false
+	for _, r := range val {
+		switch {
+		case escaped:
+			w.WriteRune(r)
+			escaped = false
+		case r == '\\' && quote != '\'':
+			escaped, inWord = true, true
+		case quote != 0 && r == quote:
+			quote = 0
+		case quote != 0:
+			w.WriteRune(r)
+		case r == '"' || r == '\'':
+			quote, inWord = r, true
+		case r == ' ' || r == '\t':
+			if inWord {
+				words = append(words, w.String())
+				w.Reset()
+				inWord = false
+			}
+		default:
+			w.WriteRune(r)
+			inWord = true
+		}
+	}
+	if quote != 0 || escaped {
+		return nil, fmt.Errorf("unterminated quote or escape in %q", val)
+	}
+	if inWord {
+		words = append(words, w.String())
+	}
+	return words, nil
 }
 
 func parseBool(key, val string) (bool, error) {

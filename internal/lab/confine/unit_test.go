@@ -1,8 +1,10 @@
 package confine
 
 import (
+	"io"
 	"os"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -80,6 +82,119 @@ RestrictAddressFamilies=AF_UNIX AF_INET
 	}
 }
 
+// TestParseDropIns: drop-ins apply on top of the unit as systemd merges
+// them: list-valued directives add up, an empty assignment resets a list,
+// a later scalar wins.
+func TestParseDropIns(t *testing.T) {
+	unit := `[Service]
+Environment=A=1
+CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW
+ProtectSystem=full
+RestrictAddressFamilies=AF_UNIX AF_INET
+ReadWritePaths=/run/a
+`
+	for _, tc := range []struct {
+		name    string
+		dropIns []string
+		check   func(u Unit) bool
+	}{
+		{"caps add up", []string{"[Service]\nCapabilityBoundingSet=CAP_BPF CAP_NET_RAW\n"},
+			func(u Unit) bool { return slices.Equal(u.Caps, []string{"net_admin", "net_raw", "bpf"}) }},
+		{"empty resets caps", []string{"[Service]\nCapabilityBoundingSet=\nCapabilityBoundingSet=CAP_BPF\n"},
+			func(u Unit) bool { return slices.Equal(u.Caps, []string{"bpf"}) }},
+		{"~ removes from a kept list", []string{"[Service]\nCapabilityBoundingSet=~CAP_NET_RAW\n"},
+			func(u Unit) bool { return slices.Equal(u.Caps, []string{"net_admin"}) }},
+		{"in order", []string{"[Service]\nCapabilityBoundingSet=\n", "[Service]\nCapabilityBoundingSet=CAP_SYS_ADMIN\n"},
+			func(u Unit) bool { return slices.Equal(u.Caps, []string{"sys_admin"}) }},
+		{"later scalar wins", []string{"[Service]\nProtectSystem=no\n"},
+			func(u Unit) bool { return u.ProtectSystem == "" }},
+		{"families add up", []string{"[Service]\nRestrictAddressFamilies=AF_NETLINK\n"},
+			func(u Unit) bool {
+				return slices.Equal(u.AddressFamilies, []string{"AF_UNIX", "AF_INET", "AF_NETLINK"})
+			}},
+		{"empty lifts families", []string{"[Service]\nRestrictAddressFamilies=\n"},
+			func(u Unit) bool { return u.AddressFamilies == nil }},
+		{"paths add up", []string{"[Service]\nReadWritePaths=-/sys/fs/bpf /run/b\n"},
+			func(u Unit) bool { return slices.Equal(u.ReadWritePaths, []string{"/run/a", "-/sys/fs/bpf", "/run/b"}) }},
+		{"empty resets paths", []string{"[Service]\nReadWritePaths=\n"},
+			func(u Unit) bool { return u.ReadWritePaths == nil }},
+		{"environment adds up, quoted", []string{"[Service]\nEnvironment=\"B=x y\" 'C=\"q\"' D=a\\ b\n"},
+			func(u Unit) bool { return slices.Equal(u.Env, []string{"A=1", "B=x y", `C="q"`, "D=a b"}) }},
+		{"empty resets environment", []string{"[Service]\nEnvironment=\nEnvironment=E=2\n"},
+			func(u Unit) bool { return slices.Equal(u.Env, []string{"E=2"}) }},
+		{"other sections ignored", []string{"[Unit]\nDescription=x\n"},
+			func(u Unit) bool {
+				return slices.Equal(u.Caps, []string{"net_admin", "net_raw"}) && u.ProtectSystem == "full"
+			}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var rs []io.Reader
+			for _, d := range tc.dropIns {
+				rs = append(rs, strings.NewReader(d))
+			}
+			u, err := Parse(strings.NewReader(unit), rs...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !tc.check(u) {
+				t.Errorf("got %+v", u)
+			}
+		})
+	}
+	// Everything but some, then some back: everything but the rest; all
+	// back: unrestricted.
+	u, err := Parse(strings.NewReader("[Service]\nCapabilityBoundingSet=~CAP_A CAP_B\n"), strings.NewReader("[Service]\nCapabilityBoundingSet=CAP_A\n"))
+	if err != nil || u.boundingSet() != "-b" {
+		t.Errorf("~A B then A: %q, %v", u.boundingSet(), err)
+	}
+	u, err = Parse(strings.NewReader("[Service]\nCapabilityBoundingSet=~CAP_A\n"), strings.NewReader("[Service]\nCapabilityBoundingSet=CAP_A\n"))
+	if err != nil || u.Caps != nil {
+		t.Errorf("~A then A: %q, %v", u.Caps, err)
+	}
+	for _, bad := range []string{
+		"[Service]\nEnvironment=\"A=1\n",
+		"[Service]\nEnvironment=novalue\n",
+		"[Service]\nReadWritePaths=relative\n",
+		"[Service]\nReadWritePaths=+/x\n",
+		"[Service]\nNoSuchThing=1\n",
+	} {
+		if _, err := Parse(strings.NewReader(unit), strings.NewReader(bad)); err == nil || !strings.Contains(err.Error(), "drop-in 1") {
+			t.Errorf("drop-in %q: err %v, want one naming the drop-in", bad, err)
+		}
+	}
+}
+
+// TestParseShippedDropIn: the eBPF drop-in adds CAP_BPF to the unit's
+// capabilities, /sys/fs/bpf to the writable paths and the datapath to the
+// environment, and changes nothing else.
+func TestParseShippedDropIn(t *testing.T) {
+	unit, dropIn := readFile(t, "../../../dist/flanneld.service"), readFile(t, "../../../dist/flanneld-udp-ebpf.conf")
+	base, err := Parse(strings.NewReader(unit))
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := Parse(strings.NewReader(unit), strings.NewReader(dropIn))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := base
+	want.Caps = append(slices.Clone(base.Caps), "bpf")
+	want.ReadWritePaths = []string{"-/sys/fs/bpf"}
+	want.Env = append(slices.Clone(base.Env), "FLANNEL_UDP_DATAPATH=ebpf")
+	if !reflect.DeepEqual(u, want) {
+		t.Errorf("unit + drop-in:\n%+v\nwant\n%+v", u, want)
+	}
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
 func TestCommandRefusesHiddenProgram(t *testing.T) {
 	u := Unit{PrivateTmp: true}
 	if _, err := u.Command([]string{"/tmp/x/flanneld"}); err == nil {
@@ -95,6 +210,7 @@ func FuzzParse(f *testing.F) {
 		f.Add(string(b))
 	}
 	f.Add("[Service]\nCapabilityBoundingSet=~CAP_A\nProtectHome=tmpfs\n")
+	f.Add("[Service]\nEnvironment=\"A=b c\" 'D=\\'e'\nReadWritePaths=-/sys/fs/bpf\n")
 	f.Fuzz(func(t *testing.T, s string) {
 		u, err := Parse(strings.NewReader(s))
 		if err != nil {
