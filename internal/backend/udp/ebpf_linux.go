@@ -3,6 +3,7 @@ package udp
 import (
 	"fmt"
 	"net/netip"
+	"os"
 	"slices"
 
 	"golang.org/x/sys/unix"
@@ -83,6 +84,15 @@ func (b *Backend) autoEBPF() bool {
 func (b *Backend) adoptPinned(useEBPF bool) {
 	if b.pinDir == "" {
 		b.pinDir = defaultPinDir()
+	}
+	if useEBPF && b.pinDir != "" {
+		// A bpf filesystem mounted read-only (a unit without the
+		// drop-in's ReadWritePaths) still lets the datapath run, only
+		// not across a restart.
+		if err := os.MkdirAll(b.pinDir, 0o700); err != nil {
+			b.log.Warn("eBPF datapath without pins: a restart of flanneld will interrupt traffic", "dir", b.pinDir, "err", err)
+			b.pinDir = ""
+		}
 	}
 	if idx := fastpath.PinnedDevice(b.pinDir); idx > 0 {
 		if l, err := b.nl.LinkByIndex(idx); err == nil && l.Type() == "tuntap" {

@@ -245,3 +245,38 @@ func TestMixedDatapaths(t *testing.T) {
 		t.Errorf("h2's eBPF counters %+v after 16 MiB each way", e)
 	}
 }
+
+// TestEBPFReadOnlyPins: with the bpf filesystem mounted read-only (a unit
+// without the drop-in's ReadWritePaths), the forced eBPF datapath still
+// forwards, only unpinned: the TUN is not kept persistent, so it goes
+// with the backend as upstream's does.
+func TestEBPFReadOnlyPins(t *testing.T) {
+	pins := bpffs(t)
+	if err := unix.Mount("", pins, "", unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+		t.Skipf("remount bpffs read-only: %v", err)
+	}
+	l := newLab(t, 2)
+	nicWire(t, l)
+	h1, h2 := l.hosts[0], l.hosts[1]
+	l.startWith(h1, settings{offloads: allOffloads, datapath: datapathEBPF, pinDir: filepath.Join(pins, "h1")})
+	l.startWith(h2, settings{offloads: allOffloads, datapath: datapathEBPF, pinDir: filepath.Join(bpffs(t), "h2")})
+	if h1.b.Datapath() != "ebpf" || h1.b.persist {
+		t.Fatalf("with read-only pins: datapath %s, persistent TUN %v; want ebpf, not persistent", h1.b.Datapath(), h1.b.persist)
+	}
+	l.syncAll()
+	mustPing(t, h1.ctr, h2.ctrAddr)
+	mustPing(t, h2.ctr, h1.ctrAddr)
+	if err := h1.b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitFor(2*time.Second, func() error {
+		return h1.ns.Do(func() error {
+			if _, err := net.InterfaceByName("flannel0"); err == nil {
+				return errors.New("flannel0 outlived an unpinned backend")
+			}
+			return nil
+		})
+	}); err != nil {
+		t.Error(err)
+	}
+}
