@@ -8,7 +8,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -515,31 +514,6 @@ func (s *kubeScaleRun) measureNew(ctx context.Context, w *EntryWatch, leases []l
 	return nil
 }
 
-// countingRT counts the bytes of the response bodies it carries.
-type countingRT struct {
-	rt http.RoundTripper
-	n  *atomic.Int64
-}
-
-func (c countingRT) RoundTrip(r *http.Request) (*http.Response, error) {
-	resp, err := c.rt.RoundTrip(r)
-	if err == nil {
-		resp.Body = countingBody{resp.Body, c.n}
-	}
-	return resp, err
-}
-
-type countingBody struct {
-	io.ReadCloser
-	n *atomic.Int64
-}
-
-func (b countingBody) Read(p []byte) (int, error) {
-	n, err := b.ReadCloser.Read(p)
-	b.n.Add(int64(n))
-	return n, err
-}
-
 // watcher is one way of watching the Nodes, run in this process with
 // flanneld's own code (package kube), its bytes counted.
 type watcher struct {
@@ -564,7 +538,7 @@ func (s *kubeScaleRun) startWatcher(ctx context.Context, name string, upstream b
 		cfg.ContentType, cfg.AcceptContentTypes = "application/json", "application/json"
 	}
 	w := &watcher{name: name, updates: make(chan lease.Update, 1024)}
-	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper { return countingRT{rt, &w.bytes} })
+	cfg.Wrap(kubeapi.CountBytes(&w.bytes))
 	c, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, err
