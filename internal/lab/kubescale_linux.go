@@ -18,7 +18,6 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -231,24 +230,8 @@ func (s *kubeScaleRun) startAPI(ctx context.Context) error {
 // runs with no more rights than upstream grants.
 func (s *kubeScaleRun) flannelIdentity(ctx context.Context) (string, error) {
 	const user = "system:serviceaccount:kube-flannel:flannel"
-	_, err := s.admin.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{
-		ObjectMeta: metav1.ObjectMeta{Name: "flannel"},
-		Rules: []rbacv1.PolicyRule{
-			{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get"}},
-			{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "list", "watch"}},
-			{APIGroups: []string{""}, Resources: []string{"nodes/status"}, Verbs: []string{"patch"}},
-		},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		return "", fmt.Errorf("lab: create ClusterRole flannel: %w", err)
-	}
-	_, err = s.admin.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: "flannel"},
-		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "flannel"},
-		Subjects:   []rbacv1.Subject{{Kind: "User", APIGroup: "rbac.authorization.k8s.io", Name: user}},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		return "", fmt.Errorf("lab: create ClusterRoleBinding flannel: %w", err)
+	if err := kubeapi.GrantFlannelRole(ctx, s.admin, user); err != nil {
+		return "", fmt.Errorf("lab: %w", err)
 	}
 	return s.api.WriteKubeconfig("flanneld.kubeconfig", user)
 }
