@@ -417,25 +417,8 @@ func (s *kubeScaleRun) measureSync(ctx context.Context, w *EntryWatch) error {
 	h := s.l.Hosts[0]
 	s.progress("starting flanneld (kube mode); waiting for %d routes, %d neighbours, %d FDB entries...\n",
 		s.r.Want.Routes, s.r.Want.Neighs, s.r.Want.FDB)
-	start := time.Now()
-	if err := s.l.StartFlanneld(h); err != nil {
-		return err
-	}
-	pid := h.FlanneldPID
-	timeout := s.o.SyncTimeout
-	if timeout <= 0 {
-		timeout = 2 * time.Minute
-	}
-	last, err := w.WaitExpected(ctx, timeout, pid)
-	if err != nil {
-		have, want := w.Progress()
-		return fmt.Errorf("waiting for the full sync (have %+v of %+v): %w", have, want, err)
-	}
-	s.r.SyncTime = last.Sub(start)
-	if s.r.RSSSync, err = RssAnon(pid); err != nil {
-		return err
-	}
-	if s.r.SyncCPU, err = CPUSeconds(pid); err != nil {
+	var err error
+	if s.r.SyncTime, s.r.RSSSync, s.r.SyncCPU, err = s.l.startAndSync(ctx, h, w, s.o.SyncTimeout); err != nil {
 		return err
 	}
 	if s.r.Have, err = CountEntries(h.NS, "flannel.1", netip.Prefix{}); err != nil {
@@ -488,13 +471,8 @@ func (s *kubeScaleRun) measureNew(ctx context.Context, w *EntryWatch, leases []l
 		return err
 	}
 	s.r.NewNodeCPU = (cpu1 - cpu0) / float64(len(leases))
-	if s.r.RSSEnd, err = RssAnon(pid); err != nil {
-		return err
-	}
-	if s.r.PeakRSS, err = PeakRSS(pid); err != nil {
-		return err
-	}
-	return nil
+	s.r.RSSEnd, s.r.PeakRSS, err = endMemory(pid)
+	return err
 }
 
 // watcher is one way of watching the Nodes, run in this process with

@@ -135,25 +135,7 @@ func (s *scaleRun) measureSync(ctx context.Context, w *EntryWatch) error {
 	}
 	s.progress("starting flanneld; waiting for %d routes, %d neighbours, %d FDB entries...\n",
 		s.r.Want.Routes, s.r.Want.Neighs, s.r.Want.FDB)
-	start := time.Now()
-	if err := s.l.StartFlanneld(h); err != nil {
-		return err
-	}
-	pid := h.FlanneldPID
-	timeout := s.o.SyncTimeout
-	if timeout <= 0 {
-		timeout = 2 * time.Minute
-	}
-	last, err := w.WaitExpected(ctx, timeout, pid)
-	if err != nil {
-		have, want := w.Progress()
-		return fmt.Errorf("waiting for the full sync (have %+v of %+v): %w", have, want, err)
-	}
-	s.r.SyncTime = last.Sub(start)
-	if s.r.RSSSync, err = RssAnon(pid); err != nil {
-		return err
-	}
-	if s.r.SyncCPU, err = CPUSeconds(pid); err != nil {
+	if s.r.SyncTime, s.r.RSSSync, s.r.SyncCPU, err = s.l.startAndSync(ctx, h, w, s.o.SyncTimeout); err != nil {
 		return err
 	}
 	if s.r.ReqSync, err = s.l.EtcdRequests(ctx); err != nil {
@@ -229,13 +211,48 @@ func (s *scaleRun) measureNew(ctx context.Context, w *EntryWatch, cli *clientv3.
 	if s.r.ReqNew.Started["Put"] == 0 {
 		delete(s.r.ReqNew.Started, "Put")
 	}
-	if s.r.RSSEnd, err = RssAnon(pid); err != nil {
-		return err
+	s.r.RSSEnd, s.r.PeakRSS, err = endMemory(pid)
+	return err
+}
+
+// startAndSync starts flanneld on h and waits until the kernel holds
+// every entry w expects, for at most timeout (0: 2 minutes). It returns
+// the time from the start to the last entry, and flanneld's RssAnon and
+// CPU seconds then.
+func (l *Lab) startAndSync(ctx context.Context, h *Host, w *EntryWatch, timeout time.Duration) (time.Duration, int64, float64, error) {
+	start := time.Now()
+	if err := l.StartFlanneld(h); err != nil {
+		return 0, 0, 0, err
 	}
-	if s.r.PeakRSS, err = PeakRSS(pid); err != nil {
-		return err
+	pid := h.FlanneldPID
+	if timeout <= 0 {
+		timeout = 2 * time.Minute
 	}
-	return nil
+	last, err := w.WaitExpected(ctx, timeout, pid)
+	if err != nil {
+		have, want := w.Progress()
+		return 0, 0, 0, fmt.Errorf("waiting for the full sync (have %+v of %+v): %w", have, want, err)
+	}
+	rss, err := RssAnon(pid)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	cpu, err := CPUSeconds(pid)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	return last.Sub(start), rss, cpu, nil
+}
+
+// endMemory returns pid's RssAnon and its peak RSS (VmHWM).
+func endMemory(pid int) (rss, peak int64, err error) {
+	if rss, err = RssAnon(pid); err != nil {
+		return 0, 0, err
+	}
+	if peak, err = PeakRSS(pid); err != nil {
+		return 0, 0, err
+	}
+	return rss, peak, nil
 }
 
 // MachineDescription names the CPU and the cpuidle driver (whose wake-up
