@@ -25,7 +25,6 @@ import (
 	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/rest"
 
-	"github.com/flannel-go/flannel/internal/backoff"
 	"github.com/flannel-go/flannel/internal/kube"
 	"github.com/flannel-go/flannel/internal/lab/kubeapi"
 	"github.com/flannel-go/flannel/internal/lease"
@@ -434,43 +433,19 @@ func (s *kubeScaleRun) measureSync(ctx context.Context, w *EntryWatch) error {
 // existing.
 func (s *kubeScaleRun) measureNew(ctx context.Context, w *EntryWatch, leases []lease.Lease) error {
 	pid := s.l.Hosts[0].FlanneldPID
-	cpu0, err := CPUSeconds(pid)
-	if err != nil {
-		return err
-	}
 	s.progress("%d nodes join, one every %s...\n", len(leases), s.o.Interval)
-	next := time.Now()
-	for i, l := range leases {
-		if err := backoff.Sleep(ctx, time.Until(next)); err != nil {
-			return err
-		}
-		next = next.Add(s.o.Interval)
+	n, err := timeNewPeers(ctx, w, pid, "vxlan", s.o.Interval, leases, func(i int, l lease.Lease) (string, error) {
 		name := peerName(s.o.Peers + i)
 		beat := time.Now()
 		if err := s.joinNode(ctx, name, l.Subnet, beat); err != nil {
-			return err
+			return "", err
 		}
-		if err := s.annotate(ctx, name, l, beat); err != nil {
-			return err
-		}
-		put := time.Now()
-		r := RouteOf("vxlan", l)
-		at, err := w.WaitRoute(ctx, r.Dst, r.Gw, 10*time.Second, pid)
-		if err != nil {
-			return fmt.Errorf("route of new node %s (%s): %w", name, l.Subnet, err)
-		}
-		d := at.Sub(put)
-		if d < 0 {
-			s.r.Before++
-			d = 0
-		}
-		s.r.Latencies = append(s.r.Latencies, d)
-	}
-	cpu1, err := CPUSeconds(pid)
+		return fmt.Sprintf("new node %s (%s)", name, l.Subnet), s.annotate(ctx, name, l, beat)
+	})
 	if err != nil {
 		return err
 	}
-	s.r.NewNodeCPU = (cpu1 - cpu0) / float64(len(leases))
+	s.r.Latencies, s.r.Before, s.r.NewNodeCPU = n.latencies, n.before, n.cpuPerPeer
 	s.r.RSSEnd, s.r.PeakRSS, err = endMemory(pid)
 	return err
 }
