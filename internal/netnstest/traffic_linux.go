@@ -3,11 +3,14 @@ package netnstest
 import (
 	"context"
 	"crypto/sha256"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os/exec"
+	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -119,3 +122,65 @@ func Transfer(t testing.TB, from, to *ns.NS, addr netip.Addr, size int) time.Dur
 	}
 	return elapsed
 }
+
+// Container plugs namespace ctr into host as a container is: a veth
+// "ctr" in host holding gw, its peer "eth0" in ctr holding addr (in gw's
+// prefix) with a default route via gw, both up. mtu 0 keeps the default.
+func Container(t testing.TB, host, ctr *ns.NS, gw, addr netip.Prefix, mtu int) {
+	t.Helper()
+	link := []string{"ip", "-n", host.Name, "link", "add", "ctr"}
+	peer := []string{"peer", "name", "eth0"}
+	if mtu > 0 {
+		m := strconv.Itoa(mtu)
+		link, peer = append(link, "mtu", m), append(peer, "mtu", m)
+	}
+	Run(t, slices.Concat(link, []string{"type", "veth"}, peer, []string{"netns", ctr.Name})...)
+	Run(t, "ip", "-n", host.Name, "addr", "add", gw.String(), "dev", "ctr")
+	Run(t, "ip", "-n", host.Name, "link", "set", "ctr", "up")
+	Run(t, "ip", "-n", ctr.Name, "addr", "add", addr.String(), "dev", "eth0")
+	Run(t, "ip", "-n", ctr.Name, "link", "set", "eth0", "up")
+	Run(t, "ip", "-n", ctr.Name, "route", "add", "default", "via", gw.Addr().String())
+}
+
+// PacketSocket opens inside n an AF_PACKET socket of sockType
+// (unix.SOCK_DGRAM: IP packets; unix.SOCK_RAW: Ethernet frames) that sees
+// every frame crossing ifname, both ways. It listens to all protocols
+// (ETH_P_ALL) because such taps run before tc ingress, where an eBPF
+// program may take a packet away from the others. Reads time out every
+// 100 ms so that a reading loop can check whether to stop. With vnetHdr
+// each frame starts with a virtio_net_hdr, which gives a GSO frame's
+// segment size.
+func PacketSocket(n *ns.NS, ifname string, sockType int, vnetHdr bool) (int, error) {
+	fd := -1
+	err := n.Do(func() error {
+		ifi, err := net.InterfaceByName(ifname)
+		if err != nil {
+			return err
+		}
+		proto := int(htons(unix.ETH_P_ALL))
+		if fd, err = unix.Socket(unix.AF_PACKET, sockType|unix.SOCK_CLOEXEC, proto); err != nil {
+			return err
+		}
+		if vnetHdr {
+			if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_VNET_HDR, 1); err != nil {
+				return err
+			}
+		}
+		// Best effort: a capture under load drops what does not fit.
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 64<<20)
+		tv := unix.Timeval{Usec: 100000}
+		if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+			return err
+		}
+		return unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: uint16(proto), Ifindex: ifi.Index})
+	})
+	if err != nil {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+		return -1, fmt.Errorf("packet socket on %s in %s: %w", ifname, n.Name, err)
+	}
+	return fd, nil
+}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }

@@ -86,12 +86,8 @@ func newLab(t testing.TB, n int) *lab {
 		netnstest.Run(t, "ip", "-n", h.ns.Name, "addr", "add", h.underlay.String()+"/24", "dev", "eth0")
 		netnstest.Run(t, "ip", "-n", h.ns.Name, "link", "set", "eth0", "up")
 		netnstest.Run(t, "ip", "netns", "exec", h.ns.Name, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-		netnstest.Run(t, "ip", "-n", h.ns.Name, "link", "add", "ctr", "type", "veth", "peer", "name", "eth0", "netns", h.ctr.Name)
-		netnstest.Run(t, "ip", "-n", h.ns.Name, "addr", "add", fmt.Sprintf("10.77.%d.1/24", i), "dev", "ctr")
-		netnstest.Run(t, "ip", "-n", h.ns.Name, "link", "set", "ctr", "up")
-		netnstest.Run(t, "ip", "-n", h.ctr.Name, "addr", "add", h.ctrAddr.String()+"/24", "dev", "eth0")
-		netnstest.Run(t, "ip", "-n", h.ctr.Name, "link", "set", "eth0", "up")
-		netnstest.Run(t, "ip", "-n", h.ctr.Name, "route", "add", "default", "via", fmt.Sprintf("10.77.%d.1", i))
+		gw := netip.PrefixFrom(h.subnet.Addr().Next(), 24) // 10.77.i.1
+		netnstest.Container(t, h.ns, h.ctr, gw, netip.PrefixFrom(h.ctrAddr, 24), 0)
 		l.hosts = append(l.hosts, h)
 	}
 	return l
@@ -322,40 +318,16 @@ type capture struct {
 }
 
 func startCapture(t testing.TB, n *ns.NS, ifname string) *capture {
-	c := &capture{fd: -1}
-	if err := n.Do(func() error {
-		ifi, err := net.InterfaceByName(ifname)
-		if err != nil {
-			return err
-		}
-		proto := int(htons(unix.ETH_P_ALL))
-		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, proto)
-		if err != nil {
-			return err
-		}
-		c.fd = fd
-		if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_VNET_HDR, 1); err != nil {
-			return err
-		}
-		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 64<<20)
-		tv := unix.Timeval{Usec: 100000}
-		if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
-			return err
-		}
-		return unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: uint16(proto), Ifindex: ifi.Index})
-	}); err != nil {
-		if c.fd >= 0 {
-			unix.Close(c.fd)
-		}
-		t.Fatalf("capture on %s: %v", ifname, err)
+	fd, err := netnstest.PacketSocket(n, ifname, unix.SOCK_RAW, true)
+	if err != nil {
+		t.Fatal(err)
 	}
+	c := &capture{fd: fd}
 	c.wg.Add(1)
 	go c.loop()
 	t.Cleanup(c.close)
 	return c
 }
-
-func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
 func (c *capture) loop() {
 	defer c.wg.Done()

@@ -92,12 +92,8 @@ func twoHosts(t *testing.T) []*host {
 		netnstest.Run(t, "ip", "-n", n, "link", "set", "flannel0", "mtu", "1472", "up")
 		netnstest.Run(t, "ip", "-n", n, "addr", "add", h.subnet.Addr().String()+"/32", "dev", "flannel0")
 		netnstest.Run(t, "ip", "-n", n, "route", "add", "10.77.0.0/16", "dev", "flannel0")
-		netnstest.Run(t, "ip", "-n", n, "link", "add", "ctr", "mtu", "1472", "type", "veth", "peer", "name", "eth0", "mtu", "1472", "netns", h.ctr.Name)
-		netnstest.Run(t, "ip", "-n", n, "addr", "add", fmt.Sprintf("10.77.%d.1/24", h.i), "dev", "ctr")
-		netnstest.Run(t, "ip", "-n", n, "link", "set", "ctr", "up")
-		netnstest.Run(t, "ip", "-n", h.ctr.Name, "addr", "add", h.ctrAddr.String()+"/24", "dev", "eth0")
-		netnstest.Run(t, "ip", "-n", h.ctr.Name, "link", "set", "eth0", "up")
-		netnstest.Run(t, "ip", "-n", h.ctr.Name, "route", "add", "default", "via", fmt.Sprintf("10.77.%d.1", h.i))
+		gw := netip.PrefixFrom(h.subnet.Addr().Next(), 24)
+		netnstest.Container(t, h.ns, h.ctr, gw, netip.PrefixFrom(h.ctrAddr, 24), 1472)
 		if err := h.ns.Do(func() error {
 			e, err := net.InterfaceByName("eth0")
 			if err != nil {
@@ -348,32 +344,11 @@ type capture struct {
 }
 
 func startCapture(t *testing.T, n *ns.NS, ifname string) *capture {
-	c := &capture{fd: -1}
-	if err := n.Do(func() error {
-		ifi, err := net.InterfaceByName(ifname)
-		if err != nil {
-			return err
-		}
-		// ETH_P_ALL: protocol taps run before tc ingress, and the
-		// ingress program takes our datagrams away from the others.
-		proto := int(htons(unix.ETH_P_ALL))
-		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, proto)
-		if err != nil {
-			return err
-		}
-		c.fd = fd
-		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 64<<20)
-		tv := unix.Timeval{Usec: 100000}
-		if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
-			return err
-		}
-		return unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: uint16(proto), Ifindex: ifi.Index})
-	}); err != nil {
-		if c.fd >= 0 {
-			unix.Close(c.fd)
-		}
-		t.Fatalf("capture on %s: %v", ifname, err)
+	fd, err := netnstest.PacketSocket(n, ifname, unix.SOCK_DGRAM, false)
+	if err != nil {
+		t.Fatal(err)
 	}
+	c := &capture{fd: fd}
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
