@@ -2,7 +2,7 @@
 // removed when the test ends, pass or fail, and skips tests that need root
 // or a kernel module this machine lacks; and what datapath tests do with
 // them: wire them up (Run, Container, NICWire), pass checked TCP traffic
-// between them (Transfer), watch an interface (PacketSocket), and mount a
+// between them (Transfer), watch an interface (StartCapture), and mount a
 // private bpffs (BPFFS).
 package netnstest
 

@@ -11,6 +11,8 @@ import (
 	"os/exec"
 	"slices"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -142,7 +144,55 @@ func Container(t testing.TB, host, ctr *ns.NS, gw, addr netip.Prefix, mtu int) {
 	Run(t, "ip", "-n", ctr.Name, "route", "add", "default", "via", gw.Addr().String())
 }
 
-// PacketSocket opens inside n an AF_PACKET socket of sockType
+// Capture hands every frame crossing an interface to a function, on a
+// goroutine of its own, until Stop.
+type Capture struct {
+	fd   int
+	stop atomic.Bool
+	wg   sync.WaitGroup
+}
+
+// StartCapture captures on ifname in n with an AF_PACKET socket of
+// sockType (unix.SOCK_DGRAM: IP packets; unix.SOCK_RAW: Ethernet frames),
+// both ways, and calls handle with each frame (in a buffer reused for
+// the next) and where it came from. With vnetHdr each frame starts with a
+// virtio_net_hdr, which gives a GSO frame's segment size. The capture
+// stops when the test ends if not before.
+func StartCapture(t testing.TB, n *ns.NS, ifname string, sockType int, vnetHdr bool,
+	handle func(frame []byte, from *unix.SockaddrLinklayer)) *Capture {
+	t.Helper()
+	fd, err := packetSocket(n, ifname, sockType, vnetHdr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &Capture{fd: fd}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		buf := make([]byte, 128<<10)
+		for !c.stop.Load() {
+			m, from, err := unix.Recvfrom(c.fd, buf, 0)
+			if err != nil {
+				continue // timeout: check stop
+			}
+			ll, _ := from.(*unix.SockaddrLinklayer)
+			handle(buf[:m], ll)
+		}
+	}()
+	t.Cleanup(c.Stop)
+	return c
+}
+
+// Stop ends the capture; once it returns, handle is not called again.
+func (c *Capture) Stop() {
+	if c.stop.Swap(true) {
+		return
+	}
+	c.wg.Wait()
+	unix.Close(c.fd)
+}
+
+// packetSocket opens inside n an AF_PACKET socket of sockType
 // (unix.SOCK_DGRAM: IP packets; unix.SOCK_RAW: Ethernet frames) that sees
 // every frame crossing ifname, both ways. It listens to all protocols
 // (ETH_P_ALL) because such taps run before tc ingress, where an eBPF
@@ -150,7 +200,7 @@ func Container(t testing.TB, host, ctr *ns.NS, gw, addr netip.Prefix, mtu int) {
 // 100 ms so that a reading loop can check whether to stop. With vnetHdr
 // each frame starts with a virtio_net_hdr, which gives a GSO frame's
 // segment size.
-func PacketSocket(n *ns.NS, ifname string, sockType int, vnetHdr bool) (int, error) {
+func packetSocket(n *ns.NS, ifname string, sockType int, vnetHdr bool) (int, error) {
 	fd := -1
 	err := n.Do(func() error {
 		ifi, err := net.InterfaceByName(ifname)

@@ -306,9 +306,7 @@ func transfer(t testing.TB, from, to *host, size int) time.Duration {
 // as GSO super-packets (it segments them only where a real NIC needs it)
 // are cut at their gso_size, which the socket reports with PACKET_VNET_HDR.
 type capture struct {
-	fd   int
-	stop atomic.Bool
-	wg   sync.WaitGroup
+	*netnstest.Capture
 
 	mu        sync.Mutex
 	datagrams int
@@ -318,27 +316,9 @@ type capture struct {
 }
 
 func startCapture(t testing.TB, n *ns.NS, ifname string) *capture {
-	fd, err := netnstest.PacketSocket(n, ifname, unix.SOCK_RAW, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &capture{fd: fd}
-	c.wg.Add(1)
-	go c.loop()
-	t.Cleanup(c.close)
+	c := &capture{}
+	c.Capture = netnstest.StartCapture(t, n, ifname, unix.SOCK_RAW, true, func(f []byte, _ *unix.SockaddrLinklayer) { c.frame(f) })
 	return c
-}
-
-func (c *capture) loop() {
-	defer c.wg.Done()
-	buf := make([]byte, vnetHdrLen+14+65536)
-	for !c.stop.Load() {
-		n, _, err := unix.Recvfrom(c.fd, buf, 0)
-		if err != nil {
-			continue // timeout: check stop
-		}
-		c.frame(buf[:n])
-	}
 }
 
 func (c *capture) frame(f []byte) {
@@ -382,17 +362,9 @@ func (c *capture) frame(f []byte) {
 	}
 }
 
-func (c *capture) close() {
-	if c.stop.Swap(true) {
-		return
-	}
-	c.wg.Wait()
-	unix.Close(c.fd)
-}
-
 // result stops the capture and returns what it saw.
 func (c *capture) result() (datagrams, gsoFrames int, bad []string) {
-	c.close()
+	c.Stop()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.datagrams, c.gsoFrames, c.bad

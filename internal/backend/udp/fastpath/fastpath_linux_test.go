@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -334,9 +333,7 @@ func transfer(t *testing.T, from, to *host, size int) time.Duration {
 // checksum 0, ports 8285, exactly one IPv4 packet whose TCP or UDP
 // checksum (if any) is valid.
 type capture struct {
-	fd   int
-	stop atomic.Bool
-	wg   sync.WaitGroup
+	*netnstest.Capture
 
 	mu        sync.Mutex
 	datagrams int
@@ -344,28 +341,13 @@ type capture struct {
 }
 
 func startCapture(t *testing.T, n *ns.NS, ifname string) *capture {
-	fd, err := netnstest.PacketSocket(n, ifname, unix.SOCK_DGRAM, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &capture{fd: fd}
-	c.wg.Add(1)
-	go func() {
-		defer c.wg.Done()
-		buf := make([]byte, 65536)
-		for !c.stop.Load() {
-			n, from, err := unix.Recvfrom(c.fd, buf, 0)
-			if err != nil {
-				continue
-			}
-			ll, ok := from.(*unix.SockaddrLinklayer)
-			if !ok || ll.Pkttype == unix.PACKET_OUTGOING || ll.Protocol != htons(unix.ETH_P_IP) {
-				continue
-			}
-			c.packet(buf[:n])
+	c := &capture{}
+	c.Capture = netnstest.StartCapture(t, n, ifname, unix.SOCK_DGRAM, false, func(ip []byte, from *unix.SockaddrLinklayer) {
+		if from == nil || from.Pkttype == unix.PACKET_OUTGOING || from.Protocol != htons(unix.ETH_P_IP) {
+			return
 		}
-	}()
-	t.Cleanup(c.close)
+		c.packet(ip)
+	})
 	return c
 }
 
@@ -431,16 +413,8 @@ func l4ChecksumOK(p []byte) bool {
 	return sum == 0xffff
 }
 
-func (c *capture) close() {
-	if c.stop.Swap(true) {
-		return
-	}
-	c.wg.Wait()
-	unix.Close(c.fd)
-}
-
 func (c *capture) result() (int, []string) {
-	c.close()
+	c.Stop()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.datagrams, c.bad
