@@ -100,15 +100,7 @@ func assertProcConfined(t *testing.T, name string, pid int, nnp bool) {
 	if !strings.Contains(string(st), "CapBnd:\t0000000000003000") || (nnp && !strings.Contains(string(st), "NoNewPrivs:\t1")) {
 		t.Errorf("%s: flanneld is not confined as expected:\n%s", name, st)
 	}
-	mi, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range []string{"/proc/sys", "/sys"} {
-		if !regexp.MustCompile(`(?m)^\S+ \S+ \S+ \S+ ` + p + ` ro[, ]`).Match(mi) {
-			t.Errorf("%s: %s is not read-only for flanneld:\n%s", name, p, mi)
-		}
-	}
+	checkSysReadOnly(t, name, pid)
 }
 
 // TestConfinedByUnit runs every backend under dist/flanneld.service's
@@ -217,6 +209,21 @@ func TestStrayArgumentStarts(t *testing.T) {
 		}
 		if n != 1 {
 			t.Errorf("%s: %d warnings about the stray argument, want 1:\n%s", h.Name, n, log)
+		}
+	}
+}
+
+// checkSysReadOnly asserts that process pid (flanneld, in the named setup)
+// sees /proc/sys and /sys mounted read-only.
+func checkSysReadOnly(t *testing.T, name string, pid int) {
+	t.Helper()
+	mi, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"/proc/sys", "/sys"} {
+		if !regexp.MustCompile(`(?m)^\S+ \S+ \S+ \S+ ` + p + ` ro[, ]`).Match(mi) {
+			t.Errorf("%s: %s is not read-only for flanneld:\n%s", name, p, mi)
 		}
 	}
 }

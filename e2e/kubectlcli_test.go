@@ -1,17 +1,10 @@
 package e2e
 
 import (
-	"bytes"
-	"context"
 	"encoding/json"
-	"errors"
-	"os"
 	"os/exec"
-	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/flannel-go/flannel/internal/doctor"
 	"github.com/flannel-go/flannel/internal/lab"
@@ -23,25 +16,8 @@ import (
 // NODE_NAME, nothing of etcd.
 func kubeCtl(t *testing.T, l *lab.Lab, h *lab.Host, kubeconfig string, args ...string) (stdout string, code int) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", h.NS, filepath.Join(binDir, "flannelctl")}, args...)...)
-	env := slices.DeleteFunc(os.Environ(), func(kv string) bool {
-		return strings.HasPrefix(kv, "FLANNELD_") || strings.HasPrefix(kv, "KUBECONFIG=") || strings.HasPrefix(kv, "NODE_NAME=")
-	})
-	cmd.Env = append(env, "KUBECONFIG="+kubeconfig, "NODE_NAME="+h.Name, "FLANNELD_SUBNET_FILE="+l.SubnetFile(h))
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	var ee *exec.ExitError
-	switch {
-	case errors.As(err, &ee):
-		code = ee.ExitCode()
-	case err != nil:
-		t.Fatalf("flannelctl %v: %v", args, err)
-	}
-	t.Logf("%s$ flannelctl %s → exit %d\n%s%s", h.Name, strings.Join(args, " "), code, out.String(), errb.String())
-	return out.String(), code
+	stdout, _, code = runCtl(t, h, []string{"KUBECONFIG=" + kubeconfig, "NODE_NAME=" + h.Name, "FLANNELD_SUBNET_FILE=" + l.SubnetFile(h)}, args...)
+	return stdout, code
 }
 
 // TestKubeFlannelctl: on a running Kubernetes-mode lab, flannelctl's

@@ -31,14 +31,25 @@ const opsHealthPort = "9753"
 // variables.
 func opsCtl(t *testing.T, l *lab.Lab, h *lab.Host, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
+	return runCtl(t, h, []string{
+		"FLANNELD_ETCD_ENDPOINTS=" + strings.Join(l.EtcdEndpoints, ","),
+		"FLANNELD_SUBNET_FILE=" + l.SubnetFile(h),
+		"FLANNELD_HEALTHZ_PORT=" + opsHealthPort,
+	}, args...)
+}
+
+// runCtl runs the flannelctl binary inside host h's namespace with our
+// environment less its FLANNELD_* variables, plus env (which replaces any
+// variable of ours it names), and logs what it printed.
+func runCtl(t *testing.T, h *lab.Host, env []string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", h.NS, filepath.Join(binDir, "flannelctl")}, args...)...)
-	env := slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "FLANNELD_") })
-	cmd.Env = append(env,
-		"FLANNELD_ETCD_ENDPOINTS="+strings.Join(l.EtcdEndpoints, ","),
-		"FLANNELD_SUBNET_FILE="+l.SubnetFile(h),
-		"FLANNELD_HEALTHZ_PORT="+opsHealthPort)
+	cmd.Env = append(slices.DeleteFunc(os.Environ(), func(kv string) bool {
+		name, _, _ := strings.Cut(kv, "=")
+		return strings.HasPrefix(name, "FLANNELD_") || slices.ContainsFunc(env, func(e string) bool { return strings.HasPrefix(e, name+"=") })
+	}), env...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()

@@ -679,13 +679,5 @@ func assertPodConfined(t *testing.T, name string, pid int, r *dsRun) {
 	if r.Privileged {
 		return
 	}
-	mi, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range []string{"/proc/sys", "/sys"} {
-		if !regexp.MustCompile(`(?m)^\S+ \S+ \S+ \S+ ` + p + ` ro[, ]`).Match(mi) {
-			t.Errorf("%s: %s is not read-only for flanneld:\n%s", name, p, mi)
-		}
-	}
+	checkSysReadOnly(t, name, pid)
 }

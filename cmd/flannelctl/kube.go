@@ -190,12 +190,8 @@ func kubeLeaseShow(n kubestate.Node, asJSON bool, w io.Writer) error {
 	if asJSON {
 		return writeJSON(w, j)
 	}
-	tw := tabwriter.NewWriter(w, 0, 4, 1, ' ', 0)
-	row := func(k, v string) {
-		if v != "" {
-			fmt.Fprintf(tw, "%s:\t%s\n", k, v)
-		}
-	}
+	f := newFields(w)
+	row := f.row
 	row("node", n.Name)
 	row("subnet", j.Subnet)
 	row("IPv6 subnet", j.Subnet6)
@@ -218,7 +214,7 @@ func kubeLeaseShow(n kubestate.Node, asJSON bool, w io.Writer) error {
 		}
 	}
 	row("NetworkUnavailable", cond)
-	return tw.Flush()
+	return f.flush()
 }
 
 func joinNonEmpty(a, b string) string {

@@ -50,36 +50,17 @@ func labScaleKube(ctx context.Context, f kubeScaleFlags, stdout, stderr io.Write
 	}
 	o := lab.KubeScaleOptions{APIServer: api, Peers: f.peers, NewNodes: f.newNodes, Interval: f.interval,
 		Updates: f.updates, Progress: stdout, SyncTimeout: f.syncTimeout}
-	_ = lab.Down(f.id)
 	fmt.Fprintf(stdout, "building lab %s: 1 host, Kubernetes mode (vxlan, Network %s)\n", f.id, lab.ScaleNetwork)
 	cfg := fmt.Sprintf(`{"Network":%q,"SubnetLen":24,"Backend":{"Type":"vxlan"}}`, lab.ScaleNetwork)
-	l, err := lab.Up(ctx, lab.Options{ID: f.id, Hosts: 1, Config: cfg, Flanneld: bin, EtcdCmd: etcdCmd, NoFlanneld: true})
-	if err != nil {
-		return err
-	}
-	keepUp := false
-	defer func() {
-		if keepUp {
-			return
+	lo := lab.Options{ID: f.id, Hosts: 1, Config: cfg, Flanneld: bin, EtcdCmd: etcdCmd, NoFlanneld: true}
+	return runScaleLab(ctx, "lab scale --kube", lo, f.keep, ", without its API server", stdout, stderr, func(l *lab.Lab) error {
+		r, err := l.RunKubeScale(ctx, o)
+		if err != nil {
+			return err
 		}
-		if derr := l.Down(); derr != nil {
-			fmt.Fprintf(stderr, "lab scale: tear down %s: %v\n", f.id, derr)
-		}
-	}()
-	r, err := l.RunKubeScale(ctx, o)
-	if err != nil {
-		if ctx.Err() == nil {
-			fmt.Fprintf(stderr, "last lines of flanneld's log:\n%s\n", tailFile(l.LogFile(l.Hosts[0]), 15))
-		}
-		return fmt.Errorf("lab scale --kube: %w", err)
-	}
-	reportKube(stdout, o, r)
-	if f.keep {
-		keepUp = true
-		fmt.Fprintf(stdout, "\nlab %s is still up, without its API server (flanneld log: %s); flannelctl lab down --id %s\n",
-			f.id, l.LogFile(l.Hosts[0]), f.id)
-	}
-	return nil
+		reportKube(stdout, o, r)
+		return nil
+	})
 }
 
 // reportKube prints r against the targets.
@@ -87,14 +68,6 @@ func reportKube(out io.Writer, o lab.KubeScaleOptions, r lab.KubeScaleResult) {
 	lat := slices.Clone(r.Latencies)
 	slices.Sort(lat)
 	p50, p99, worst := percentile(lat, 50), percentile(lat, 99), lat[len(lat)-1]
-	ms := func(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
-	mb := func(b int64) string { return fmt.Sprintf("%.1f MB", float64(b)/(1<<20)) }
-	verdict := func(ok bool) string {
-		if ok {
-			return "ok"
-		}
-		return "MISSED"
-	}
 	ratio := r.Ours.BytesPerUpdate / r.Upstream.BytesPerUpdate
 
 	fmt.Fprintf(out, "\nmachine: %s\n", lab.MachineDescription())

@@ -130,12 +130,8 @@ func leasesShow(ctx context.Context, s store, arg string, asJSON bool, w io.Writ
 	if asJSON {
 		return writeJSON(w, j)
 	}
-	tw := tabwriter.NewWriter(w, 0, 4, 1, ' ', 0)
-	row := func(k, v string) {
-		if v != "" {
-			fmt.Fprintf(tw, "%s:\t%s\n", k, v)
-		}
-	}
+	f := newFields(w)
+	row := f.row
 	row("subnet", j.Subnet)
 	row("IPv6 subnet", j.Subnet6)
 	row("key", j.Key)
@@ -152,7 +148,7 @@ func leasesShow(ctx context.Context, s store, arg string, asJSON bool, w io.Writ
 			row("expires", fmt.Sprintf("%s (in %s)", j.Expires.Format(time.RFC3339), lease.FormatLeft(time.Until(l.Expires))))
 		}
 	}
-	return tw.Flush()
+	return f.flush()
 }
 
 func leasesReserve(ctx context.Context, s store, subnetArg, ipArg string, w io.Writer) error {

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"text/tabwriter"
 	"time"
 
 	"github.com/flannel-go/flannel/internal/etcdconf"
@@ -223,6 +224,20 @@ func (h *warnHandler) WithAttrs(as []slog.Attr) slog.Handler {
 }
 
 func (h *warnHandler) WithGroup(string) slog.Handler { return h }
+
+// fields prints "name: value" lines with the values in one column,
+// leaving out empty values: the human form of the show commands.
+type fields struct{ tw *tabwriter.Writer }
+
+func newFields(w io.Writer) fields { return fields{tabwriter.NewWriter(w, 0, 4, 1, ' ', 0)} }
+
+func (f fields) row(name, value string) {
+	if value != "" {
+		fmt.Fprintf(f.tw, "%s:\t%s\n", name, value)
+	}
+}
+
+func (f fields) flush() error { return f.tw.Flush() }
 
 func writeJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)

@@ -76,35 +76,51 @@ func labScale(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	o := lab.ScaleOptions{Backend: *backendType, Peers: *peers, NewLeases: *newLeases, Interval: *interval, Progress: stdout,
 		SyncTimeout: *syncTimeout}
-	_ = lab.Down(*id)
 	cfg := fmt.Sprintf(`{"Network":%q,"SubnetLen":24,"Backend":{"Type":%q}}`, lab.ScaleNetwork, *backendType)
 	fmt.Fprintf(stdout, "building lab %s: 1 host, config %s\n", *id, cfg)
-	l, err := lab.Up(ctx, lab.Options{ID: *id, Hosts: 1, Config: cfg, Flanneld: bin, EtcdCmd: etcdCmd})
+	lo := lab.Options{ID: *id, Hosts: 1, Config: cfg, Flanneld: bin, EtcdCmd: etcdCmd}
+	return runScaleLab(ctx, "lab scale", lo, *keep, "", stdout, stderr, func(l *lab.Lab) error {
+		r, err := l.RunScale(ctx, o)
+		if err != nil {
+			return err
+		}
+		report(stdout, o, r)
+		return nil
+	})
+}
+
+// runScaleLab brings up a lab with o (taking down what is left of an
+// earlier one with its ID first) and runs bench on it. The lab comes down
+// on every return, including Ctrl-C (ctx ending makes each wait in bench
+// return) and a panic, unless keep is set and bench succeeded; keptNote
+// then says what of the lab is not kept. When bench fails, the end of
+// flanneld's log is printed.
+func runScaleLab(ctx context.Context, name string, o lab.Options, keep bool, keptNote string, stdout, stderr io.Writer,
+	bench func(*lab.Lab) error) error {
+	_ = lab.Down(o.ID)
+	l, err := lab.Up(ctx, o)
 	if err != nil {
 		return err
 	}
-	// The lab comes down on every return, including Ctrl-C (ctx ending
-	// makes each wait in run return) and a panic.
 	keepUp := false
 	defer func() {
 		if keepUp {
 			return
 		}
 		if derr := l.Down(); derr != nil {
-			fmt.Fprintf(stderr, "lab scale: tear down %s: %v\n", *id, derr)
+			fmt.Fprintf(stderr, "lab scale: tear down %s: %v\n", o.ID, derr)
 		}
 	}()
-	r, err := l.RunScale(ctx, o)
-	if err != nil {
+	if err := bench(l); err != nil {
 		if ctx.Err() == nil {
 			fmt.Fprintf(stderr, "last lines of flanneld's log:\n%s\n", tailFile(l.LogFile(l.Hosts[0]), 15))
 		}
-		return fmt.Errorf("lab scale: %w", err)
+		return fmt.Errorf("%s: %w", name, err)
 	}
-	report(stdout, o, r)
-	if *keep {
+	if keep {
 		keepUp = true
-		fmt.Fprintf(stdout, "\nlab %s is still up (flanneld log: %s); flannelctl lab down --id %s\n", *id, l.LogFile(l.Hosts[0]), *id)
+		fmt.Fprintf(stdout, "\nlab %s is still up%s (flanneld log: %s); flannelctl lab down --id %s\n",
+			o.ID, keptNote, l.LogFile(l.Hosts[0]), o.ID)
 	}
 	return nil
 }
@@ -126,14 +142,6 @@ func report(out io.Writer, o lab.ScaleOptions, r lab.ScaleResult) {
 	// "No etcd request per peer": what flanneld asked for while starting
 	// and syncing must not grow with the number of peers.
 	reqLimit := int64(max(o.Peers/100, 20))
-	ms := func(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
-	mb := func(b int64) string { return fmt.Sprintf("%.1f MB", float64(b)/(1<<20)) }
-	verdict := func(ok bool) string {
-		if ok {
-			return "ok"
-		}
-		return "MISSED"
-	}
 	entriesOK := r.Have == r.Want
 
 	fmt.Fprintf(out, "\nmachine: %s\n", lab.MachineDescription())
@@ -184,6 +192,17 @@ func methods(r lab.EtcdRequests) string {
 		parts[i] = fmt.Sprintf("%s %d", m, r.Started[m])
 	}
 	return strings.Join(parts, ", ")
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
+
+func mb(b int64) string { return fmt.Sprintf("%.1f MB", float64(b)/(1<<20)) }
+
+func verdict(ok bool) string {
+	if ok {
+		return "ok"
+	}
+	return "MISSED"
 }
 
 // percentile returns the nearest-rank p-th percentile of sorted ds.

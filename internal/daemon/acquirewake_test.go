@@ -3,7 +3,6 @@ package daemon
 import (
 	"context"
 	"errors"
-	"net/netip"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -11,7 +10,6 @@ import (
 	"time"
 
 	"github.com/flannel-go/flannel/internal/backend"
-	"github.com/flannel-go/flannel/internal/iface"
 	"github.com/flannel-go/flannel/internal/lease"
 	"github.com/flannel-go/flannel/internal/logbuf"
 	"github.com/flannel-go/flannel/internal/netconf"
@@ -61,11 +59,8 @@ func TestAcquireRetriesWhenOwnLeaseChanges(t *testing.T) {
 		Source: src,
 		Backends: map[string]backend.Def{"vxlan": {Info: backend.Info{Type: "vxlan", TypedLeases: true},
 			New: func(backend.Config) (backend.Backend, error) { return be, nil }}},
-		Ext: func(bool) (iface.ExtIface, error) {
-			a := netip.MustParseAddr("192.168.0.1")
-			return iface.ExtIface{Name: "eth0", Index: 2, MTU: 1500, IfaceAddr: a, ExtAddr: a}, nil
-		},
-		NewRules: func(bool) (Rules, error) { return &fakeRules{}, nil },
+		Ext:      fakeExt,
+		NewRules: newFakeRules,
 		Log:      logs.Logger(),
 	})
 	ctx, cancel := context.WithCancel(context.Background())

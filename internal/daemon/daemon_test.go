@@ -91,6 +91,14 @@ func (r *fakeRules) Apply(_ context.Context, want masq.Rules) (bool, error) {
 }
 func (r *fakeRules) RemoveOther(context.Context) error { return nil }
 
+func newFakeRules(bool) (Rules, error) { return &fakeRules{}, nil }
+
+// fakeExt is the external interface of every daemon under test.
+func fakeExt(bool) (iface.ExtIface, error) {
+	a := netip.MustParseAddr("192.168.0.1")
+	return iface.ExtIface{Name: "eth0", Index: 2, MTU: 1500, IfaceAddr: a, ExtAddr: a}, nil
+}
+
 type harness struct {
 	store *leasetest.Store
 	be    *fakeBackend
@@ -124,10 +132,7 @@ func newHarness(t *testing.T, config string) *harness {
 	}, Deps{
 		Source:   lease.NewStoreSource(h.store, lease.StoreSourceOptions{Prefix: "/coreos.com/network", RenewMargin: time.Minute}),
 		Backends: map[string]backend.Def{"vxlan": {Info: backend.Info{Type: "vxlan", TypedLeases: true, ValidatePeer: needsVtepMAC}, New: func(backend.Config) (backend.Backend, error) { return h.be, nil }}},
-		Ext: func(bool) (iface.ExtIface, error) {
-			a := netip.MustParseAddr("192.168.0.1")
-			return iface.ExtIface{Name: "eth0", Index: 2, MTU: 1500, IfaceAddr: a, ExtAddr: a}, nil
-		},
+		Ext:      fakeExt,
 		NewRules: func(bool) (Rules, error) { return h.rules, nil },
 		Log:      log,
 	})

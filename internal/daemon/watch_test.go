@@ -8,7 +8,6 @@ import (
 	"testing"
 
 	"github.com/flannel-go/flannel/internal/backend"
-	"github.com/flannel-go/flannel/internal/iface"
 	"github.com/flannel-go/flannel/internal/lease"
 	"github.com/flannel-go/flannel/internal/logbuf"
 	"github.com/flannel-go/flannel/internal/netconf"
@@ -83,11 +82,8 @@ func TestWatchOnlyWhenSomethingNeedsIt(t *testing.T) {
 					"alloc": {Info: backend.Info{Type: "alloc", NoPeers: true}, New: newBE},
 					"vxlan": {Info: backend.Info{Type: "vxlan", TypedLeases: true}, New: newBE},
 				},
-				Ext: func(bool) (iface.ExtIface, error) {
-					a := netip.MustParseAddr("192.168.0.1")
-					return iface.ExtIface{Name: "eth0", Index: 2, MTU: 1500, IfaceAddr: a, ExtAddr: a}, nil
-				},
-				NewRules: func(bool) (Rules, error) { return &fakeRules{}, nil },
+				Ext:      fakeExt,
+				NewRules: newFakeRules,
 				Log:      logs.Logger(),
 			})
 			ctx, cancel := context.WithCancel(context.Background())

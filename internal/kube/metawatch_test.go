@@ -22,6 +22,7 @@ import (
 
 	"github.com/flannel-go/flannel/internal/kube"
 	"github.com/flannel-go/flannel/internal/kubetest"
+	"github.com/flannel-go/flannel/internal/lab/kubeapi"
 	"github.com/flannel-go/flannel/internal/lease"
 )
 
@@ -99,7 +100,9 @@ func countedSource(t *testing.T, r *rig, conf string, upstream bool) (*kube.Sour
 		cfg.ContentType, cfg.AcceptContentTypes = "application/json", "application/json"
 	}
 	n := new(counts)
-	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper { return listCountingRT{countingRT{rt, &n.bytes}, n} })
+	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper {
+		return listCountingRT{kubeapi.CountBytes(&n.bytes)(rt), n}
+	})
 	c, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		t.Fatal(err)

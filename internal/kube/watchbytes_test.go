@@ -3,8 +3,6 @@ package kube_test
 import (
 	"context"
 	"fmt"
-	"io"
-	"net/http"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -21,35 +19,10 @@ import (
 	"github.com/flannel-go/flannel/internal/lab/kubeapi"
 )
 
-// countingBody counts the bytes a response body delivers.
-type countingBody struct {
-	io.ReadCloser
-	n *atomic.Int64
-}
-
-func (b countingBody) Read(p []byte) (int, error) {
-	n, err := b.ReadCloser.Read(p)
-	b.n.Add(int64(n))
-	return n, err
-}
-
-type countingRT struct {
-	rt http.RoundTripper
-	n  *atomic.Int64
-}
-
-func (c countingRT) RoundTrip(r *http.Request) (*http.Response, error) {
-	resp, err := c.rt.RoundTrip(r)
-	if err == nil {
-		resp.Body = countingBody{resp.Body, c.n}
-	}
-	return resp, err
-}
-
 func counted(t testing.TB, cfg *rest.Config) (kubernetes.Interface, *atomic.Int64) {
 	n := new(atomic.Int64)
 	cfg = rest.CopyConfig(cfg)
-	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper { return countingRT{rt, n} })
+	cfg.Wrap(kubeapi.CountBytes(n))
 	c, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -8,7 +8,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -19,7 +18,6 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -27,7 +25,6 @@ import (
 	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/rest"
 
-	"github.com/flannel-go/flannel/internal/backoff"
 	"github.com/flannel-go/flannel/internal/kube"
 	"github.com/flannel-go/flannel/internal/lab/kubeapi"
 	"github.com/flannel-go/flannel/internal/lease"
@@ -232,24 +229,8 @@ func (s *kubeScaleRun) startAPI(ctx context.Context) error {
 // runs with no more rights than upstream grants.
 func (s *kubeScaleRun) flannelIdentity(ctx context.Context) (string, error) {
 	const user = "system:serviceaccount:kube-flannel:flannel"
-	_, err := s.admin.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{
-		ObjectMeta: metav1.ObjectMeta{Name: "flannel"},
-		Rules: []rbacv1.PolicyRule{
-			{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get"}},
-			{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "list", "watch"}},
-			{APIGroups: []string{""}, Resources: []string{"nodes/status"}, Verbs: []string{"patch"}},
-		},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		return "", fmt.Errorf("lab: create ClusterRole flannel: %w", err)
-	}
-	_, err = s.admin.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: "flannel"},
-		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "flannel"},
-		Subjects:   []rbacv1.Subject{{Kind: "User", APIGroup: "rbac.authorization.k8s.io", Name: user}},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		return "", fmt.Errorf("lab: create ClusterRoleBinding flannel: %w", err)
+	if err := kubeapi.GrantFlannelRole(ctx, s.admin, user); err != nil {
+		return "", fmt.Errorf("lab: %w", err)
 	}
 	return s.api.WriteKubeconfig("flanneld.kubeconfig", user)
 }
@@ -435,25 +416,8 @@ func (s *kubeScaleRun) measureSync(ctx context.Context, w *EntryWatch) error {
 	h := s.l.Hosts[0]
 	s.progress("starting flanneld (kube mode); waiting for %d routes, %d neighbours, %d FDB entries...\n",
 		s.r.Want.Routes, s.r.Want.Neighs, s.r.Want.FDB)
-	start := time.Now()
-	if err := s.l.StartFlanneld(h); err != nil {
-		return err
-	}
-	pid := h.FlanneldPID
-	timeout := s.o.SyncTimeout
-	if timeout <= 0 {
-		timeout = 2 * time.Minute
-	}
-	last, err := w.WaitExpected(ctx, timeout, pid)
-	if err != nil {
-		have, want := w.Progress()
-		return fmt.Errorf("waiting for the full sync (have %+v of %+v): %w", have, want, err)
-	}
-	s.r.SyncTime = last.Sub(start)
-	if s.r.RSSSync, err = RssAnon(pid); err != nil {
-		return err
-	}
-	if s.r.SyncCPU, err = CPUSeconds(pid); err != nil {
+	var err error
+	if s.r.SyncTime, s.r.RSSSync, s.r.SyncCPU, err = s.l.startAndSync(ctx, h, w, s.o.SyncTimeout); err != nil {
 		return err
 	}
 	if s.r.Have, err = CountEntries(h.NS, "flannel.1", netip.Prefix{}); err != nil {
@@ -469,75 +433,21 @@ func (s *kubeScaleRun) measureSync(ctx context.Context, w *EntryWatch) error {
 // existing.
 func (s *kubeScaleRun) measureNew(ctx context.Context, w *EntryWatch, leases []lease.Lease) error {
 	pid := s.l.Hosts[0].FlanneldPID
-	cpu0, err := CPUSeconds(pid)
-	if err != nil {
-		return err
-	}
 	s.progress("%d nodes join, one every %s...\n", len(leases), s.o.Interval)
-	next := time.Now()
-	for i, l := range leases {
-		if err := backoff.Sleep(ctx, time.Until(next)); err != nil {
-			return err
-		}
-		next = next.Add(s.o.Interval)
+	n, err := timeNewPeers(ctx, w, pid, "vxlan", s.o.Interval, leases, func(i int, l lease.Lease) (string, error) {
 		name := peerName(s.o.Peers + i)
 		beat := time.Now()
 		if err := s.joinNode(ctx, name, l.Subnet, beat); err != nil {
-			return err
+			return "", err
 		}
-		if err := s.annotate(ctx, name, l, beat); err != nil {
-			return err
-		}
-		put := time.Now()
-		r := RouteOf("vxlan", l)
-		at, err := w.WaitRoute(ctx, r.Dst, r.Gw, 10*time.Second, pid)
-		if err != nil {
-			return fmt.Errorf("route of new node %s (%s): %w", name, l.Subnet, err)
-		}
-		d := at.Sub(put)
-		if d < 0 {
-			s.r.Before++
-			d = 0
-		}
-		s.r.Latencies = append(s.r.Latencies, d)
-	}
-	cpu1, err := CPUSeconds(pid)
+		return fmt.Sprintf("new node %s (%s)", name, l.Subnet), s.annotate(ctx, name, l, beat)
+	})
 	if err != nil {
 		return err
 	}
-	s.r.NewNodeCPU = (cpu1 - cpu0) / float64(len(leases))
-	if s.r.RSSEnd, err = RssAnon(pid); err != nil {
-		return err
-	}
-	if s.r.PeakRSS, err = PeakRSS(pid); err != nil {
-		return err
-	}
-	return nil
-}
-
-// countingRT counts the bytes of the response bodies it carries.
-type countingRT struct {
-	rt http.RoundTripper
-	n  *atomic.Int64
-}
-
-func (c countingRT) RoundTrip(r *http.Request) (*http.Response, error) {
-	resp, err := c.rt.RoundTrip(r)
-	if err == nil {
-		resp.Body = countingBody{resp.Body, c.n}
-	}
-	return resp, err
-}
-
-type countingBody struct {
-	io.ReadCloser
-	n *atomic.Int64
-}
-
-func (b countingBody) Read(p []byte) (int, error) {
-	n, err := b.ReadCloser.Read(p)
-	b.n.Add(int64(n))
-	return n, err
+	s.r.Latencies, s.r.Before, s.r.NewNodeCPU = n.latencies, n.before, n.cpuPerPeer
+	s.r.RSSEnd, s.r.PeakRSS, err = endMemory(pid)
+	return err
 }
 
 // watcher is one way of watching the Nodes, run in this process with
@@ -564,7 +474,7 @@ func (s *kubeScaleRun) startWatcher(ctx context.Context, name string, upstream b
 		cfg.ContentType, cfg.AcceptContentTypes = "application/json", "application/json"
 	}
 	w := &watcher{name: name, updates: make(chan lease.Update, 1024)}
-	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper { return countingRT{rt, &w.bytes} })
+	cfg.Wrap(kubeapi.CountBytes(&w.bytes))
 	c, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, err

@@ -135,25 +135,7 @@ func (s *scaleRun) measureSync(ctx context.Context, w *EntryWatch) error {
 	}
 	s.progress("starting flanneld; waiting for %d routes, %d neighbours, %d FDB entries...\n",
 		s.r.Want.Routes, s.r.Want.Neighs, s.r.Want.FDB)
-	start := time.Now()
-	if err := s.l.StartFlanneld(h); err != nil {
-		return err
-	}
-	pid := h.FlanneldPID
-	timeout := s.o.SyncTimeout
-	if timeout <= 0 {
-		timeout = 2 * time.Minute
-	}
-	last, err := w.WaitExpected(ctx, timeout, pid)
-	if err != nil {
-		have, want := w.Progress()
-		return fmt.Errorf("waiting for the full sync (have %+v of %+v): %w", have, want, err)
-	}
-	s.r.SyncTime = last.Sub(start)
-	if s.r.RSSSync, err = RssAnon(pid); err != nil {
-		return err
-	}
-	if s.r.SyncCPU, err = CPUSeconds(pid); err != nil {
+	if s.r.SyncTime, s.r.RSSSync, s.r.SyncCPU, err = s.l.startAndSync(ctx, h, w, s.o.SyncTimeout); err != nil {
 		return err
 	}
 	if s.r.ReqSync, err = s.l.EtcdRequests(ctx); err != nil {
@@ -180,46 +162,23 @@ func (s *scaleRun) measureNew(ctx context.Context, w *EntryWatch, cli *clientv3.
 	if err != nil {
 		return err
 	}
-	cpu0, err := CPUSeconds(pid)
-	if err != nil {
-		return err
-	}
 	s.progress("writing %d new leases, one every %s...\n", len(leases), s.o.Interval)
-	next := time.Now()
-	for i, l := range leases {
-		if err := backoff.Sleep(ctx, time.Until(next)); err != nil {
-			return err
-		}
-		next = next.Add(s.o.Interval)
+	n, err := timeNewPeers(ctx, w, pid, s.o.Backend, s.o.Interval, leases, func(i int, l lease.Lease) (string, error) {
 		k, v, err := s.l.LeaseKV(l)
 		if err != nil {
-			return err
+			return "", err
 		}
 		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		_, err = cli.Put(pctx, k, v, clientv3.WithLease(id))
-		cancel()
-		if err != nil {
-			return fmt.Errorf("put new lease %d: %w", i+1, err)
+		defer cancel()
+		if _, err := cli.Put(pctx, k, v, clientv3.WithLease(id)); err != nil {
+			return "", fmt.Errorf("put new lease %d: %w", i+1, err)
 		}
-		put := time.Now()
-		r := RouteOf(s.o.Backend, l)
-		at, err := w.WaitRoute(ctx, r.Dst, r.Gw, 10*time.Second, pid)
-		if err != nil {
-			return fmt.Errorf("route of new lease %s: %w", l.Subnet, err)
-		}
-		d := at.Sub(put)
-		if d < 0 {
-			// flanneld's watch event can beat our Put's response.
-			s.r.Before++
-			d = 0
-		}
-		s.r.Latencies = append(s.r.Latencies, d)
-	}
-	cpu1, err := CPUSeconds(pid)
+		return "new lease " + l.Subnet.String(), nil
+	})
 	if err != nil {
 		return err
 	}
-	s.r.NewLeaseCPU = (cpu1 - cpu0) / float64(len(leases))
+	s.r.Latencies, s.r.Before, s.r.NewLeaseCPU = n.latencies, n.before, n.cpuPerPeer
 	if s.r.ReqNew, err = s.l.EtcdRequests(ctx); err != nil {
 		return err
 	}
@@ -229,13 +188,98 @@ func (s *scaleRun) measureNew(ctx context.Context, w *EntryWatch, cli *clientv3.
 	if s.r.ReqNew.Started["Put"] == 0 {
 		delete(s.r.ReqNew.Started, "Put")
 	}
-	if s.r.RSSEnd, err = RssAnon(pid); err != nil {
-		return err
+	s.r.RSSEnd, s.r.PeakRSS, err = endMemory(pid)
+	return err
+}
+
+// newPeers is what timeNewPeers measured.
+type newPeers struct {
+	latencies  []time.Duration // from each change returning to its route existing
+	before     int             // routes that existed before their change returned (latency 0)
+	cpuPerPeer float64         // flanneld's CPU seconds per new peer
+}
+
+// timeNewPeers makes leases known to flanneld (pid) one at a time, paced by
+// interval: add makes the i-th known and names it, and its latency is
+// timed from add returning to its route (as backendType programs it)
+// existing.
+func timeNewPeers(ctx context.Context, w *EntryWatch, pid int, backendType string, interval time.Duration,
+	leases []lease.Lease, add func(i int, l lease.Lease) (string, error)) (newPeers, error) {
+	var n newPeers
+	cpu0, err := CPUSeconds(pid)
+	if err != nil {
+		return n, err
 	}
-	if s.r.PeakRSS, err = PeakRSS(pid); err != nil {
-		return err
+	next := time.Now()
+	for i, l := range leases {
+		if err := backoff.Sleep(ctx, time.Until(next)); err != nil {
+			return n, err
+		}
+		next = next.Add(interval)
+		what, err := add(i, l)
+		if err != nil {
+			return n, err
+		}
+		done := time.Now()
+		r := RouteOf(backendType, l)
+		at, err := w.WaitRoute(ctx, r.Dst, r.Gw, 10*time.Second, pid)
+		if err != nil {
+			return n, fmt.Errorf("route of %s: %w", what, err)
+		}
+		d := at.Sub(done)
+		if d < 0 {
+			// flanneld's watch event can beat the response to our write.
+			n.before++
+			d = 0
+		}
+		n.latencies = append(n.latencies, d)
 	}
-	return nil
+	cpu1, err := CPUSeconds(pid)
+	if err != nil {
+		return n, err
+	}
+	n.cpuPerPeer = (cpu1 - cpu0) / float64(len(leases))
+	return n, nil
+}
+
+// startAndSync starts flanneld on h and waits until the kernel holds
+// every entry w expects, for at most timeout (0: 2 minutes). It returns
+// the time from the start to the last entry, and flanneld's RssAnon and
+// CPU seconds then.
+func (l *Lab) startAndSync(ctx context.Context, h *Host, w *EntryWatch, timeout time.Duration) (time.Duration, int64, float64, error) {
+	start := time.Now()
+	if err := l.StartFlanneld(h); err != nil {
+		return 0, 0, 0, err
+	}
+	pid := h.FlanneldPID
+	if timeout <= 0 {
+		timeout = 2 * time.Minute
+	}
+	last, err := w.WaitExpected(ctx, timeout, pid)
+	if err != nil {
+		have, want := w.Progress()
+		return 0, 0, 0, fmt.Errorf("waiting for the full sync (have %+v of %+v): %w", have, want, err)
+	}
+	rss, err := RssAnon(pid)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	cpu, err := CPUSeconds(pid)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	return last.Sub(start), rss, cpu, nil
+}
+
+// endMemory returns pid's RssAnon and its peak RSS (VmHWM).
+func endMemory(pid int) (rss, peak int64, err error) {
+	if rss, err = RssAnon(pid); err != nil {
+		return 0, 0, err
+	}
+	if peak, err = PeakRSS(pid); err != nil {
+		return 0, 0, err
+	}
+	return rss, peak, nil
 }
 
 // MachineDescription names the CPU and the cpuidle driver (whose wake-up

@@ -1,6 +1,9 @@
 // Package netnstest gives tests throwaway network namespaces that are
 // removed when the test ends, pass or fail, and skips tests that need root
-// or a kernel module this machine lacks.
+// or a kernel module this machine lacks; and what datapath tests do with
+// them: wire them up (Run, Container, NICWire), pass checked TCP traffic
+// between them (Transfer), watch an interface (StartCapture), and mount a
+// private bpffs (BPFFS).
 package netnstest
 
 import (

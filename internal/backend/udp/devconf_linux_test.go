@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/flannel-go/flannel/internal/netnstest"
 	"golang.org/x/sys/unix"
 )
 
@@ -41,7 +42,7 @@ func TestDeviceConf(t *testing.T) {
 		}
 	}
 	check()
-	run(t, "ip", "-n", h.ns.Name, "link", "del", "flannel0")
+	netnstest.Run(t, "ip", "-n", h.ns.Name, "link", "del", "flannel0")
 	if err := h.b.Repair(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -57,7 +58,7 @@ func TestNoNamespaceSwitchWithoutHook(t *testing.T) {
 	h := l.hosts[0]
 	l.start(h, allOffloads)
 	h.b.inNS = nil
-	run(t, "ip", "-n", h.ns.Name, "link", "del", "flannel0")
+	netnstest.Run(t, "ip", "-n", h.ns.Name, "link", "del", "flannel0")
 	if err := h.ns.Do(func() error { return h.b.Repair(context.Background()) }); err != nil {
 		t.Fatal(err)
 	}

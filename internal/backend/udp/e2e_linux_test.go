@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/flannel-go/flannel/internal/lease"
+	"github.com/flannel-go/flannel/internal/netnstest"
 )
 
 // checkHostState asserts what upstream's udp backend leaves on a host: a
@@ -88,24 +89,11 @@ func TestEndToEnd(t *testing.T) {
 			}
 			capt := startCapture(t, l.sw, "s1") // h1's port on the switch
 
-			for _, a := range l.hosts {
-				for _, b := range l.hosts {
-					if a != b {
-						mustPing(t, a.ctr, b.ctrAddr)
-					}
-				}
-			}
+			l.pingAll(t)
 
 			// No peer: a net unreachable from our flannel0 address, as
 			// upstream; but never about ICMP, so a ping stays unanswered.
-			r, err := probeUDP(h1.ctr, noPeerIP, 3*time.Second)
-			if err != nil {
-				t.Fatalf("udp to %s (no peer): %v", noPeerIP, err)
-			}
-			if r.typ != ipv4.ICMPTypeDestinationUnreachable || r.code != 0 || r.from != h1.subnet.Addr() {
-				t.Errorf("udp to %s (no peer) answered by %s with %v code %d; want net unreachable from %s",
-					noPeerIP, r.from, r.typ, r.code, h1.subnet.Addr())
-			}
+			mustNetUnreachable(t, h1)
 			if r, err := ping(h1.ctr, noPeerIP, 300*time.Millisecond); err == nil {
 				t.Errorf("ping %s (no peer) answered by %s with %v; upstream never answers ICMP with ICMP", noPeerIP, r.from, r.typ)
 			}
@@ -289,8 +277,8 @@ func TestReconfigure(t *testing.T) {
 	l.syncAll()
 	checkHostState(t, h2) // exactly one address: the new one
 	// Move the container into the new subnet.
-	run(t, "ip", "-n", h2.ns.Name, "addr", "add", "10.77.12.1/24", "dev", "ctr")
-	run(t, "ip", "-n", h2.ctr.Name, "addr", "add", "10.77.12.2/24", "dev", "eth0")
+	netnstest.Run(t, "ip", "-n", h2.ns.Name, "addr", "add", "10.77.12.1/24", "dev", "ctr")
+	netnstest.Run(t, "ip", "-n", h2.ctr.Name, "addr", "add", "10.77.12.2/24", "dev", "eth0")
 	mustPing(t, h1.ctr, netip.MustParseAddr("10.77.12.2"))
 }
 
@@ -312,7 +300,7 @@ func TestRepair(t *testing.T) {
 		{"device", []string{"ip", "-n", h1.ns.Name, "link", "del", "flannel0"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			run(t, tc.cmd...)
+			netnstest.Run(t, tc.cmd...)
 			if r, err := ping(h1.ctr, h2.ctrAddr, 300*time.Millisecond); err == nil && r.typ == ipv4.ICMPTypeEchoReply {
 				t.Fatal("ping still works after the damage; the test is not testing anything")
 			}

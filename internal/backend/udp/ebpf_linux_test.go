@@ -10,19 +10,15 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/net/ipv4"
-	"golang.org/x/sys/unix"
+	"github.com/flannel-go/flannel/internal/netnstest"
 )
 
-// nicWire makes each lab host's underlay veth behave as a NIC's wire: the
-// kernel segments and checksums encapsulated packets before they leave,
-// instead of handing super-packets and unfinished checksums across to the
-// other namespace (see nicTypes).
+// nicWire makes each lab host's underlay veth behave as a NIC's wire
+// (see nicTypes).
 func nicWire(t *testing.T, l *lab) {
 	t.Helper()
 	for _, h := range l.hosts {
-		run(t, "ip", "netns", "exec", h.ns.Name, "ethtool", "-K", "eth0", "tx", "off", "tso", "off", "gso", "off",
-			"tx-udp_tnl-segmentation", "off", "tx-udp_tnl-csum-segmentation", "off", "tx-udp-segmentation", "off")
+		netnstest.NICWire(t, h.ns, "eth0")
 	}
 }
 
@@ -41,24 +37,11 @@ func TestEBPFEndToEnd(t *testing.T) {
 		checkHostState(t, h)
 	}
 	capt := startCapture(t, l.sw, "s1")
-	for _, a := range l.hosts {
-		for _, b := range l.hosts {
-			if a != b {
-				mustPing(t, a.ctr, b.ctrAddr)
-			}
-		}
-	}
+	l.pingAll(t)
 
 	// No peer: the program passes it to the TUN, and userspace answers
 	// net-unreachable as before.
-	r, err := probeUDP(h1.ctr, noPeerIP, 3*time.Second)
-	if err != nil {
-		t.Fatalf("udp to %s (no peer): %v", noPeerIP, err)
-	}
-	if r.typ != ipv4.ICMPTypeDestinationUnreachable || r.code != 0 || r.from != h1.subnet.Addr() {
-		t.Errorf("udp to %s (no peer) answered by %s with %v code %d; want net unreachable from %s",
-			noPeerIP, r.from, r.typ, r.code, h1.subnet.Addr())
-	}
+	mustNetUnreachable(t, h1)
 
 	before := h1.b.Stats()
 	d := transfer(t, h1, h2, 64<<20)
@@ -102,23 +85,12 @@ func TestAutoDeclinesVirtualUnderlay(t *testing.T) {
 	mustPing(t, l.hosts[0].ctr, l.hosts[1].ctrAddr)
 }
 
-// bpffs mounts a private bpf filesystem for a test's pins.
-func bpffs(t *testing.T) string {
-	t.Helper()
-	dir := t.TempDir()
-	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
-		t.Skipf("mount bpffs: %v", err)
-	}
-	t.Cleanup(func() { _ = unix.Unmount(dir, unix.MNT_DETACH) })
-	return dir
-}
-
 // TestEBPFRestart: with pins, the kernel goes on forwarding while no
 // flanneld runs; the next one reopens the same TUN and adopts the
 // programs and maps; one that runs the userspace datapath takes them away
 // and lets the TUN die with its fd again, as upstream's does.
 func TestEBPFRestart(t *testing.T) {
-	pins := bpffs(t)
+	pins := netnstest.BPFFS(t)
 	l := newLab(t, 2)
 	nicWire(t, l)
 	set := func(h *host, mode datapathMode) settings {

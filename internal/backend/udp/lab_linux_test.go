@@ -2,12 +2,9 @@ package udp
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
-	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
@@ -59,13 +56,6 @@ func (h *host) lease() lease.Lease {
 	return lease.Lease{Subnet: h.subnet, Attrs: h.attrs}
 }
 
-func run(t testing.TB, args ...string) {
-	t.Helper()
-	if out, err := execCommand(args...); err != nil {
-		t.Fatalf("%v: %v: %s", args, err, out)
-	}
-}
-
 func execCommand(args ...string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -79,8 +69,8 @@ func newLab(t testing.TB, n int) *lab {
 		t.Skip("no /dev/net/tun")
 	}
 	l := &lab{t: t, sw: netnstest.New(t, labPrefix+"sw")}
-	run(t, "ip", "-n", l.sw.Name, "link", "add", "br0", "type", "bridge")
-	run(t, "ip", "-n", l.sw.Name, "link", "set", "br0", "up")
+	netnstest.Run(t, "ip", "-n", l.sw.Name, "link", "add", "br0", "type", "bridge")
+	netnstest.Run(t, "ip", "-n", l.sw.Name, "link", "set", "br0", "up")
 	for i := 1; i <= n; i++ {
 		h := &host{
 			i:        i,
@@ -91,31 +81,20 @@ func newLab(t testing.TB, n int) *lab {
 			ctrAddr:  netip.AddrFrom4([4]byte{10, 77, byte(i), 2}),
 		}
 		port := fmt.Sprintf("s%d", i)
-		run(t, "ip", "-n", l.sw.Name, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", h.ns.Name)
-		run(t, "ip", "-n", l.sw.Name, "link", "set", port, "master", "br0", "up")
-		run(t, "ip", "-n", h.ns.Name, "addr", "add", h.underlay.String()+"/24", "dev", "eth0")
-		run(t, "ip", "-n", h.ns.Name, "link", "set", "eth0", "up")
-		run(t, "ip", "netns", "exec", h.ns.Name, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-		run(t, "ip", "-n", h.ns.Name, "link", "add", "ctr", "type", "veth", "peer", "name", "eth0", "netns", h.ctr.Name)
-		run(t, "ip", "-n", h.ns.Name, "addr", "add", fmt.Sprintf("10.77.%d.1/24", i), "dev", "ctr")
-		run(t, "ip", "-n", h.ns.Name, "link", "set", "ctr", "up")
-		run(t, "ip", "-n", h.ctr.Name, "addr", "add", h.ctrAddr.String()+"/24", "dev", "eth0")
-		run(t, "ip", "-n", h.ctr.Name, "link", "set", "eth0", "up")
-		run(t, "ip", "-n", h.ctr.Name, "route", "add", "default", "via", fmt.Sprintf("10.77.%d.1", i))
+		netnstest.Run(t, "ip", "-n", l.sw.Name, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", h.ns.Name)
+		netnstest.Run(t, "ip", "-n", l.sw.Name, "link", "set", port, "master", "br0", "up")
+		netnstest.Run(t, "ip", "-n", h.ns.Name, "addr", "add", h.underlay.String()+"/24", "dev", "eth0")
+		netnstest.Run(t, "ip", "-n", h.ns.Name, "link", "set", "eth0", "up")
+		netnstest.Run(t, "ip", "netns", "exec", h.ns.Name, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+		gw := netip.PrefixFrom(h.subnet.Addr().Next(), 24) // 10.77.i.1
+		netnstest.Container(t, h.ns, h.ctr, gw, netip.PrefixFrom(h.ctrAddr, 24), 0)
 		l.hosts = append(l.hosts, h)
 	}
 	return l
 }
 
 func testLogger(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tWriter struct{ t testing.TB }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Log(string(p))
-	return len(p), nil
+	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
 func labConfig(h *host, t testing.TB, options string) backend.Config {
@@ -157,8 +136,8 @@ func (l *lab) startWith(h *host, set settings) {
 	if h.mtu, err = b.Configure(ctx, h.lease()); err != nil {
 		t.Fatalf("h%d: Configure: %v", h.i, err)
 	}
-	run(t, "ip", "-n", h.ns.Name, "link", "set", "ctr", "mtu", fmt.Sprint(h.mtu))
-	run(t, "ip", "-n", h.ctr.Name, "link", "set", "eth0", "mtu", fmt.Sprint(h.mtu))
+	netnstest.Run(t, "ip", "-n", h.ns.Name, "link", "set", "ctr", "mtu", fmt.Sprint(h.mtu))
+	netnstest.Run(t, "ip", "-n", h.ctr.Name, "link", "set", "eth0", "mtu", fmt.Sprint(h.mtu))
 }
 
 // syncAll gives every running backend every host's lease.
@@ -286,76 +265,40 @@ func mustPing(t testing.TB, n *ns.NS, dst netip.Addr) {
 	}
 }
 
+// pingAll asserts that every host's container answers a ping from every
+// other's.
+func (l *lab) pingAll(t testing.TB) {
+	t.Helper()
+	for _, a := range l.hosts {
+		for _, b := range l.hosts {
+			if a != b {
+				mustPing(t, a.ctr, b.ctrAddr)
+			}
+		}
+	}
+}
+
+// mustNetUnreachable asserts that a UDP datagram from h's container to
+// noPeerIP, a subnet no host holds, is answered net unreachable from h's
+// flannel0 address, as upstream does.
+func mustNetUnreachable(t testing.TB, h *host) {
+	t.Helper()
+	r, err := probeUDP(h.ctr, noPeerIP, 3*time.Second)
+	if err != nil {
+		t.Fatalf("udp to %s (no peer): %v", noPeerIP, err)
+	}
+	if r.typ != ipv4.ICMPTypeDestinationUnreachable || r.code != 0 || r.from != h.subnet.Addr() {
+		t.Errorf("udp to %s (no peer) answered by %s with %v code %d; want net unreachable from %s",
+			noPeerIP, r.from, r.typ, r.code, h.subnet.Addr())
+	}
+}
+
 // transfer sends size pseudo-random bytes over TCP from one container to
-// another and checks that the SHA-256 of what arrived matches what was
-// sent. It returns the elapsed time.
+// another and checks that what arrived is what was sent. It returns the
+// elapsed time.
 func transfer(t testing.TB, from, to *host, size int) time.Duration {
 	t.Helper()
-	var ln net.Listener
-	if err := to.ctr.Do(func() error {
-		var err error
-		ln, err = net.Listen("tcp4", netip.AddrPortFrom(to.ctrAddr, 0).String())
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	type result struct {
-		sum [32]byte
-		n   int64
-		err error
-	}
-	res := make(chan result, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			res <- result{err: err}
-			return
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(60 * time.Second))
-		h := sha256.New()
-		n, err := io.Copy(h, c)
-		var r result
-		copy(r.sum[:], h.Sum(nil))
-		r.n, r.err = n, err
-		res <- r
-	}()
-	var c net.Conn
-	if err := from.ctr.Do(func() error {
-		var err error
-		c, err = net.DialTimeout("tcp4", ln.Addr().String(), 5*time.Second)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(60 * time.Second))
-	start := time.Now()
-	h := sha256.New()
-	r := rand.NewChaCha8([32]byte{byte(size), 1})
-	buf := make([]byte, 256<<10)
-	for left := size; left > 0; {
-		chunk := buf[:min(len(buf), left)]
-		r.Read(chunk)
-		h.Write(chunk)
-		if _, err := c.Write(chunk); err != nil {
-			t.Fatalf("send: %v", err)
-		}
-		left -= len(chunk)
-	}
-	c.(*net.TCPConn).CloseWrite()
-	got := <-res
-	elapsed := time.Since(start)
-	if got.err != nil {
-		t.Fatalf("receive: %v after %d bytes", got.err, got.n)
-	}
-	var want [32]byte
-	copy(want[:], h.Sum(nil))
-	if got.n != int64(size) || got.sum != want {
-		t.Fatalf("received %d bytes with sha256 %x; sent %d bytes with sha256 %x", got.n, got.sum, size, want)
-	}
-	return elapsed
+	return netnstest.Transfer(t, from.ctr, to.ctr, to.ctrAddr, size)
 }
 
 // capture records the UDP datagrams to or from port 8285 that cross one
@@ -363,9 +306,7 @@ func transfer(t testing.TB, from, to *host, size int) time.Duration {
 // as GSO super-packets (it segments them only where a real NIC needs it)
 // are cut at their gso_size, which the socket reports with PACKET_VNET_HDR.
 type capture struct {
-	fd   int
-	stop atomic.Bool
-	wg   sync.WaitGroup
+	*netnstest.Capture
 
 	mu        sync.Mutex
 	datagrams int
@@ -375,51 +316,9 @@ type capture struct {
 }
 
 func startCapture(t testing.TB, n *ns.NS, ifname string) *capture {
-	c := &capture{fd: -1}
-	if err := n.Do(func() error {
-		ifi, err := net.InterfaceByName(ifname)
-		if err != nil {
-			return err
-		}
-		proto := int(htons(unix.ETH_P_ALL))
-		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, proto)
-		if err != nil {
-			return err
-		}
-		c.fd = fd
-		if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_VNET_HDR, 1); err != nil {
-			return err
-		}
-		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 64<<20)
-		tv := unix.Timeval{Usec: 100000}
-		if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
-			return err
-		}
-		return unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: uint16(proto), Ifindex: ifi.Index})
-	}); err != nil {
-		if c.fd >= 0 {
-			unix.Close(c.fd)
-		}
-		t.Fatalf("capture on %s: %v", ifname, err)
-	}
-	c.wg.Add(1)
-	go c.loop()
-	t.Cleanup(c.close)
+	c := &capture{}
+	c.Capture = netnstest.StartCapture(t, n, ifname, unix.SOCK_RAW, true, func(f []byte, _ *unix.SockaddrLinklayer) { c.frame(f) })
 	return c
-}
-
-func htons(v uint16) uint16 { return v<<8 | v>>8 }
-
-func (c *capture) loop() {
-	defer c.wg.Done()
-	buf := make([]byte, vnetHdrLen+14+65536)
-	for !c.stop.Load() {
-		n, _, err := unix.Recvfrom(c.fd, buf, 0)
-		if err != nil {
-			continue // timeout: check stop
-		}
-		c.frame(buf[:n])
-	}
 }
 
 func (c *capture) frame(f []byte) {
@@ -463,17 +362,9 @@ func (c *capture) frame(f []byte) {
 	}
 }
 
-func (c *capture) close() {
-	if c.stop.Swap(true) {
-		return
-	}
-	c.wg.Wait()
-	unix.Close(c.fd)
-}
-
 // result stops the capture and returns what it saw.
 func (c *capture) result() (datagrams, gsoFrames int, bad []string) {
-	c.close()
+	c.Stop()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.datagrams, c.gsoFrames, c.bad

@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/flannel-go/flannel/internal/netnstest"
 	"github.com/flannel-go/flannel/internal/ns"
 )
 
@@ -61,7 +62,7 @@ func BenchmarkIperf(b *testing.B) {
 		for _, h := range l.hosts {
 			for _, p := range l.hosts {
 				if p != h && on {
-					run(b, "ip", "-n", h.ns.Name, "route", "replace", p.subnet.String(), "via", p.subnet.Addr().String(), "dev", "flannel.1", "onlink")
+					netnstest.Run(b, "ip", "-n", h.ns.Name, "route", "replace", p.subnet.String(), "via", p.subnet.Addr().String(), "dev", "flannel.1", "onlink")
 				} else if p != h {
 					// Absent after the previous round: not an error.
 					_, _ = execCommand("ip", "-n", h.ns.Name, "route", "del", p.subnet.String(), "dev", "flannel.1")
@@ -70,8 +71,8 @@ func BenchmarkIperf(b *testing.B) {
 			if on {
 				mtu = 1450
 			}
-			run(b, "ip", "-n", h.ns.Name, "link", "set", "ctr", "mtu", fmt.Sprint(mtu))
-			run(b, "ip", "-n", h.ctr.Name, "link", "set", "eth0", "mtu", fmt.Sprint(mtu))
+			netnstest.Run(b, "ip", "-n", h.ns.Name, "link", "set", "ctr", "mtu", fmt.Sprint(mtu))
+			netnstest.Run(b, "ip", "-n", h.ctr.Name, "link", "set", "eth0", "mtu", fmt.Sprint(mtu))
 		}
 		mustPing(b, h1.ctr, h2.ctrAddr)
 	}
@@ -187,10 +188,10 @@ func envInt(name string, def int) int {
 func setupVxlan(tb testing.TB, l *lab) {
 	for _, h := range l.hosts {
 		mac := fmt.Sprintf("02:00:00:00:00:%02x", h.i)
-		run(tb, "ip", "-n", h.ns.Name, "link", "add", "flannel.1", "type", "vxlan", "id", "1",
+		netnstest.Run(tb, "ip", "-n", h.ns.Name, "link", "add", "flannel.1", "type", "vxlan", "id", "1",
 			"local", h.underlay.String(), "dev", "eth0", "dstport", "8472", "nolearning")
-		run(tb, "ip", "-n", h.ns.Name, "link", "set", "flannel.1", "address", mac, "mtu", "1450", "up")
-		run(tb, "ip", "-n", h.ns.Name, "addr", "add", h.subnet.Addr().String()+"/32", "dev", "flannel.1")
+		netnstest.Run(tb, "ip", "-n", h.ns.Name, "link", "set", "flannel.1", "address", mac, "mtu", "1450", "up")
+		netnstest.Run(tb, "ip", "-n", h.ns.Name, "addr", "add", h.subnet.Addr().String()+"/32", "dev", "flannel.1")
 	}
 	for _, h := range l.hosts {
 		for _, p := range l.hosts {
@@ -198,8 +199,8 @@ func setupVxlan(tb testing.TB, l *lab) {
 				continue
 			}
 			mac := fmt.Sprintf("02:00:00:00:00:%02x", p.i)
-			run(tb, "ip", "-n", h.ns.Name, "neigh", "add", p.subnet.Addr().String(), "lladdr", mac, "dev", "flannel.1", "nud", "permanent")
-			run(tb, "bridge", "-n", h.ns.Name, "fdb", "add", mac, "dev", "flannel.1", "dst", p.underlay.String(), "self", "permanent")
+			netnstest.Run(tb, "ip", "-n", h.ns.Name, "neigh", "add", p.subnet.Addr().String(), "lladdr", mac, "dev", "flannel.1", "nud", "permanent")
+			netnstest.Run(tb, "bridge", "-n", h.ns.Name, "fdb", "add", mac, "dev", "flannel.1", "dst", p.underlay.String(), "self", "permanent")
 		}
 	}
 }

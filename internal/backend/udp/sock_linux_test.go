@@ -189,7 +189,7 @@ func TestGSOFallback(t *testing.T) {
 // (segments larger than the path MTU) and checks the datagrams still go out.
 func TestGSOSegmentTooLarge(t *testing.T) {
 	tx, rx, rxAddr, h := udpPair(t)
-	run(t, "ip", "-n", h.Name, "link", "set", "lo", "mtu", "1200")
+	netnstest.Run(t, "ip", "-n", h.Name, "link", "set", "lo", "mtu", "1200")
 	o, _, _ := newTestOutbound(t, false, true)
 	o.sh.peers.Store(newTable([]peer{{subnet: peerNet, ip: rxAddr.Addr().As4(), port: rxAddr.Port()}}, network))
 	out := &counters{}

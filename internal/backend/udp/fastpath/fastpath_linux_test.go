@@ -2,19 +2,15 @@ package fastpath
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
-	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -26,32 +22,8 @@ import (
 	"github.com/flannel-go/flannel/internal/ns"
 )
 
-func run(t testing.TB, args ...string) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if out, err := exec.CommandContext(ctx, args[0], args[1:]...).CombinedOutput(); err != nil {
-		t.Fatalf("%v: %v: %s", args, err, out)
-	}
-}
-
 func testLog(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tWriter struct{ t testing.TB }
-
-func (w tWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return len(p), nil }
-
-// bpffs mounts a private bpf filesystem for the test's pins.
-func bpffs(t testing.TB) string {
-	t.Helper()
-	dir := t.TempDir()
-	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
-		t.Skipf("mount bpffs: %v", err)
-	}
-	t.Cleanup(func() { _ = unix.Unmount(dir, unix.MNT_DETACH) })
-	return dir
+	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
 // openTUN creates flannel0 in the calling thread's namespace and keeps
@@ -106,26 +78,21 @@ func twoHosts(t *testing.T) []*host {
 		}
 		hs = append(hs, h)
 	}
-	run(t, "ip", "-n", hs[0].ns.Name, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", hs[1].ns.Name)
+	netnstest.Run(t, "ip", "-n", hs[0].ns.Name, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", hs[1].ns.Name)
 	for _, h := range hs {
 		n := h.ns.Name
-		run(t, "ip", "-n", n, "addr", "add", h.underlay.String()+"/24", "dev", "eth0")
-		run(t, "ip", "-n", n, "link", "set", "eth0", "up")
-		run(t, "ip", "netns", "exec", n, "ethtool", "-K", "eth0", "tx", "off", "tso", "off", "gso", "off",
-			"tx-udp_tnl-segmentation", "off", "tx-udp_tnl-csum-segmentation", "off", "tx-udp-segmentation", "off")
-		run(t, "ip", "netns", "exec", n, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+		netnstest.Run(t, "ip", "-n", n, "addr", "add", h.underlay.String()+"/24", "dev", "eth0")
+		netnstest.Run(t, "ip", "-n", n, "link", "set", "eth0", "up")
+		netnstest.NICWire(t, h.ns, "eth0")
+		netnstest.Run(t, "ip", "netns", "exec", n, "sysctl", "-qw", "net.ipv4.ip_forward=1")
 		if err := h.ns.Do(func() error { h.tun = openTUN(t); return nil }); err != nil {
 			t.Fatal(err)
 		}
-		run(t, "ip", "-n", n, "link", "set", "flannel0", "mtu", "1472", "up")
-		run(t, "ip", "-n", n, "addr", "add", h.subnet.Addr().String()+"/32", "dev", "flannel0")
-		run(t, "ip", "-n", n, "route", "add", "10.77.0.0/16", "dev", "flannel0")
-		run(t, "ip", "-n", n, "link", "add", "ctr", "mtu", "1472", "type", "veth", "peer", "name", "eth0", "mtu", "1472", "netns", h.ctr.Name)
-		run(t, "ip", "-n", n, "addr", "add", fmt.Sprintf("10.77.%d.1/24", h.i), "dev", "ctr")
-		run(t, "ip", "-n", n, "link", "set", "ctr", "up")
-		run(t, "ip", "-n", h.ctr.Name, "addr", "add", h.ctrAddr.String()+"/24", "dev", "eth0")
-		run(t, "ip", "-n", h.ctr.Name, "link", "set", "eth0", "up")
-		run(t, "ip", "-n", h.ctr.Name, "route", "add", "default", "via", fmt.Sprintf("10.77.%d.1", h.i))
+		netnstest.Run(t, "ip", "-n", n, "link", "set", "flannel0", "mtu", "1472", "up")
+		netnstest.Run(t, "ip", "-n", n, "addr", "add", h.subnet.Addr().String()+"/32", "dev", "flannel0")
+		netnstest.Run(t, "ip", "-n", n, "route", "add", "10.77.0.0/16", "dev", "flannel0")
+		gw := netip.PrefixFrom(h.subnet.Addr().Next(), 24)
+		netnstest.Container(t, h.ns, h.ctr, gw, netip.PrefixFrom(h.ctrAddr, 24), 1472)
 		if err := h.ns.Do(func() error {
 			e, err := net.InterfaceByName("eth0")
 			if err != nil {
@@ -174,7 +141,7 @@ func peersOf(hs []*host, self *host) map[netip.Prefix]netip.Addr {
 func TestLoadAdoptRemove(t *testing.T) {
 	hs := twoHosts(t)
 	h := hs[0]
-	h.pins = filepath.Join(bpffs(t), "flannel", "udp")
+	h.pins = filepath.Join(netnstest.BPFFS(t), "flannel", "udp")
 	dp := h.open(t)
 	if dp.Adopted() {
 		t.Error("a first Open adopted something")
@@ -355,71 +322,10 @@ func mustPing(t *testing.T, n *ns.NS, dst netip.Addr) {
 }
 
 // transfer sends size bytes over TCP between the hosts' containers and
-// checks their SHA-256.
+// checks that what arrived is what was sent.
 func transfer(t *testing.T, from, to *host, size int) time.Duration {
 	t.Helper()
-	var ln net.Listener
-	if err := to.ctr.Do(func() error {
-		var err error
-		ln, err = net.Listen("tcp4", netip.AddrPortFrom(to.ctrAddr, 0).String())
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	type result struct {
-		sum [32]byte
-		n   int64
-		err error
-	}
-	res := make(chan result, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			res <- result{err: err}
-			return
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(60 * time.Second))
-		h := sha256.New()
-		n, err := io.Copy(h, c)
-		r := result{n: n, err: err}
-		copy(r.sum[:], h.Sum(nil))
-		res <- r
-	}()
-	var c net.Conn
-	if err := from.ctr.Do(func() error {
-		var err error
-		c, err = net.DialTimeout("tcp4", ln.Addr().String(), 5*time.Second)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(60 * time.Second))
-	start := time.Now()
-	h := sha256.New()
-	r := rand.NewChaCha8([32]byte{byte(size)})
-	buf := make([]byte, 256<<10)
-	for left := size; left > 0; {
-		chunk := buf[:min(len(buf), left)]
-		r.Read(chunk)
-		h.Write(chunk)
-		if _, err := c.Write(chunk); err != nil {
-			t.Fatalf("send: %v", err)
-		}
-		left -= len(chunk)
-	}
-	c.(*net.TCPConn).CloseWrite()
-	got := <-res
-	elapsed := time.Since(start)
-	if got.err != nil {
-		t.Fatalf("receive: %v after %d bytes", got.err, got.n)
-	}
-	if want := [32]byte(h.Sum(nil)); got.n != int64(size) || got.sum != want {
-		t.Fatalf("received %d bytes with sha256 %x; sent %d with %x", got.n, got.sum, size, want)
-	}
-	return elapsed
+	return netnstest.Transfer(t, from.ctr, to.ctr, to.ctrAddr, size)
 }
 
 // capture checks every UDP datagram to port 8285 that arrives on an
@@ -427,9 +333,7 @@ func transfer(t *testing.T, from, to *host, size int) time.Duration {
 // checksum 0, ports 8285, exactly one IPv4 packet whose TCP or UDP
 // checksum (if any) is valid.
 type capture struct {
-	fd   int
-	stop atomic.Bool
-	wg   sync.WaitGroup
+	*netnstest.Capture
 
 	mu        sync.Mutex
 	datagrams int
@@ -437,49 +341,13 @@ type capture struct {
 }
 
 func startCapture(t *testing.T, n *ns.NS, ifname string) *capture {
-	c := &capture{fd: -1}
-	if err := n.Do(func() error {
-		ifi, err := net.InterfaceByName(ifname)
-		if err != nil {
-			return err
+	c := &capture{}
+	c.Capture = netnstest.StartCapture(t, n, ifname, unix.SOCK_DGRAM, false, func(ip []byte, from *unix.SockaddrLinklayer) {
+		if from == nil || from.Pkttype == unix.PACKET_OUTGOING || from.Protocol != htons(unix.ETH_P_IP) {
+			return
 		}
-		// ETH_P_ALL: protocol taps run before tc ingress, and the
-		// ingress program takes our datagrams away from the others.
-		proto := int(htons(unix.ETH_P_ALL))
-		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, proto)
-		if err != nil {
-			return err
-		}
-		c.fd = fd
-		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 64<<20)
-		tv := unix.Timeval{Usec: 100000}
-		if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
-			return err
-		}
-		return unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: uint16(proto), Ifindex: ifi.Index})
-	}); err != nil {
-		if c.fd >= 0 {
-			unix.Close(c.fd)
-		}
-		t.Fatalf("capture on %s: %v", ifname, err)
-	}
-	c.wg.Add(1)
-	go func() {
-		defer c.wg.Done()
-		buf := make([]byte, 65536)
-		for !c.stop.Load() {
-			n, from, err := unix.Recvfrom(c.fd, buf, 0)
-			if err != nil {
-				continue
-			}
-			ll, ok := from.(*unix.SockaddrLinklayer)
-			if !ok || ll.Pkttype == unix.PACKET_OUTGOING || ll.Protocol != htons(unix.ETH_P_IP) {
-				continue
-			}
-			c.packet(buf[:n])
-		}
-	}()
-	t.Cleanup(c.close)
+		c.packet(ip)
+	})
 	return c
 }
 
@@ -545,16 +413,8 @@ func l4ChecksumOK(p []byte) bool {
 	return sum == 0xffff
 }
 
-func (c *capture) close() {
-	if c.stop.Swap(true) {
-		return
-	}
-	c.wg.Wait()
-	unix.Close(c.fd)
-}
-
 func (c *capture) result() (int, []string) {
-	c.close()
+	c.Stop()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.datagrams, c.bad

@@ -121,14 +121,10 @@ const (
 // maxPeers bounds the peer maps: a /8 network of /24 subnets.
 const maxPeers = 1 << 16
 
-// egressInsns encapsulates packets that flannel0 would transmit (so data
-// starts at the inner IPv4 header) whose destination has a peer.
-func egressInsns() asm.Instructions {
-	const pass, drop = "pass", "drop"
-	insns := asm.Instructions{
-		asm.Mov.Reg(asm.R6, asm.R1), // R6 = skb
-
-		// R9 = config, or pass while there is none.
+// configInsns sets R9 to the config map's one element, or jumps to pass
+// while there is none.
+func configInsns(pass string) asm.Instructions {
+	return asm.Instructions{
 		asm.StoreImm(asm.RFP, -4, 0, asm.Word),
 		asm.LoadMapPtr(asm.R1, 0).WithReference(mapConfig),
 		asm.Mov.Reg(asm.R2, asm.RFP),
@@ -136,9 +132,21 @@ func egressInsns() asm.Instructions {
 		asm.FnMapLookupElem.Call(),
 		asm.JEq.Imm(asm.R0, 0, pass),
 		asm.Mov.Reg(asm.R9, asm.R0),
+	}
+}
+
+// egressInsns encapsulates packets that flannel0 would transmit (so data
+// starts at the inner IPv4 header) whose destination has a peer.
+func egressInsns() asm.Instructions {
+	const pass, drop = "pass", "drop"
+	insns := asm.Instructions{
+		asm.Mov.Reg(asm.R6, asm.R1), // R6 = skb
+	}
+	insns = append(insns, configInsns(pass)...)
+	insns = append(insns,
 		asm.LoadMem(asm.R2, asm.R9, cfgExtIndex, asm.Word),
 		asm.JEq.Imm(asm.R2, 0, pass),
-	}
+	)
 	// An IPv4 header must be there.
 	insns = append(insns, pullInsns(20, "out_pulled", pass)...)
 	insns = append(insns, asm.Instructions{
@@ -301,17 +309,12 @@ func ingressInsns() asm.Instructions {
 	insns := asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1),
 		asm.LoadMem(asm.R8, asm.R6, skbGSOSize, asm.Word), // R8 = gso_size
-
-		asm.StoreImm(asm.RFP, -4, 0, asm.Word),
-		asm.LoadMapPtr(asm.R1, 0).WithReference(mapConfig),
-		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, -4),
-		asm.FnMapLookupElem.Call(),
-		asm.JEq.Imm(asm.R0, 0, pass),
-		asm.Mov.Reg(asm.R9, asm.R0),
+	}
+	insns = append(insns, configInsns(pass)...)
+	insns = append(insns,
 		asm.LoadMem(asm.R2, asm.R9, cfgTUNIndex, asm.Word),
 		asm.JEq.Imm(asm.R2, 0, pass),
-	}
+	)
 	insns = append(insns, pullInsns(inInner+20, "in_pulled", pass)...)
 	insns = append(insns, asm.Instructions{
 
