@@ -223,7 +223,7 @@ func TestMixedDatapaths(t *testing.T) {
 // forwards, only unpinned: the TUN is not kept persistent, so it goes
 // with the backend as upstream's does.
 func TestEBPFReadOnlyPins(t *testing.T) {
-	pins := bpffs(t)
+	pins := netnstest.BPFFS(t)
 	if err := unix.Mount("", pins, "", unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
 		t.Skipf("remount bpffs read-only: %v", err)
 	}
@@ -231,7 +231,7 @@ func TestEBPFReadOnlyPins(t *testing.T) {
 	nicWire(t, l)
 	h1, h2 := l.hosts[0], l.hosts[1]
 	l.startWith(h1, settings{offloads: allOffloads, datapath: datapathEBPF, pinDir: filepath.Join(pins, "h1")})
-	l.startWith(h2, settings{offloads: allOffloads, datapath: datapathEBPF, pinDir: filepath.Join(bpffs(t), "h2")})
+	l.startWith(h2, settings{offloads: allOffloads, datapath: datapathEBPF, pinDir: filepath.Join(netnstest.BPFFS(t), "h2")})
 	if h1.b.Datapath() != "ebpf" || h1.b.persist {
 		t.Fatalf("with read-only pins: datapath %s, persistent TUN %v; want ebpf, not persistent", h1.b.Datapath(), h1.b.persist)
 	}
