@@ -135,19 +135,7 @@ func TestEBPFRestart(t *testing.T) {
 	}
 	mustPing(t, h1.ctr, h2.ctrAddr)
 	mustPing(t, h2.ctr, h1.ctrAddr)
-	if err := h1.b.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := waitFor(2*time.Second, func() error {
-		return h1.ns.Do(func() error {
-			if _, err := net.InterfaceByName("flannel0"); err == nil {
-				return errors.New("flannel0 outlived the userspace backend")
-			}
-			return nil
-		})
-	}); err != nil {
-		t.Error(err)
-	}
+	closeAndCheckTUNGone(t, h1, "the userspace backend")
 }
 
 // TestEBPFVirtualWire: with the eBPF datapath forced on both ends of a
@@ -240,13 +228,20 @@ func TestEBPFReadOnlyPins(t *testing.T) {
 	l.syncAll()
 	mustPing(t, h1.ctr, h2.ctrAddr)
 	mustPing(t, h2.ctr, h1.ctrAddr)
-	if err := h1.b.Close(); err != nil {
+	closeAndCheckTUNGone(t, h1, "an unpinned backend")
+}
+
+// closeAndCheckTUNGone closes h's backend and checks that flannel0 goes
+// with it, as a TUN that is not persistent does (upstream's behaviour).
+func closeAndCheckTUNGone(t *testing.T, h *host, what string) {
+	t.Helper()
+	if err := h.b.Close(); err != nil {
 		t.Fatal(err)
 	}
 	if err := waitFor(2*time.Second, func() error {
-		return h1.ns.Do(func() error {
+		return h.ns.Do(func() error {
 			if _, err := net.InterfaceByName("flannel0"); err == nil {
-				return errors.New("flannel0 outlived an unpinned backend")
+				return errors.New("flannel0 outlived " + what)
 			}
 			return nil
 		})
