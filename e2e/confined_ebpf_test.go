@@ -183,16 +183,7 @@ func TestConfinedEBPF(t *testing.T) {
 // seen pings across already.
 func pingBothWays(t *testing.T, l *lab.Lab, a, b *lab.Host) *pingSet {
 	t.Helper()
-	s := &pingSet{}
-	for _, d := range [][2]*lab.Host{{a, b}, {b, a}} {
-		pg, err := l.StartPing(context.Background(), d[0], d[1].Container, 100*time.Millisecond)
-		if err != nil {
-			t.Fatal(err)
-		}
-		s.ps = append(s.ps, pg)
-	}
-	t.Cleanup(func() { s.stop() })
-	return s
+	return pingPairs(t, l, [2]*lab.Host{a, b})
 }
 
 // sharedBPFFS mounts a bpf filesystem of the test's own under /run and

@@ -174,7 +174,6 @@ type pingSet struct {
 // startPings pings both ways between each pair of hosts' containers.
 func startPings(t *testing.T, l *lab.Lab, pairs ...[2]*lab.Host) *pingSet {
 	t.Helper()
-	s := &pingSet{}
 	// Up returns once every host has its lease, not once every host
 	// routes to every other: wait for the routes, or the first ping could
 	// be lost to start-up rather than to the fault.
@@ -183,6 +182,13 @@ func startPings(t *testing.T, l *lab.Lab, pairs ...[2]*lab.Host) *pingSet {
 			return entriesFor(p[0], p[1].Subnet, p[1].Addr).Route != "" && entriesFor(p[1], p[0].Subnet, p[0].Addr).Route != ""
 		})
 	}
+	return pingPairs(t, l, pairs...)
+}
+
+// pingPairs starts the pings of startPings without waiting for routes.
+func pingPairs(t *testing.T, l *lab.Lab, pairs ...[2]*lab.Host) *pingSet {
+	t.Helper()
+	s := &pingSet{}
 	for _, p := range pairs {
 		for _, d := range [][2]*lab.Host{{p[0], p[1]}, {p[1], p[0]}} {
 			pg, err := l.StartPing(context.Background(), d[0], d[1].Container, 100*time.Millisecond)
