@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -41,7 +42,9 @@ func TestLabCLI(t *testing.T) {
 	}
 	h2 := l.Hosts[1]
 	out, err = ctl("lab", "exec", "--id", id, "h1", "--", "ip", "route")
-	if err != nil || !strings.Contains(out, h2.Subnet.String()+" via "+h2.Addr.String()) {
+	// flanneld routes IPv4 through nexthop objects: "SUBNET nhid N via ADDR".
+	want := regexp.MustCompile(regexp.QuoteMeta(h2.Subnet.String()) + ` (nhid [0-9]+ )?via ` + regexp.QuoteMeta(h2.Addr.String()) + ` `)
+	if err != nil || !want.MatchString(out) {
 		t.Errorf("lab exec h1 -- ip route: want a route to %s via %s: %v\n%s", h2.Subnet, h2.Addr, err, out)
 	}
 	if out, err := ctl("lab", "exec", "--id", id, "c1", "--", "ping", "-c", "1", "-W", "2", h2.Container.String()); err != nil {
