@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestImage builds the image with a real Docker engine, as `make image`
@@ -128,7 +130,7 @@ type dockerd struct {
 	dir          string
 	cgroupParent string
 	cmd          *exec.Cmd
-	done         chan struct{} // closed when dockerd has exited
+	done         chan struct{} // closed when dockerd has exited (not yet reaped)
 }
 
 func startDockerd(t *testing.T) *dockerd {
@@ -166,7 +168,12 @@ exec dockerd --config-file=` + dir + `/daemon.json --data-root=` + dir + `/root 
 		t.Fatal(err)
 	}
 	go func() {
-		_ = d.cmd.Wait()
+		// Wait without reaping: while dockerd is a zombie its PID, and
+		// so its session's group ID, cannot be another process's, which
+		// lets stop signal the group safely.
+		var info unix.Siginfo
+		for unix.Waitid(unix.P_PID, d.cmd.Process.Pid, &info, unix.WEXITED|unix.WNOWAIT, nil) == unix.EINTR {
+		}
 		close(d.done)
 	}()
 	t.Cleanup(func() {
@@ -218,8 +225,9 @@ func (d *dockerd) stop(t *testing.T) {
 		t.Errorf("dockerd did not stop within 30 s of SIGTERM; killing it")
 	}
 	// The session's process group: containerd and shims that outlived it.
+	// dockerd is not reaped yet, so -pid is still its group.
 	_ = syscall.Kill(-pid, syscall.SIGKILL)
-	<-d.done
+	_ = d.cmd.Wait()
 	// runc removed each container's cgroup (--rm); the parent is ours.
 	// (cgroup v1: one per hierarchy; v2: one.)
 	dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", d.cgroupParent))
