@@ -197,6 +197,96 @@ func (t *Table) routeReplaceNH(r Route) error {
 	return nil
 }
 
+// routesReplaceNH is routeReplaceNH for many routes, in two batches: the
+// objects missing, then the routes.
+func (t *Table) routesReplaceNH(b batcher, routes []Route, c *Changes, errs *errList) {
+	if len(routes) == 0 {
+		return
+	}
+	var keys []nhKey
+	var nhIDs []uint32
+	var reqs []request
+	pending := map[nhKey]bool{}
+	for _, r := range routes {
+		k := nhKeyOf(r)
+		if _, ok := t.nh.byKey[k]; ok || pending[k] {
+			continue
+		}
+		id := t.nh.alloc()
+		if id == 0 {
+			break // nhCreate below reports it
+		}
+		pending[k] = true
+		t.nh.taken[id] = true // not handed out twice; replaced by keyOf below
+		keys = append(keys, k)
+		nhIDs = append(nhIDs, id)
+		reqs = append(reqs, nexthopAddReq(Nexthop{ID: id, Gw: k.gw, LinkIndex: k.link, OnLink: k.onLink, Protocol: nhProtocol}))
+	}
+	failed := map[nhKey]error{}
+	for i, err := range b.batch(reqs) {
+		k, id := keys[i], nhIDs[i]
+		switch {
+		case err == nil:
+			delete(t.nh.taken, id)
+			t.nh.byKey[k] = id
+			t.nh.keyOf[id] = k
+		case errors.Is(err, unix.EEXIST): // someone took it since the dump
+		default:
+			delete(t.nh.taken, id)
+			failed[k] = err
+		}
+	}
+	reqs, ids := reqs[:0], make([]uint32, 0, len(routes))
+	var sent []Route
+	for _, r := range routes {
+		k := nhKeyOf(r)
+		if err, ok := failed[k]; ok {
+			c.Failed++
+			errs.add(fmt.Errorf("add nexthop for route %s: %w", r, err))
+			continue
+		}
+		id, ok := t.nh.byKey[k]
+		if !ok { // taken by someone else, or no id was free: one at a time
+			var err error
+			if id, err = t.nhCreate(k); err != nil {
+				failed[k] = err
+				c.Failed++
+				errs.add(fmt.Errorf("add nexthop for route %s: %w", r, err))
+				continue
+			}
+		}
+		sent = append(sent, r)
+		ids = append(ids, id)
+		reqs = append(reqs, routeReplaceNHReq(r, id))
+	}
+	// Successes first: an object a failed route leaves unused is deleted
+	// only if no route of the batch took it.
+	results := b.batch(reqs)
+	for i, err := range results {
+		if err != nil {
+			continue
+		}
+		r := sent[i]
+		t.nh.refs[ids[i]]++
+		if old, ok := t.routes[r.key()]; ok {
+			t.nhUnref(old)
+		}
+		t.routes[r.key()] = r
+		c.Added++
+	}
+	for i, err := range results {
+		if err == nil {
+			continue
+		}
+		t.nh.dirty = true // the object may be gone (deleted by hand): learn again
+		if t.nh.refs[ids[i]] == 0 {
+			t.nhDelete(ids[i])
+		}
+		c.Failed++
+		errs.add(fmt.Errorf("replace route %s nhid %d: %w", sent[i], ids[i], err))
+	}
+}
+
 // nhUnref notes that the applied route r is gone or changed and deletes
 // its object once no route uses it.
 func (t *Table) nhUnref(r Route) {

@@ -149,10 +149,68 @@ func (t *Table) put(want State, c *Changes, errs *errList) keyedState {
 		neighs: keyed(want.Neighs, Neigh.key),
 		fdb:    keyed(want.FDB, fdbKey),
 	}
-	add(t.neighs, w.neighs, t.neighSet, c, errs)
-	add(t.fdb, w.fdb, t.fdbSet, c, errs)
-	add(t.routes, w.routes, t.routeReplace, c, errs)
+	b, ok := t.nl.(batcher)
+	if !ok {
+		add(t.neighs, w.neighs, t.neighSet, c, errs)
+		add(t.fdb, w.fdb, t.fdbSet, c, errs)
+		add(t.routes, w.routes, t.routeReplace, c, errs)
+		return w
+	}
+	addBatched(b, t.neighs, w.neighs, Neigh.key, neighSetReq, func(n Neigh, err error) error {
+		return fmt.Errorf("set neighbour %s: %w", n, err)
+	}, c, errs)
+	addBatched(b, t.fdb, w.fdb, fdbKey, fdbSetReq, func(f FDB, err error) error {
+		return fmt.Errorf("set fdb %s: %w", f, err)
+	}, c, errs)
+	var classic, viaNH []Route
+	for k, r := range w.routes {
+		if old, ok := t.routes[k]; ok && old == r {
+			continue
+		}
+		if t.nh != nil && viaNexthop(r) {
+			viaNH = append(viaNH, r)
+		} else {
+			classic = append(classic, r)
+		}
+	}
+	t.routesReplaceNH(b, viaNH, c, errs)
+	for _, r := range classic {
+		if err := t.routeReplace(r); err != nil {
+			c.Failed++
+			errs.add(err)
+			continue
+		}
+		t.routes[r.key()] = r
+		c.Added++
+	}
 	return w
+}
+
+// addBatched is add with the changes sent in batches; req makes an
+// entry's request and fail its error.
+func addBatched[K comparable, E comparable](b batcher, applied, want map[K]E, key func(E) K,
+	req func(E) request, fail func(E, error) error, c *Changes, errs *errList) {
+	var es []E
+	var reqs []request
+	for k, e := range want {
+		if old, ok := applied[k]; ok && old == e {
+			continue
+		}
+		es = append(es, e)
+		reqs = append(reqs, req(e))
+	}
+	if len(reqs) == 0 {
+		return
+	}
+	for i, err := range b.batch(reqs) {
+		if err != nil {
+			c.Failed++
+			errs.add(fail(es[i], err))
+			continue
+		}
+		applied[key(es[i])] = es[i]
+		c.Added++
+	}
 }
 
 // fdbKey is an FDB entry's key: the entry itself.
