@@ -44,6 +44,18 @@ type StoreSource struct {
 	cur      map[string]Lease // by key, as last listed and watched
 	ownKey   string           // the key Keep holds; "" when none
 	ownCh    chan ownState    // Keep's inbox: the latest state of ownKey
+	// primed is the listing Acquire made while no Watch ran, which the
+	// next Watch starts from instead of listing again (at tens of
+	// thousands of leases a listing is a second of both etcd's CPU and
+	// ours); its watch from the listing's revision replays what changed
+	// since, or re-lists after a compaction.
+	primed *listing
+}
+
+// listing is a store listing and its revision.
+type listing struct {
+	leases []Lease
+	rev    int64
 }
 
 var _ Source = (*StoreSource)(nil)
@@ -105,9 +117,7 @@ func (src *StoreSource) Watch(ctx context.Context, fn func(Update)) error {
 	wait := backoff.Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second, Jitter: backoff.UpperHalf}
 	failing := false
 	for ctx.Err() == nil {
-		lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		leases, rev, err := src.store.Leases(lctx)
-		cancel()
+		leases, rev, err := src.list(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				break
@@ -149,6 +159,20 @@ func (src *StoreSource) Watch(ctx context.Context, fn func(Update)) error {
 		}
 	}
 	return ctx.Err()
+}
+
+// list takes the primed listing, if any, or lists.
+func (src *StoreSource) list(ctx context.Context) ([]Lease, int64, error) {
+	src.mu.Lock()
+	p := src.primed
+	src.primed = nil
+	src.mu.Unlock()
+	if p != nil {
+		return p.leases, p.rev, nil
+	}
+	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	return src.store.Leases(lctx)
 }
 
 func (src *StoreSource) failed(err error) {
@@ -240,7 +264,14 @@ func (src *StoreSource) listCurrent(ctx context.Context, fresh bool) ([]Lease, e
 			return nil, ctx.Err()
 		}
 	}
-	ls, _, err := src.store.Leases(ctx)
+	ls, rev, err := src.store.Leases(ctx)
+	if err == nil {
+		src.mu.Lock()
+		if src.watching == 0 {
+			src.primed = &listing{ls, rev}
+		}
+		src.mu.Unlock()
+	}
 	return ls, err
 }
 
