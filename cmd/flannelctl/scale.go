@@ -170,8 +170,8 @@ func report(out io.Writer, o lab.ScaleOptions, r lab.ScaleResult) {
 
 	fmt.Fprintf(out, "\netcd requests by method (start + sync): %s; watchers opened: %d\n", methods(r.ReqSync), r.ReqSync.Watchers)
 	fmt.Fprintf(out, "etcd requests by method (new leases, besides our %d puts): %s\n", o.NewLeases, methods(r.ReqNew))
-	fmt.Fprintf(out, "flanneld CPU: %.2f s from start to full sync, %.1f ms per new lease; peak RSS (VmHWM, incl. text) %s\n",
-		r.SyncCPU, r.NewLeaseCPU*1000, mb(r.PeakRSS))
+	fmt.Fprintf(out, "flanneld CPU: %.2f s from start to full sync, %.2f s settling after it (its first repair pass, in %s), %.1f ms per new lease; peak RSS (VmHWM, incl. text) %s\n",
+		r.SyncCPU, r.SettleCPU, r.SettleTime.Round(100*time.Millisecond), r.NewLeaseCPU*1000, mb(r.PeakRSS))
 	if r.Before > 0 {
 		fmt.Fprintf(out, "%d of %d new routes appeared before the Put returned (counted as 0 ms)\n", r.Before, o.NewLeases)
 	}
