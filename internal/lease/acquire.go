@@ -80,7 +80,8 @@ func acquireOnce(ctx context.Context, s Store, list lister, fresh bool, cfg *net
 	}
 
 	// 1. Reuse what is already ours, reservations first.
-	var mine, others []Lease
+	var mine []Lease
+	others := make([]Lease, 0, len(leases))
 	for _, l := range leases {
 		if sameHost(l.Attrs, want) {
 			mine = append(mine, l)

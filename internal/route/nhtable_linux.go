@@ -203,9 +203,9 @@ func (t *Table) routesReplaceNH(b batcher, routes []Route, c *Changes, errs *err
 	if len(routes) == 0 {
 		return
 	}
-	var keys []nhKey
-	var nhIDs []uint32
-	var reqs []request
+	keys := make([]nhKey, 0, len(routes))
+	nhIDs := make([]uint32, 0, len(routes))
+	reqs := make([]request, 0, len(routes))
 	pending := map[nhKey]bool{}
 	for _, r := range routes {
 		k := nhKeyOf(r)
@@ -236,8 +236,7 @@ func (t *Table) routesReplaceNH(b batcher, routes []Route, c *Changes, errs *err
 			failed[k] = err
 		}
 	}
-	reqs, ids := reqs[:0], make([]uint32, 0, len(routes))
-	var sent []Route
+	reqs, ids, sent := reqs[:0], make([]uint32, 0, len(routes)), make([]Route, 0, len(routes))
 	for _, r := range routes {
 		k := nhKeyOf(r)
 		if err, ok := failed[k]; ok {

@@ -162,7 +162,8 @@ func (t *Table) put(want State, c *Changes, errs *errList) keyedState {
 	addBatched(b, t.fdb, w.fdb, fdbKey, fdbSetReq, func(f FDB, err error) error {
 		return fmt.Errorf("set fdb %s: %w", f, err)
 	}, c, errs)
-	var classic, viaNH []Route
+	var classic []Route
+	viaNH := make([]Route, 0, len(w.routes))
 	for k, r := range w.routes {
 		if old, ok := t.routes[k]; ok && old == r {
 			continue
@@ -190,8 +191,8 @@ func (t *Table) put(want State, c *Changes, errs *errList) keyedState {
 // entry's request and fail its error.
 func addBatched[K comparable, E comparable](b batcher, applied, want map[K]E, key func(E) K,
 	req func(E) request, fail func(E, error) error, c *Changes, errs *errList) {
-	var es []E
-	var reqs []request
+	es := make([]E, 0, len(want))
+	reqs := make([]request, 0, len(want))
 	for k, e := range want {
 		if old, ok := applied[k]; ok && old == e {
 			continue
