@@ -28,22 +28,19 @@ type StoreSourceOptions struct {
 
 // StoreSource is the Source over a key-value Store (etcd v3 or v2). Its
 // Watch is the one list-and-watch of <prefix>/subnets/ a flanneld holds:
-// it keeps the current set of leases, which Acquire chooses among, and
-// reports changes of this host's key to Keep, so neither lists or watches
-// again.
+// it reports changes of this host's key to Keep, so Keep neither lists
+// nor watches. It keeps no copy of the leases (the daemon's peer set is
+// the one: at 65,000 leases a copy is tens of MB); an Acquire lists, and
+// the first Watch after it starts from that listing.
 type StoreSource struct {
 	store Store
 	opts  StoreSourceOptions
 	log   *slog.Logger
 
-	mu sync.Mutex // guards the fields below
-	// watching counts running Watch calls; while one runs, cur follows
-	// the store and synced is closed once cur is current.
-	watching int
-	synced   chan struct{}
-	cur      map[string]Lease // by key, as last listed and watched
-	ownKey   string           // the key Keep holds; "" when none
-	ownCh    chan ownState    // Keep's inbox: the latest state of ownKey
+	mu       sync.Mutex    // guards the fields below
+	watching int           // running Watch calls
+	ownKey   string        // the key Keep holds; "" when none
+	ownCh    chan ownState // Keep's inbox: the latest state of ownKey
 	// primed is the listing Acquire made while no Watch ran, which the
 	// next Watch starts from instead of listing again (at tens of
 	// thousands of leases a listing is a second of both etcd's CPU and
@@ -68,7 +65,7 @@ func NewStoreSource(s Store, o StoreSourceOptions) *StoreSource {
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
-	return &StoreSource{store: s, opts: o, log: o.Log, synced: make(chan struct{})}
+	return &StoreSource{store: s, opts: o, log: o.Log}
 }
 
 // Store returns the store the source reads.
@@ -110,7 +107,6 @@ func (src *StoreSource) Watch(ctx context.Context, fn func(Update)) error {
 	defer func() {
 		src.mu.Lock()
 		src.watching--
-		src.unsyncLocked()
 		src.mu.Unlock()
 	}()
 
@@ -143,9 +139,6 @@ func (src *StoreSource) Watch(ctx context.Context, fn func(Update)) error {
 			src.apply(evs)
 			fn(Update{Events: evs})
 		})
-		src.mu.Lock()
-		src.unsyncLocked()
-		src.mu.Unlock()
 		if errors.Is(err, ErrCompacted) {
 			src.log.Warn("lease watch fell behind etcd compaction; re-listing")
 			continue
@@ -181,48 +174,33 @@ func (src *StoreSource) failed(err error) {
 	}
 }
 
-// reset replaces the current set with a listing and marks it current.
+// reset tells Keep the state of its key in a listing.
 func (src *StoreSource) reset(leases []Lease) {
 	src.mu.Lock()
 	defer src.mu.Unlock()
-	src.cur = make(map[string]Lease, len(leases))
+	if src.ownCh == nil {
+		return
+	}
 	for _, l := range leases {
-		src.cur[l.Key()] = l
+		if l.Key() == src.ownKey {
+			tell(src.ownCh, ownState{present: true, lease: l})
+			return
+		}
 	}
-	if src.ownCh != nil {
-		l, ok := src.cur[src.ownKey]
-		tell(src.ownCh, ownState{present: ok, lease: l})
-	}
-	select {
-	case <-src.synced:
-	default:
-		close(src.synced)
-	}
+	tell(src.ownCh, ownState{})
 }
 
-// apply folds a batch of watch events into the current set.
+// apply tells Keep the events of its key.
 func (src *StoreSource) apply(evs []Event) {
 	src.mu.Lock()
 	defer src.mu.Unlock()
+	if src.ownCh == nil {
+		return
+	}
 	for _, e := range evs {
-		k := e.Lease.Key()
-		if e.Type == Removed {
-			delete(src.cur, k)
-		} else {
-			src.cur[k] = e.Lease
-		}
-		if src.ownCh != nil && k == src.ownKey {
+		if e.Lease.Key() == src.ownKey {
 			tell(src.ownCh, ownState{present: e.Type == Added, lease: e.Lease})
 		}
-	}
-}
-
-// unsyncLocked marks the current set as possibly stale.
-func (src *StoreSource) unsyncLocked() {
-	select {
-	case <-src.synced:
-		src.synced = make(chan struct{})
-	default:
 	}
 }
 
@@ -240,30 +218,9 @@ func tell(ch chan ownState, st ownState) {
 	}
 }
 
-// listCurrent is Acquire's lister: the watched set when the watch is
-// current, else (no watch running, a lost race, or a watch that does not
-// catch up within a few seconds) a listing of its own.
-func (src *StoreSource) listCurrent(ctx context.Context, fresh bool) ([]Lease, error) {
-	src.mu.Lock()
-	watching, synced := src.watching > 0, src.synced
-	src.mu.Unlock()
-	if watching && !fresh {
-		t := time.NewTimer(5 * time.Second)
-		defer t.Stop()
-		select {
-		case <-synced:
-			src.mu.Lock()
-			out := make([]Lease, 0, len(src.cur))
-			for _, l := range src.cur {
-				out = append(out, l)
-			}
-			src.mu.Unlock()
-			return out, nil
-		case <-t.C:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-	}
+// listCurrent is Acquire's lister: a listing, which the next Watch
+// starts from if none runs now.
+func (src *StoreSource) listCurrent(ctx context.Context, _ bool) ([]Lease, error) {
 	ls, rev, err := src.store.Leases(ctx)
 	if err == nil {
 		src.mu.Lock()
