@@ -31,9 +31,12 @@ type peerSet struct {
 	own  lease.Lease
 	log  *slog.Logger
 
-	leases map[string]lease.Lease  // by key, every lease in the feed (ours too)
+	// The leases are held by pointer and never changed in place, so
+	// valid and vetted remember a value by its pointer, not by a copy
+	// (at 65,000 leases a copy is 15 MB).
+	leases map[string]*lease.Lease // by key, every lease in the feed (ours too)
 	odd    map[string]netip.Prefix // leases but ours whose length is not SubnetLen
-	valid  map[string]lease.Lease  // the peers, as last handed out by flush
+	valid  map[string]*lease.Lease // the peers, as last handed out by flush
 	reason map[string]string       // why a lease is not a peer, as last warned about
 	vetted map[string]vetted       // the backend's verdict per key and value
 	dirty  map[string]struct{}     // keys whose verdict may have changed
@@ -41,21 +44,22 @@ type peerSet struct {
 
 // vetted is the backend's verdict on one lease value.
 type vetted struct {
-	attrs  lease.Attrs
+	lease  *lease.Lease
 	reason string
 }
 
 func newPeerSet(nc *netconf.Config, info backend.Info, own lease.Lease, log *slog.Logger) *peerSet {
 	return &peerSet{
 		nc: nc, info: info, own: own, log: log,
-		leases: map[string]lease.Lease{}, odd: map[string]netip.Prefix{}, valid: map[string]lease.Lease{},
+		leases: map[string]*lease.Lease{}, odd: map[string]netip.Prefix{}, valid: map[string]*lease.Lease{},
 		reason: map[string]string{}, vetted: map[string]vetted{}, dirty: map[string]struct{}{},
 	}
 }
 
-// reset replaces every lease with a listing.
+// reset replaces every lease with a listing, which it keeps pointers
+// into: the caller must not change it.
 func (ps *peerSet) reset(leases []lease.Lease) {
-	ps.leases = make(map[string]lease.Lease, len(leases))
+	ps.leases = make(map[string]*lease.Lease, len(leases))
 	ps.odd = map[string]netip.Prefix{}
 	for k := range ps.valid {
 		ps.dirty[k] = struct{}{}
@@ -63,11 +67,12 @@ func (ps *peerSet) reset(leases []lease.Lease) {
 	for k := range ps.reason {
 		ps.dirty[k] = struct{}{}
 	}
-	for _, l := range leases {
+	for i := range leases {
+		l := &leases[i]
 		k := l.Key()
 		ps.leases[k] = l
 		ps.dirty[k] = struct{}{}
-		ps.index(k, l)
+		ps.index(k, *l)
 	}
 }
 
@@ -79,8 +84,9 @@ func (ps *peerSet) apply(ev lease.Event) {
 	if ev.Type == lease.Removed {
 		delete(ps.leases, k)
 	} else {
-		ps.leases[k] = ev.Lease
-		ps.index(k, ev.Lease)
+		l := ev.Lease
+		ps.leases[k] = &l
+		ps.index(k, l)
 	}
 	ps.dirty[k] = struct{}{}
 	// An odd lease's verdict depends on the leases around it.
@@ -105,7 +111,7 @@ func (ps *peerSet) setOwn(l lease.Lease) {
 	ps.own = l
 	ls := make([]lease.Lease, 0, len(ps.leases))
 	for _, x := range ps.leases {
-		ls = append(ls, x)
+		ls = append(ls, *x)
 	}
 	ps.reset(ls)
 }
@@ -129,14 +135,16 @@ func (ps *peerSet) flush() []backend.Change {
 		} else {
 			delete(ps.reason, k)
 		}
-		if !present {
-			delete(ps.vetted, k)
+		if v, ok := ps.vetted[k]; ok && (!present || v.lease != l) {
+			delete(ps.vetted, k) // a verdict on a value no longer held
 		}
 		prev, was := ps.valid[k]
 		switch now := present && k != ownKey && reason == ""; {
-		case now && (!was || !sameLease(prev, l)):
+		case now && (!was || (prev != l && !sameLease(*prev, *l))):
 			ps.valid[k] = l
-			changes = append(changes, backend.Change{Lease: l})
+			changes = append(changes, backend.Change{Lease: *l})
+		case now:
+			ps.valid[k] = l // the same value: the newest copy, so the old can go
 		case !now && was:
 			delete(ps.valid, k)
 			changes = append(changes, backend.Change{Lease: lease.Lease{Subnet: prev.Subnet, Subnet6: prev.Subnet6}, Removed: true})
@@ -154,8 +162,8 @@ func (ps *peerSet) flush() []backend.Change {
 }
 
 // judge says why lease l (key k, not ours) must not be a peer, or "".
-func (ps *peerSet) judge(k string, l lease.Lease) string {
-	if r := checkPeer(ps.nc, ps.own, ps.info, l); r != "" {
+func (ps *peerSet) judge(k string, l *lease.Lease) string {
+	if r := checkPeer(ps.nc, ps.own, ps.info, *l); r != "" {
 		return r
 	}
 	// Hosts lease only SubnetLen subnets, never one overlapping a lease:
@@ -188,18 +196,19 @@ func (ps *peerSet) overlapping(k string, sn netip.Prefix) string {
 
 // vet returns the backend's objection to peer l (Info.ValidatePeer: vxlan
 // decodes its BackendData), asking again only when l's value changed.
-func (ps *peerSet) vet(k string, l lease.Lease) string {
+func (ps *peerSet) vet(k string, l *lease.Lease) string {
 	if ps.info.ValidatePeer == nil {
 		return ""
 	}
-	if v, ok := ps.vetted[k]; ok && sameAttrs(v.attrs, l.Attrs) {
+	if v, ok := ps.vetted[k]; ok && (v.lease == l || sameAttrs(v.lease.Attrs, l.Attrs)) {
+		ps.vetted[k] = vetted{lease: l, reason: v.reason}
 		return v.reason
 	}
 	reason := ""
-	if err := ps.info.ValidatePeer(l); err != nil {
+	if err := ps.info.ValidatePeer(*l); err != nil {
 		reason = err.Error()
 	}
-	ps.vetted[k] = vetted{attrs: l.Attrs, reason: reason}
+	ps.vetted[k] = vetted{lease: l, reason: reason}
 	return reason
 }
 
@@ -207,7 +216,7 @@ func (ps *peerSet) vet(k string, l lease.Lease) string {
 func (ps *peerSet) peers() []lease.Lease {
 	out := make([]lease.Lease, 0, len(ps.valid))
 	for _, l := range ps.valid {
-		out = append(out, l)
+		out = append(out, *l)
 	}
 	slices.SortFunc(out, func(a, b lease.Lease) int { return a.Subnet.Addr().Compare(b.Subnet.Addr()) })
 	return out

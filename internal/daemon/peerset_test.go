@@ -135,8 +135,8 @@ func TestPeerSetEqualsFullRecomputation(t *testing.T) {
 				t.Fatalf("seed %d step %d: peers %v, full recomputation %v", seed, step, got, slices.Sorted(maps.Keys(want)))
 			}
 			for k, l := range want {
-				if !sameLease(ps.valid[k], l) || !sameLease(backendView[k], l) {
-					t.Fatalf("seed %d step %d: peer %s is %+v (backend has %+v), want %+v", seed, step, k, ps.valid[k], backendView[k], l)
+				if !sameLease(*ps.valid[k], l) || !sameLease(backendView[k], l) {
+					t.Fatalf("seed %d step %d: peer %s is %+v (backend has %+v), want %+v", seed, step, k, *ps.valid[k], backendView[k], l)
 				}
 			}
 			if len(backendView) != len(want) {
