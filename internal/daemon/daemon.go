@@ -86,9 +86,8 @@ type Daemon struct {
 	rules    Rules
 	own      lease.Lease
 	mtu      int
-	peers    *peerSet              // nil until the lease is acquired
-	fullSync bool                  // the backend must get the whole set next
-	known    map[string]netip.Addr // peers logged as added, by key: their public IP
+	peers    *peerSet // nil until the lease is acquired
+	fullSync bool     // the backend must get the whole set next
 }
 
 // New returns a daemon; Run starts it.
@@ -105,7 +104,7 @@ func New(cfg Config, deps Deps) *Daemon {
 	if deps.Log == nil {
 		deps.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Daemon{cfg: cfg, deps: deps, log: deps.Log, feed: newFeed(), fullSync: true, known: map[string]netip.Addr{}}
+	return &Daemon{cfg: cfg, deps: deps, log: deps.Log, feed: newFeed(), fullSync: true}
 }
 
 // Ready reports whether subnet.env has been written (/readyz).

@@ -32,7 +32,11 @@ func (d *Daemon) handle(ctx context.Context, ups []lease.Update) {
 
 // push applies the peer set's pending changes to the backend.
 func (d *Daemon) push(ctx context.Context) {
-	changes := d.peers.flush()
+	pcs := d.peers.flush()
+	changes := make([]backend.Change, len(pcs))
+	for i, c := range pcs {
+		changes[i] = c.Change
+	}
 	up, incremental := d.be.(backend.Updater)
 	if !d.fullSync && len(changes) == 0 {
 		return
@@ -53,19 +57,19 @@ func (d *Daemon) push(ctx context.Context) {
 	if err != nil {
 		d.log.Warn("backend sync", "peers", len(d.peers.valid), "err", err)
 	}
-	d.logChanges(changes)
+	d.logChanges(pcs)
 }
 
 // logChanges writes one line per peer that came, changed or went, or a
 // summary for a burst (the first sync of a large cluster), so the log
 // stays readable.
-func (d *Daemon) logChanges(changes []backend.Change) {
+func (d *Daemon) logChanges(changes []peerChange) {
 	var added, changed, removed int
 	for _, c := range changes {
 		switch {
 		case c.Removed:
 			removed++
-		case d.known[c.Lease.Key()].IsValid():
+		case c.was:
 			changed++
 		default:
 			added++
@@ -73,23 +77,17 @@ func (d *Daemon) logChanges(changes []backend.Change) {
 	}
 	if len(changes) > 16 {
 		d.log.Info("peers synced", "peers", len(d.peers.valid), "added", added, "changed", changed, "removed", removed)
+		return
 	}
 	for _, c := range changes {
-		k, ip := c.Lease.Key(), c.Lease.Attrs.PublicIP
-		what := "peer added"
+		what, ip := "peer added", c.Lease.Attrs.PublicIP
 		switch {
 		case c.Removed:
-			what, ip = "peer removed", d.known[k]
-			delete(d.known, k)
-		case d.known[k].IsValid():
+			what, ip = "peer removed", c.prevIP
+		case c.was:
 			what = "peer changed"
 		}
-		if !c.Removed {
-			d.known[k] = ip
-		}
-		if len(changes) <= 16 {
-			d.log.Info(what, "subnet", c.Lease.Subnet, "public_ip", ip)
-		}
+		d.log.Info(what, "subnet", c.Lease.Subnet, "public_ip", ip)
 	}
 }
 

@@ -116,10 +116,18 @@ func (ps *peerSet) setOwn(l lease.Lease) {
 	ps.reset(ls)
 }
 
+// peerChange is a change for the backend and, for the log, whether the
+// subnet was a peer before and its public IP then.
+type peerChange struct {
+	backend.Change
+	was    bool
+	prevIP netip.Addr
+}
+
 // flush judges the leases touched since the last flush, logs each new
 // reason to ignore one, and returns how the peers changed, by subnet.
-func (ps *peerSet) flush() []backend.Change {
-	var changes []backend.Change
+func (ps *peerSet) flush() []peerChange {
+	var changes []peerChange
 	ownKey := ps.own.Key()
 	for k := range ps.dirty {
 		l, present := ps.leases[k]
@@ -142,12 +150,12 @@ func (ps *peerSet) flush() []backend.Change {
 		switch now := present && k != ownKey && reason == ""; {
 		case now && (!was || (prev != l && !sameLease(*prev, *l))):
 			ps.valid[k] = l
-			changes = append(changes, backend.Change{Lease: *l})
+			changes = append(changes, changeOf(backend.Change{Lease: *l}, prev))
 		case now:
 			ps.valid[k] = l // the same value: the newest copy, so the old can go
 		case !now && was:
 			delete(ps.valid, k)
-			changes = append(changes, backend.Change{Lease: lease.Lease{Subnet: prev.Subnet, Subnet6: prev.Subnet6}, Removed: true})
+			changes = append(changes, changeOf(backend.Change{Lease: lease.Lease{Subnet: prev.Subnet, Subnet6: prev.Subnet6}, Removed: true}, prev))
 		}
 	}
 	if len(ps.dirty) > 256 {
@@ -157,8 +165,15 @@ func (ps *peerSet) flush() []backend.Change {
 	} else {
 		clear(ps.dirty)
 	}
-	slices.SortFunc(changes, func(a, b backend.Change) int { return a.Lease.Subnet.Addr().Compare(b.Lease.Subnet.Addr()) })
+	slices.SortFunc(changes, func(a, b peerChange) int { return a.Lease.Subnet.Addr().Compare(b.Lease.Subnet.Addr()) })
 	return changes
+}
+
+func changeOf(c backend.Change, prev *lease.Lease) peerChange {
+	if prev == nil {
+		return peerChange{Change: c}
+	}
+	return peerChange{Change: c, was: true, prevIP: prev.Attrs.PublicIP}
 }
 
 // judge says why lease l (key k, not ours) must not be a peer, or "".
