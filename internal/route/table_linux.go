@@ -57,9 +57,12 @@ func NewTable(nl Netlink, opts ...Option) *Table {
 // kernel dump shows of the entries the caller owns. The next Set then
 // deletes the ones not wanted and re-adds wanted ones that are missing.
 func (t *Table) Load(have State) {
-	t.routes = make(map[routeKey]Route, len(have.Routes))
-	t.neighs = make(map[neighKey]Neigh, len(have.Neighs))
-	t.fdb = make(map[FDB]FDB, len(have.FDB))
+	// A repair loads about as many entries as the maps hold: refilling
+	// them keeps their memory instead of making garbage of it (at 65,000
+	// peers, tens of MB each pass).
+	t.routes = refill(t.routes, len(have.Routes))
+	t.neighs = refill(t.neighs, len(have.Neighs))
+	t.fdb = refill(t.fdb, len(have.FDB))
 	for _, r := range have.Routes {
 		t.routes[r.key()] = r
 	}
@@ -72,6 +75,16 @@ func (t *Table) Load(have State) {
 	if t.nh != nil {
 		t.nh.dirty = true // the routes may use other objects now
 	}
+}
+
+// refill returns m emptied, or a new map if m is nil or more than twice
+// too large (iterating a map costs its capacity).
+func refill[K comparable, V any](m map[K]V, n int) map[K]V {
+	if m == nil || len(m) > 2*n+64 {
+		return make(map[K]V, n)
+	}
+	clear(m)
+	return m
 }
 
 // Applied returns the entries the table believes are in the kernel, sorted.
