@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/flannel-go/flannel/internal/backoff"
@@ -18,12 +19,26 @@ type ownChanger interface {
 	OwnChanged() <-chan struct{}
 }
 
+// ownWatcher is a lease source that can wait for this host's own lease to
+// change by itself, without the watch of every lease: the Kubernetes
+// source, watching its one node. It serves a flanneld that runs no such
+// watch (alloc in Kubernetes mode).
+type ownWatcher interface {
+	// WatchOwn returns nil at the first change since the last Acquire,
+	// or an error (then the retry timer is all there is).
+	WatchOwn(ctx context.Context) error
+}
+
 // acquire leases a subnet, retrying until it gets one: a full network or
 // a podCIDR not yet assigned is reported once and waited out, never a
 // reason to exit.
 func (d *Daemon) acquire(ctx context.Context, attrs lease.Attrs, prev lease.Prev) error {
 	wait := backoff.Backoff{Min: time.Second, Max: 30 * time.Second, Jitter: backoff.UpperHalf}
 	oc, _ := d.deps.Source.(ownChanger)
+	ow, _ := d.deps.Source.(ownWatcher)
+	if d.needsWatch() {
+		ow = nil // the watch of every lease tells, through OwnChanged
+	}
 	var lastErr string
 	for {
 		// Taken before asking, so a removal or a change while Acquire
@@ -63,18 +78,32 @@ func (d *Daemon) acquire(ctx context.Context, attrs lease.Attrs, prev lease.Prev
 		// got its podCIDR). The timeout stays as the fallback, e.g. for a
 		// config change that widens the range.
 		wake := changed
-		if errors.Is(err, lease.ErrNoFreeSubnet) {
+		var wg sync.WaitGroup
+		wctx, stop := context.WithCancel(ctx)
+		switch {
+		case errors.Is(err, lease.ErrNoFreeSubnet):
 			wake = freed
+		case ow != nil:
+			ch := make(chan struct{})
+			wake = ch
+			wg.Go(func() {
+				if ow.WatchOwn(wctx) == nil {
+					close(ch)
+				}
+			})
 		}
 		t := time.NewTimer(wait.Next())
 		select {
 		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
 		case <-wake:
 		case <-t.C:
 		}
 		t.Stop()
+		stop()
+		wg.Wait()
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
 	}
 }
 

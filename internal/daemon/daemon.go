@@ -174,7 +174,7 @@ type peersOnlyWatcher interface {
 // has no use for peers and the source's Watch serves nothing else, as
 // with alloc in Kubernetes mode, where a watch would cost every node an
 // informer on every other node for nothing. (With etcd the watch also
-// serves Acquire and Keep, so alloc hosts still watch there.)
+// serves Keep, so alloc hosts still watch there.)
 func (d *Daemon) needsWatch() bool {
 	p, ok := d.deps.Source.(peersOnlyWatcher)
 	return !d.beInfo.NoPeers || !ok || !p.WatchOnlyForPeers()

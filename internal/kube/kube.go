@@ -17,8 +17,11 @@ import (
 
 	"github.com/go-logr/logr"
 	v1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/metadata"
@@ -86,6 +89,9 @@ type Source struct {
 	own        *v1.Node
 	ownChanged chan struct{} // closed and replaced at each change of own
 	watchers   int
+	// seenRV is the resourceVersion of our node as last read by a GET,
+	// which WatchOwn watches from.
+	seenRV string
 
 	// fullCache keeps whole Node objects in the informer, as upstream
 	// does (Options.UpstreamWatch); only benchmarks set it.
@@ -271,7 +277,53 @@ func (s *Source) getNode(ctx context.Context) (*v1.Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kube: get node %q: %w", s.node, err)
 	}
+	s.mu.Lock()
+	s.seenRV = n.ResourceVersion
+	s.mu.Unlock()
 	return n, nil
+}
+
+// WatchOwn returns at the first change of this node since the last time
+// it was read (by Acquire), or when ctx ends: how a flanneld that runs no
+// informer (the alloc backend's) learns at once that its podCIDR was
+// assigned. It watches the one node, from the version last read, so a
+// change in between is not missed; history too old to watch from counts
+// as a change. An error means the caller falls back to its timer.
+func (s *Source) WatchOwn(ctx context.Context) error {
+	s.mu.Lock()
+	rv := s.seenRV
+	s.mu.Unlock()
+	w, err := s.client.CoreV1().Nodes().Watch(ctx, metav1.ListOptions{
+		FieldSelector:   fields.OneTermEqualSelector("metadata.name", s.node).String(),
+		ResourceVersion: rv,
+	})
+	if err != nil {
+		if apierrors.IsGone(err) || apierrors.IsResourceExpired(err) {
+			return nil
+		}
+		return fmt.Errorf("kube: watch node %q: %w", s.node, err)
+	}
+	defer w.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case ev, ok := <-w.ResultChan():
+			if !ok {
+				return fmt.Errorf("kube: watch node %q: ended", s.node)
+			}
+			if ev.Type == watch.Bookmark {
+				continue
+			}
+			if ev.Type == watch.Error {
+				if st := apierrors.FromObject(ev.Object); apierrors.IsGone(st) || apierrors.IsResourceExpired(st) {
+					return nil
+				}
+				return fmt.Errorf("kube: watch node %q: %w", s.node, apierrors.FromObject(ev.Object))
+			}
+			return nil
+		}
+	}
 }
 
 // PrevAttrs returns the attributes this node published before (its own
