@@ -1,7 +1,6 @@
 package lease
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 )
@@ -23,8 +22,10 @@ func Decode(key string, value []byte) (Lease, error) {
 	if k := MakeKey(sn, sn6); k != key {
 		return Lease{}, fmt.Errorf("subnet key %q is not in canonical form %q", key, k)
 	}
+	// UnmarshalJSON directly: through json.Unmarshal the value would be
+	// scanned once more before it (a listing of 65,000 leases pays that).
 	var a Attrs
-	if err := json.Unmarshal(value, &a); err != nil {
+	if err := a.UnmarshalJSON(value); err != nil {
 		return Lease{Subnet: sn, Subnet6: sn6}, &BadValueError{Key: key, Err: err}
 	}
 	if !a.PublicIP.IsValid() && !a.PublicIPv6.IsValid() {

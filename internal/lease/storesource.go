@@ -113,7 +113,7 @@ func (src *StoreSource) Watch(ctx context.Context, fn func(Update)) error {
 	wait := backoff.Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second, Jitter: backoff.UpperHalf}
 	failing := false
 	for ctx.Err() == nil {
-		leases, rev, err := src.list(ctx)
+		leases, rev, primed, err := src.list(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				break
@@ -133,7 +133,12 @@ func (src *StoreSource) Watch(ctx context.Context, fn func(Update)) error {
 			failing = false
 		}
 		wait.Reset()
-		src.reset(leases)
+		if !primed {
+			// A primed listing predates the lease Keep holds (Acquire
+			// listed, then created or renewed it): what it shows of our
+			// key is stale, and the watch replays what came after.
+			src.reset(leases)
+		}
 		fn(Update{Reset: true, Leases: leases})
 		err = src.store.Watch(ctx, rev, func(evs []Event) {
 			src.apply(evs)
@@ -154,18 +159,19 @@ func (src *StoreSource) Watch(ctx context.Context, fn func(Update)) error {
 	return ctx.Err()
 }
 
-// list takes the primed listing, if any, or lists.
-func (src *StoreSource) list(ctx context.Context) ([]Lease, int64, error) {
+// list takes the primed listing, if any (primed is then true), or lists.
+func (src *StoreSource) list(ctx context.Context) (leases []Lease, rev int64, primed bool, err error) {
 	src.mu.Lock()
 	p := src.primed
 	src.primed = nil
 	src.mu.Unlock()
 	if p != nil {
-		return p.leases, p.rev, nil
+		return p.leases, p.rev, true, nil
 	}
 	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	return src.store.Leases(lctx)
+	leases, rev, err = src.store.Leases(lctx)
+	return leases, rev, false, err
 }
 
 func (src *StoreSource) failed(err error) {

@@ -3,6 +3,7 @@ package lease_test
 import (
 	"context"
 	"net/netip"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -61,6 +62,17 @@ func watchUntil(t *testing.T, src *lease.StoreSource, want ...lease.Lease) {
 	}
 }
 
+// otherThan is a subnet of cfg24 that is none of taken (Acquire picks at
+// random).
+func otherThan(taken ...netip.Prefix) netip.Prefix {
+	for i := 1; ; i++ {
+		sn := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 5, byte(i), 0}), 24)
+		if !slices.Contains(taken, sn) {
+			return sn
+		}
+	}
+}
+
 // TestWatchStartsFromAcquiresListing: the Watch after an Acquire starts
 // from the listing Acquire made (one listing in all) and still sees what
 // changed in between: its own new lease and another host's.
@@ -77,7 +89,7 @@ func TestWatchStartsFromAcquiresListing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	late, err := s.Create(ctx, lease.Lease{Subnet: netip.MustParsePrefix("10.5.9.0/24"), Attrs: hostAttrs(3)}, time.Hour)
+	late, err := s.Create(ctx, lease.Lease{Subnet: otherThan(own.Subnet, peer.Subnet), Attrs: hostAttrs(3)}, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +110,7 @@ func TestWatchPrimedCompacted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	late, err := s.Create(ctx, lease.Lease{Subnet: netip.MustParsePrefix("10.5.9.0/24"), Attrs: hostAttrs(3)}, time.Hour)
+	late, err := s.Create(ctx, lease.Lease{Subnet: otherThan(own.Subnet), Attrs: hostAttrs(3)}, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
