@@ -45,6 +45,7 @@ func labBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	backendList := fs.String("backends", "vxlan,host-gw,udp,wireguard",
 		"backends to measure; also udp-ebpf (the udp backend's eBPF datapath, forced), and udp-ebpf-nic and vxlan-nic on an underlay with a NIC's offloads (lab.NICWire)")
 	flanneld := fs.String("flanneld", "", "flanneld binary")
+	prefix := fs.String("prefix", "fb", "prefix of the labs' names; benches running at once need different ones, or each tears down the other's labs")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -110,7 +111,7 @@ func labBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		var l *lab.Lab
 		var err error
-		id := "fb" + strings.ReplaceAll(b, "-", "")
+		id := *prefix + strings.ReplaceAll(b, "-", "")
 		switch b {
 		case "udp-ebpf":
 			l, err = envLab(id, "udp", false, "FLANNEL_UDP_DATAPATH=ebpf")
@@ -134,7 +135,7 @@ func labBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		cases = append(cases, c)
 		if b == "vxlan" || b == "host-gw" {
-			rl, err := up("fbr"+strings.ReplaceAll(b, "-", ""), "alloc", 2)
+			rl, err := up(*prefix+"r"+strings.ReplaceAll(b, "-", ""), "alloc", 2)
 			if err != nil {
 				return err
 			}
@@ -199,7 +200,7 @@ func labBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 	}
 	fmt.Fprintln(stdout)
-	if l := labByID(labs, "fbvxlan"); l != nil {
+	if l := labByID(labs, *prefix+"vxlan"); l != nil {
 		if err := benchStartup(ctx, stdout, l); err != nil {
 			return err
 		}
