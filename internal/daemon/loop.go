@@ -59,10 +59,12 @@ func (d *Daemon) loop(ctx context.Context) error {
 	var lastRepair time.Time
 	doRepair := func() {
 		lastRepair = time.Now()
-		if err := d.be.Repair(ctx); err != nil {
-			d.log.Warn("backend repair", "err", err)
-			d.deps.Metrics.RepairFailed()
-		}
+		bulk(func() {
+			if err := d.be.Repair(ctx); err != nil {
+				d.log.Warn("backend repair", "err", err)
+				d.deps.Metrics.RepairFailed()
+			}
+		})
 	}
 	d.peers = newPeerSet(d.net, d.beInfo, d.own, d.log)
 	rulesT := time.NewTicker(d.cfg.RulesResync)
