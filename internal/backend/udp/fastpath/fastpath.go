@@ -79,6 +79,12 @@ type Config struct {
 	// decapsulated in the kernel. Invalid before Configure: then nothing
 	// is decapsulated in the kernel.
 	Own netip.Prefix
+	// BridgeOnly turns direct delivery to local containers off: every
+	// decapsulated packet enters the stack on flannel0 and reaches the
+	// container through routing and the bridge, past the host's
+	// netfilter hooks (see endpoints_linux.go for what direct delivery
+	// bypasses).
+	BridgeOnly bool
 	// PinDir is where maps and links are pinned, a directory on a bpf
 	// filesystem; "" pins nothing (a restart then reloads everything).
 	PinDir string
