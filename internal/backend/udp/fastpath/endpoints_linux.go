@@ -40,10 +40,14 @@ import (
 // own namespace: a FORWARD policy for traffic towards its containers,
 // and the reverse translation of connections its conntrack translated
 // (a container's connection to a Service address DNATed here to a remote
-// pod: the replies need their source rewritten back). Hosts that rely on
-// that (kube-proxy's Service NAT, network policies in FORWARD) set
-// Config.BridgeOnly; the udp backend's Docker and CNI-bridge setups do
-// not.
+// pod: the replies need their source rewritten back), and a conntrack
+// that sees only one direction of a connection may mark the container's
+// packets invalid (harmless unless a rule drops invalid packets, as
+// kube-proxy's KUBE-FORWARD does). Hosts that rely on any of that
+// (kube-proxy's Service NAT, network policies in FORWARD) set
+// Config.BridgeOnly: the udp backend does under the Kubernetes subnet
+// manager unless FLANNEL_UDP_DELIVER says otherwise; Docker hosts with
+// flannel's own rules need none of it.
 //
 // The endpoints map is a desired state derived from the kernel: the
 // bridge's IPv4 neighbours in our subnet whose MAC its FDB places behind
