@@ -62,7 +62,6 @@ func waitEndpoints(t *testing.T, dp *Datapath, what string, ok func(map[netip.Ad
 func TestDirectDelivery(t *testing.T) {
 	hs := twoHosts(t)
 	h1, h2 := hs[0], hs[1]
-	_, addr2 := bridgeHost(t, h2)
 	for _, h := range hs {
 		h.dp = h.open(t)
 		t.Cleanup(func() { h.dp.Close() })
@@ -70,6 +69,9 @@ func TestDirectDelivery(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// The bridge comes after flanneld, as docker0 does (dockerd reads
+	// subnet.env).
+	_, addr2 := bridgeHost(t, h2)
 
 	// The first packets take flannel0; the kernel's ARP for them puts
 	// the containers in the bridge's neighbour table.
