@@ -448,7 +448,9 @@ const (
 // virtual wire whole keeps its UDP-tunnel GSO type and encapsulation mark
 // after decapsulation on this kernel, so forwarding it through a bridge
 // (no hw_enc_features) segments and checksums it in software. Delivered
-// to a socket in the container's namespace, it is received whole.
+// to a socket in the container's namespace, it is received whole. (The
+// flag that clears them, BPF_F_ADJ_ROOM_DECAP_L4_UDP = 1<<10, is refused
+// with -EINVAL by 6.18's bpf_skb_adjust_room.)
 func peerInsns(fallback string) asm.Instructions {
 	return append(asm.Instructions{
 		asm.JEq.Imm(asm.R7, 0, fallback),
