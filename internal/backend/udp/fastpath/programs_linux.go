@@ -442,7 +442,10 @@ const (
 // to the bridge and the bridge to the container's port: a new Ethernet
 // header from the bridge to the container, the TTL decremented. Without
 // an endpoint, or with a TTL the kernel must answer (time exceeded), it
-// jumps to fallback, delivery through flannel0.
+// jumps to fallback, delivery through flannel0. There is no MTU check,
+// which forwarding would make against the bridge: the packet fit the
+// sender's flannel0, whose MTU (the external one less 28) is also the
+// bridge's and the containers' here.
 //
 // Why that is not a super-packet problem: a GSO packet that crossed a
 // virtual wire whole keeps its UDP-tunnel GSO type and encapsulation mark
