@@ -63,10 +63,14 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	// The udp backend's settings that concern the whole process are
-	// decided here: offloads and the datapath (eBPF or userspace) come
-	// from the environment, and the userspace datapath may take one more
-	// P per forwarding loop.
-	udpOpts := udp.Options{Offloads: getenv(udp.OffloadEnv), Datapath: getenv(udp.DatapathEnv), RaiseGOMAXPROCS: true}
+	// decided here: offloads, the datapath (eBPF or userspace) and how
+	// the eBPF one delivers to containers come from the environment (the
+	// last also from the subnet manager), and the userspace datapath may
+	// take one more P per forwarding loop.
+	udpOpts := udp.Options{
+		Offloads: getenv(udp.OffloadEnv), Datapath: getenv(udp.DatapathEnv), RaiseGOMAXPROCS: true,
+		Deliver: getenv(udp.DeliverEnv), Kubernetes: o.kubeSubnetMgr,
+	}
 	if err := serve(ctx, o, getenv, udpOpts, log); err != nil {
 		log.Error("exiting", "err", err)
 		return 1

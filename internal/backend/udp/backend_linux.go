@@ -36,6 +36,8 @@ type Backend struct {
 	procs   bool // may raise GOMAXPROCS while forwarding
 	mode    datapathMode
 	pinDir  string // for the eBPF datapath's pins; "" pins nothing
+	// bridgeOnly: the eBPF datapath delivers through flannel0 only.
+	bridgeOnly bool
 	// tunName is what the TUN is opened as: upstream's pattern, or the
 	// name of the device a previous process left for us (see persist).
 	tunName string
@@ -87,7 +89,11 @@ func (o Options) New(cfg backend.Config) (backend.Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	b, err := newBackend(cfg, settings{offloads: want, raiseProcs: o.RaiseGOMAXPROCS, datapath: mode})
+	bridgeOnly, err := parseDeliver(o.Deliver, o.Kubernetes)
+	if err != nil {
+		return nil, err
+	}
+	b, err := newBackend(cfg, settings{offloads: want, raiseProcs: o.RaiseGOMAXPROCS, datapath: mode, bridgeOnly: bridgeOnly})
 	if err != nil {
 		return nil, err
 	}
@@ -102,6 +108,9 @@ type settings struct {
 	offloads   offloadSet
 	raiseProcs bool
 	datapath   datapathMode
+	// bridgeOnly turns the eBPF datapath's direct delivery to local
+	// containers off (fastpath.Config.BridgeOnly).
+	bridgeOnly bool
 	// pinDir overrides where the eBPF datapath pins its maps and links
 	// (tests use a private bpf filesystem); "" means defaultPinDir.
 	pinDir string
@@ -130,15 +139,16 @@ func newBackend(cfg backend.Config, set settings) (*Backend, error) {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	return &Backend{
-		log:     log.With("backend", Type),
-		ext:     ext,
-		network: cfg.Network.Network.Masked(),
-		port:    port,
-		want:    set.offloads,
-		procs:   set.raiseProcs,
-		mode:    set.datapath,
-		pinDir:  set.pinDir,
-		tunName: tunPattern,
+		log:        log.With("backend", Type),
+		ext:        ext,
+		network:    cfg.Network.Network.Masked(),
+		port:       port,
+		want:       set.offloads,
+		procs:      set.raiseProcs,
+		mode:       set.datapath,
+		bridgeOnly: set.bridgeOnly,
+		pinDir:     set.pinDir,
+		tunName:    tunPattern,
 	}, nil
 }
 
@@ -499,7 +509,10 @@ func (b *Backend) Stats() Stats {
 	defer b.statsMu.Unlock()
 	if b.fastStats != nil {
 		if c, err := b.fastStats(); err == nil {
-			s.EBPF = &EBPFStats{OutPackets: c.OutPackets, OutBytes: c.OutBytes, InPackets: c.InPackets, InBytes: c.InBytes}
+			s.EBPF = &EBPFStats{
+				OutPackets: c.OutPackets, OutBytes: c.OutBytes, InPackets: c.InPackets, InBytes: c.InBytes,
+				DirectPackets: c.PeerPackets, DirectBytes: c.PeerBytes,
+			}
 		}
 	}
 	return s

@@ -118,12 +118,13 @@ func (b *Backend) startEBPF() error {
 		return fmt.Errorf("udp: find external interface %s: %w", b.ext.Name, err)
 	}
 	cfg := fastpath.Config{
-		PublicIP: b.ext.IfaceAddr,
-		Port:     b.port,
-		ExtIndex: link.Attrs().Index,
-		TUNIndex: b.ifaceIdx,
-		Own:      b.own,
-		PinDir:   b.pinDir,
+		PublicIP:   b.ext.IfaceAddr,
+		Port:       b.port,
+		ExtIndex:   link.Attrs().Index,
+		TUNIndex:   b.ifaceIdx,
+		Own:        b.own,
+		PinDir:     b.pinDir,
+		BridgeOnly: b.bridgeOnly,
 	}
 	fp, err := fastpath.Open(cfg, b.log)
 	if err != nil {
@@ -139,7 +140,12 @@ func (b *Backend) startEBPF() error {
 	b.statsMu.Lock()
 	b.fastStats = fp.Counters
 	b.statsMu.Unlock()
-	b.log.Info("forwarding known peers in the kernel (eBPF)", "adopted", fp.Adopted(), "pins", cfg.PinDir)
+	deliver := "direct"
+	if cfg.BridgeOnly {
+		deliver = "bridge"
+	}
+	b.log.Info("forwarding known peers in the kernel (eBPF)", "adopted", fp.Adopted(), "pins", cfg.PinDir,
+		"deliver", deliver)
 	return nil
 }
 

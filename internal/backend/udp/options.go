@@ -24,6 +24,12 @@ const OffloadEnv = "FLANNEL_UDP_OFFLOAD"
 // into Options.Datapath.
 const DatapathEnv = "FLANNEL_UDP_DATAPATH"
 
+// DeliverEnv names the environment variable that chooses how the eBPF
+// datapath delivers packets to containers on this host: "auto" (the
+// default), "direct" or "bridge"; flanneld's main reads it into
+// Options.Deliver.
+const DeliverEnv = "FLANNEL_UDP_DELIVER"
+
 // Info is what the udp backend states about itself.
 var Info = backend.Info{
 	Type:     Type,
@@ -55,6 +61,19 @@ type Options struct {
 	// not where it does not, "ebpf" insists on it (Init fails without it),
 	// "userspace" never uses it.
 	Datapath string
+	// Deliver is the value of FLANNEL_UDP_DELIVER: "direct" hands the
+	// eBPF datapath's decapsulated packets for containers on our bridge
+	// straight to their veth, past the host's netfilter hooks for that
+	// direction; "bridge" sends them through flannel0, routing and the
+	// bridge as the userspace path does; "" or "auto" is direct unless
+	// Kubernetes is set.
+	Deliver string
+	// Kubernetes says the subnet manager is Kubernetes, where kube-proxy
+	// translates Service addresses in the host's conntrack: a pod's
+	// connection to a Service DNATed here to a remote pod needs its
+	// replies translated back on the way in, which direct delivery would
+	// skip, so auto delivers through the bridge there.
+	Kubernetes bool
 	// Collector, if not nil, exports the counters of each backend built.
 	Collector *Collector
 }
@@ -83,6 +102,20 @@ func parseDatapath(v string) (datapathMode, error) {
 		return datapathUserspace, nil
 	}
 	return 0, fmt.Errorf("udp: %s=%q: want auto, ebpf or userspace", DatapathEnv, v)
+}
+
+// parseDeliver reads Options.Deliver: whether the eBPF datapath delivers
+// through the bridge only.
+func parseDeliver(v string, kubernetes bool) (bridgeOnly bool, err error) {
+	switch strings.ToLower(strings.TrimSpace(v)) {
+	case "", "auto":
+		return kubernetes, nil
+	case "direct":
+		return false, nil
+	case "bridge":
+		return true, nil
+	}
+	return false, fmt.Errorf("udp: %s=%q: want auto, direct or bridge", DeliverEnv, v)
 }
 
 type offloadSet struct {

@@ -62,3 +62,21 @@ func TestParseDatapath(t *testing.T) {
 		t.Error("parseDatapath(kernel) accepted")
 	}
 }
+
+func TestParseDeliver(t *testing.T) {
+	for _, c := range []struct {
+		in         string
+		kubernetes bool
+		bridgeOnly bool
+	}{
+		{"", false, false}, {"auto", false, false}, {"", true, true}, {" Auto", true, true},
+		{"direct", true, false}, {"bridge", false, true},
+	} {
+		if got, err := parseDeliver(c.in, c.kubernetes); err != nil || got != c.bridgeOnly {
+			t.Errorf("parseDeliver(%q, %v) = %v, %v; want %v", c.in, c.kubernetes, got, err, c.bridgeOnly)
+		}
+	}
+	if _, err := parseDeliver("peer", false); err == nil {
+		t.Error("parseDeliver(peer) accepted")
+	}
+}

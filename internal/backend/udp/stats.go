@@ -23,6 +23,8 @@ type Stats struct {
 type EBPFStats struct {
 	OutPackets, OutBytes uint64
 	InPackets, InBytes   uint64
+	// Of In, delivered straight to a local container's veth.
+	DirectPackets, DirectBytes uint64
 }
 
 // Direction counts one direction of the datapath.

@@ -11,7 +11,9 @@
 //	  ─▶ tcx egress on flannel0: peer known? encapsulate, redirect_neigh ─▶ eth0
 //	                                   unknown? pass ─▶ TUN ─▶ userspace (ICMP net-unreachable)
 //	eth0 ─▶ tcx ingress: datagram to our IP:port from a known peer, for our
-//	  subnet? decapsulate, redirect into flannel0's ingress ─▶ ip_forward ─▶ container
+//	  subnet? decapsulate; a container on our bridge behind a veth?
+//	                                   redirect_peer ─▶ the container's eth0
+//	                                   otherwise: redirect into flannel0's ingress ─▶ ip_forward ─▶ container
 //	                                   anything else? pass ─▶ stack ─▶ userspace socket
 //
 // The egress program sits on the TUN device flannel0, not on the host side
@@ -50,7 +52,10 @@
 // written. "peers" (LPM trie) maps a peer's subnet to its public IP, and
 // "peer_ips" (hash) holds the public IPs the ingress program accepts
 // datagrams from. The peer maps are kept as a desired state by SetPeers
-// without reloading the programs. Maps and links are pinned under the pin
+// without reloading the programs. "endpoints" (hash, not pinned) maps a
+// local container's IPv4 address to its veth and MACs for direct
+// delivery; a goroutine of the Datapath keeps it from the kernel's
+// neighbour and FDB tables (endpoints_linux.go). Maps and links are pinned under the pin
 // directory, so a restarted flanneld adopts them: it loads new programs
 // against the same maps and swaps them into the existing links.
 package fastpath
@@ -79,6 +84,12 @@ type Config struct {
 	// decapsulated in the kernel. Invalid before Configure: then nothing
 	// is decapsulated in the kernel.
 	Own netip.Prefix
+	// BridgeOnly turns direct delivery to local containers off: every
+	// decapsulated packet enters the stack on flannel0 and reaches the
+	// container through routing and the bridge, past the host's
+	// netfilter hooks (see endpoints_linux.go for what direct delivery
+	// bypasses).
+	BridgeOnly bool
 	// PinDir is where maps and links are pinned, a directory on a bpf
 	// filesystem; "" pins nothing (a restart then reloads everything).
 	PinDir string

@@ -29,6 +29,8 @@ type Datapath struct {
 	egress, ingress link.Link
 	// adopted says the maps and links came from a previous process.
 	adopted bool
+	// eps keeps the endpoints map; nil when direct delivery is off.
+	eps *endpointWatch
 }
 
 // Open loads the programs, writes the config and attaches the programs
@@ -71,6 +73,12 @@ func Open(cfg Config, log *slog.Logger) (*Datapath, error) {
 	}
 	if d.ingress, err = d.attach(progIngress, pinIngress, cfg.ExtIndex, ebpf.AttachTCXIngress); err != nil {
 		return nil, err
+	}
+	if !cfg.BridgeOnly {
+		// An optimisation: without it every packet takes the bridge.
+		if d.eps, err = startEndpoints(d.coll.Maps[mapEndpoints], d.cfg.Own, log); err != nil {
+			log.Warn("direct delivery to containers off", "err", err)
+		}
 	}
 	ok = true
 	return d, nil
@@ -174,6 +182,9 @@ func (d *Datapath) Adopted() bool { return d.adopted }
 // SetOwn changes our subnet (a new lease).
 func (d *Datapath) SetOwn(own netip.Prefix) error {
 	d.cfg.Own = own
+	if d.eps != nil {
+		d.eps.setOwn(own)
+	}
 	return d.writeConfig()
 }
 
@@ -260,6 +271,12 @@ func (d *Datapath) Peers() (map[netip.Prefix]netip.Addr, error) {
 // directory the programs are detached.
 func (d *Datapath) Close() error {
 	var errs []error
+	if d.eps != nil {
+		if err := d.eps.close(); err != nil {
+			errs = append(errs, fmt.Errorf("fastpath: empty endpoints: %w", err))
+		}
+		d.eps = nil
+	}
 	for _, l := range []link.Link{d.egress, d.ingress} {
 		if l != nil {
 			errs = append(errs, l.Close())
@@ -393,8 +410,9 @@ func (d *Datapath) Check() error {
 // Counters are what the programs forwarded: inner packets (each segment
 // of a super-packet counts) and their bytes.
 type Counters struct {
-	OutPackets, OutBytes uint64 // encapsulated to peers
-	InPackets, InBytes   uint64 // decapsulated for our subnet
+	OutPackets, OutBytes   uint64 // encapsulated to peers
+	InPackets, InBytes     uint64 // decapsulated for our subnet
+	PeerPackets, PeerBytes uint64 // of those, delivered straight to a container
 }
 
 // Counters sums the programs' per-CPU counters. With adopted maps they
@@ -403,8 +421,9 @@ func (d *Datapath) Counters() (Counters, error) {
 	type pair struct{ Packets, Bytes uint64 }
 	var c Counters
 	for key, dst := range map[uint32][2]*uint64{
-		statOut: {&c.OutPackets, &c.OutBytes},
-		statIn:  {&c.InPackets, &c.InBytes},
+		statOut:  {&c.OutPackets, &c.OutBytes},
+		statIn:   {&c.InPackets, &c.InBytes},
+		statPeer: {&c.PeerPackets, &c.PeerBytes},
 	} {
 		var per []pair
 		if err := d.coll.Maps[mapStats].Lookup(key, &per); err != nil {

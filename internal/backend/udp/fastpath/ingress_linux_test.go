@@ -181,3 +181,73 @@ func loadIngressOnce(t *testing.T) *ebpf.Program {
 	}
 	return ingressProg
 }
+
+// TestIngressToEndpoint: a datagram for a known local container leaves
+// decapsulated with the bridge's Ethernet header to the container and the
+// TTL decremented (checksum still valid); a TTL of 1 is left to flannel0,
+// whose forwarding answers it.
+func TestIngressToEndpoint(t *testing.T) {
+	netnstest.SkipUnlessRoot(t)
+	s := spec()
+	for _, m := range s.Maps {
+		m.Pinning = ebpf.PinNone
+	}
+	coll, err := ebpf.NewCollection(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer coll.Close()
+	if err := coll.Maps[mapConfig].Put(uint32(0), marshalConfig(testCfg)); err != nil {
+		t.Fatal(err)
+	}
+	if err := coll.Maps[mapPeerIPs].Put(testPeer.As4(), uint32(1)); err != nil {
+		t.Fatal(err)
+	}
+	ep := Endpoint{Port: 42, MAC: [6]byte{0x0a, 1, 2, 3, 4, 5}, BridgeMAC: [6]byte{0x02, 0x42, 9, 8, 7, 6}}
+	if err := coll.Maps[mapEndpoints].Put([4]byte{10, 77, 2, 2}, marshalEndpoint(ep)); err != nil {
+		t.Fatal(err)
+	}
+	prog := coll.Programs[progIngress]
+	run := func(f []byte) (uint32, []byte) {
+		out := make([]byte, len(f)+64)
+		ret, err := prog.Run(&ebpf.RunOptions{Data: f, DataOut: out})
+		if err != nil {
+			t.Fatalf("run: %v", err)
+		}
+		return ret, out[:len(f)-encapLen]
+	}
+
+	f := frame()
+	ret, out := run(f)
+	if ret != retRedirect {
+		t.Fatalf("returned %#x, want a redirect", ret)
+	}
+	want := append(append(append(append([]byte(nil), ep.MAC[:]...), ep.BridgeMAC[:]...), 0x08, 0x00), f[inInner:]...)
+	want[ethLen+8]--
+	binary.BigEndian.PutUint16(want[ethLen+10:], 0)
+	binary.BigEndian.PutUint16(want[ethLen+10:], csum(want[ethLen:ethLen+20]))
+	if !bytes.Equal(out, want) {
+		t.Errorf("delivered\n% x\nwant\n% x", out, want)
+	}
+	var per []struct{ Packets, Bytes uint64 }
+	if err := coll.Maps[mapStats].Lookup(uint32(statPeer), &per); err != nil {
+		t.Fatal(err)
+	}
+	var n uint64
+	for _, p := range per {
+		n += p.Packets
+	}
+	if n != 1 {
+		t.Errorf("direct delivery counted %d packets, want 1", n)
+	}
+
+	// TTL 1: decapsulated as before, for flannel0, header untouched.
+	f = frame()
+	f[inInner+8] = 1
+	binary.BigEndian.PutUint16(f[inInner+10:], 0)
+	binary.BigEndian.PutUint16(f[inInner+10:], csum(f[inInner:inInner+20]))
+	ret, out = run(f)
+	if want := append(append([]byte(nil), f[:ethLen]...), f[inInner:]...); ret != retRedirect || !bytes.Equal(out, want) {
+		t.Errorf("TTL 1: returned %#x with % x, want a redirect of % x", ret, out, want)
+	}
+}

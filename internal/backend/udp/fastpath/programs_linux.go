@@ -42,8 +42,9 @@ func pullInsns(n int32, label, fail string) asm.Instructions {
 // Stack slots the programs keep a packet's count and size in across the
 // helpers that reshape it.
 const (
-	fpSegs  = -24
-	fpBytes = -32
+	fpSegs     = -24
+	fpBytes    = -32
+	fpEndpoint = -40 // the ingress program's endpoints key
 )
 
 // countInsns adds the packets and bytes kept at fpSegs and fpBytes to the
@@ -106,17 +107,25 @@ const (
 
 // Map names; the programs refer to them by these.
 const (
-	mapConfig  = "config"
-	mapPeers   = "peers"
-	mapPeerIPs = "peer_ips"
-	mapStats   = "stats"
+	mapConfig    = "config"
+	mapPeers     = "peers"
+	mapPeerIPs   = "peer_ips"
+	mapStats     = "stats"
+	mapEndpoints = "endpoints"
 )
 
-// Keys of the stats map: one pair of counters per direction.
+// Keys of the stats map: one pair of counters per direction, and one for
+// the decapsulated packets delivered straight to a container (a subset
+// of statIn).
 const (
-	statOut = 0
-	statIn  = 1
+	statOut  = 0
+	statIn   = 1
+	statPeer = 2
+	statKeys = 3
 )
+
+// maxEndpoints bounds the endpoints map: a /16 subnet's containers.
+const maxEndpoints = 1 << 16
 
 // maxPeers bounds the peer maps: a /8 network of /24 subnets.
 const maxPeers = 1 << 16
@@ -305,7 +314,7 @@ const (
 // IPv4 packet for our subnet, and hands the inner packet to flannel0's
 // ingress. Everything else, GSO packets included, goes on unchanged.
 func ingressInsns() asm.Instructions {
-	const pass = "pass"
+	const pass, toTUN = "pass", "to_tun"
 	insns := asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1),
 		asm.LoadMem(asm.R8, asm.R6, skbGSOSize, asm.Word), // R8 = gso_size
@@ -372,6 +381,10 @@ func ingressInsns() asm.Instructions {
 		asm.And.Reg(asm.R4, asm.R5),
 		asm.JEq.Reg(asm.R4, asm.R0, pass),
 
+		// The inner destination, the key of the endpoints map.
+		asm.LoadMem(asm.R4, asm.R2, inInner+16, asm.Word),
+		asm.StoreMem(asm.RFP, fpEndpoint, asm.R4, asm.Word),
+
 		// From a peer we know.
 		asm.LoadMem(asm.R4, asm.R2, inIP+12, asm.Word),
 		asm.StoreMem(asm.RFP, -8, asm.R4, asm.Word),
@@ -380,6 +393,13 @@ func ingressInsns() asm.Instructions {
 		asm.Add.Imm(asm.R2, -8),
 		asm.FnMapLookupElem.Call(),
 		asm.JEq.Imm(asm.R0, 0, pass),
+
+		// R7 = the local container the inner packet is for, or 0.
+		asm.LoadMapPtr(asm.R1, 0).WithReference(mapEndpoints),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, fpEndpoint),
+		asm.FnMapLookupElem.Call(),
+		asm.Mov.Reg(asm.R7, asm.R0),
 
 		// Take the outer headers out from behind the Ethernet header; the
 		// redirect to a device without a link layer takes that off too.
@@ -394,8 +414,9 @@ func ingressInsns() asm.Instructions {
 		asm.JNE.Imm(asm.R0, 0, pass),
 	}...)
 	insns = append(insns, countInsns(statIn, "in_counted")...)
+	insns = append(insns, peerInsns(toTUN)...)
 	return append(insns, asm.Instructions{
-		asm.LoadMem(asm.R1, asm.R9, cfgTUNIndex, asm.Word),
+		asm.LoadMem(asm.R1, asm.R9, cfgTUNIndex, asm.Word).WithSymbol(toTUN),
 		asm.Mov.Imm(asm.R2, redirectIngress),
 		asm.FnRedirect.Call(),
 		asm.Return(),
@@ -405,7 +426,74 @@ func ingressInsns() asm.Instructions {
 	}...)
 }
 
-// spec is the collection: three maps and two programs.
+// Layout of the endpoints map's value: the host side of the container's
+// veth, the container's MAC and the bridge's (the source of the frame,
+// as the bridge would have sent it).
+const (
+	epIfindex = 0  // uint32
+	epMAC     = 4  // [6]byte
+	epSrcMAC  = 10 // [6]byte
+	epSize    = 16
+)
+
+// peerInsns delivers the decapsulated packet (data at the Ethernet
+// header, R7 the endpoint or 0) straight into a local container's
+// namespace with bpf_redirect_peer, as the kernel would after routing it
+// to the bridge and the bridge to the container's port: a new Ethernet
+// header from the bridge to the container, the TTL decremented. Without
+// an endpoint, or with a TTL the kernel must answer (time exceeded), it
+// jumps to fallback, delivery through flannel0. There is no MTU check,
+// which forwarding would make against the bridge: the packet fit the
+// sender's flannel0, whose MTU (the external one less 28) is also the
+// bridge's and the containers' here.
+//
+// Why that is not a super-packet problem: a GSO packet that crossed a
+// virtual wire whole keeps its UDP-tunnel GSO type and encapsulation mark
+// after decapsulation on this kernel, so forwarding it through a bridge
+// (no hw_enc_features) segments and checksums it in software. Delivered
+// to a socket in the container's namespace, it is received whole. (The
+// flag that clears them, BPF_F_ADJ_ROOM_DECAP_L4_UDP = 1<<10, is refused
+// with -EINVAL by 6.18's bpf_skb_adjust_room.)
+func peerInsns(fallback string) asm.Instructions {
+	return append(asm.Instructions{
+		asm.JEq.Imm(asm.R7, 0, fallback),
+		asm.LoadMem(asm.R2, asm.R6, skbData, asm.Word),
+		asm.LoadMem(asm.R3, asm.R6, skbDataEnd, asm.Word),
+		asm.Mov.Reg(asm.R4, asm.R2),
+		asm.Add.Imm(asm.R4, ethLen+ipLen),
+		asm.JGT.Reg(asm.R4, asm.R3, fallback),
+
+		// The TTL as ip_forward decrements it, the checksum as
+		// ip_decrease_ttl updates it: the header's sum stays the same, so
+		// a CHECKSUM_COMPLETE skb->csum stays right.
+		asm.LoadMem(asm.R4, asm.R2, ethLen+8, asm.Byte),
+		asm.JLE.Imm(asm.R4, 1, fallback),
+		asm.Add.Imm(asm.R4, -1),
+		asm.StoreMem(asm.R2, ethLen+8, asm.R4, asm.Byte),
+		asm.LoadMem(asm.R4, asm.R2, ethLen+10, asm.Half),
+		asm.Add.Imm(asm.R4, ttlCheckDelta),
+		asm.JLT.Imm(asm.R4, 0xffff, "peer_csum"),
+		asm.Add.Imm(asm.R4, 1),
+		asm.StoreMem(asm.R2, ethLen+10, asm.R4, asm.Half).WithSymbol("peer_csum"),
+
+		// Ethernet: bridge → container; the type stays IPv4.
+		asm.LoadMem(asm.R4, asm.R7, epMAC, asm.Word),
+		asm.StoreMem(asm.R2, 0, asm.R4, asm.Word),
+		asm.LoadMem(asm.R4, asm.R7, epMAC+4, asm.Half),
+		asm.StoreMem(asm.R2, 4, asm.R4, asm.Half),
+		asm.LoadMem(asm.R4, asm.R7, epSrcMAC, asm.Half),
+		asm.StoreMem(asm.R2, 6, asm.R4, asm.Half),
+		asm.LoadMem(asm.R4, asm.R7, epSrcMAC+2, asm.Word),
+		asm.StoreMem(asm.R2, 8, asm.R4, asm.Word),
+	}, append(countInsns(statPeer, "peer_counted"),
+		asm.LoadMem(asm.R1, asm.R7, epIfindex, asm.Word),
+		asm.Mov.Imm(asm.R2, 0),
+		asm.FnRedirectPeer.Call(),
+		asm.Return(),
+	)...)
+}
+
+// spec is the collection: four maps and two programs.
 func spec() *ebpf.CollectionSpec {
 	return &ebpf.CollectionSpec{
 		Maps: map[string]*ebpf.MapSpec{
@@ -427,8 +515,18 @@ func spec() *ebpf.CollectionSpec {
 			},
 			mapStats: {
 				Name: mapStats, Type: ebpf.PerCPUArray,
-				KeySize: 4, ValueSize: 16, MaxEntries: 2,
+				KeySize: 4, ValueSize: 16, MaxEntries: statKeys,
 				Pinning: ebpf.PinByName,
+			},
+			// Not pinned: it is this process's view of the local
+			// containers, emptied when the process stops watching them
+			// (see Close), so that programs left running behind a
+			// stopped flanneld never deliver to a veth that is gone or
+			// whose index was reused.
+			mapEndpoints: {
+				Name: mapEndpoints, Type: ebpf.Hash,
+				KeySize: 4, ValueSize: epSize, MaxEntries: maxEndpoints,
+				Pinning: ebpf.PinNone,
 			},
 		},
 		Programs: map[string]*ebpf.ProgramSpec{
