@@ -161,32 +161,15 @@ var ingressProg *ebpf.Program
 
 func loadIngressOnce(t *testing.T) *ebpf.Program {
 	if ingressProg == nil {
-		netnstest.SkipUnlessRoot(t)
-		s := spec()
-		for _, m := range s.Maps {
-			m.Pinning = ebpf.PinNone
-		}
-		coll, err := ebpf.NewCollection(s)
-		if err != nil {
-			t.Fatal(err)
-		}
 		// Kept for the fuzzing process's lifetime.
-		if err := coll.Maps[mapConfig].Put(uint32(0), marshalConfig(testCfg)); err != nil {
-			t.Fatal(err)
-		}
-		if err := coll.Maps[mapPeerIPs].Put(testPeer.As4(), uint32(1)); err != nil {
-			t.Fatal(err)
-		}
-		ingressProg = coll.Programs[progIngress]
+		ingressProg = loadIngress(t).Programs[progIngress]
 	}
 	return ingressProg
 }
 
-// TestIngressToEndpoint: a datagram for a known local container leaves
-// decapsulated with the bridge's Ethernet header to the container and the
-// TTL decremented (checksum still valid); a TTL of 1 is left to flannel0,
-// whose forwarding answers it.
-func TestIngressToEndpoint(t *testing.T) {
+// loadIngress loads the programs unpinned, configured for testCfg with
+// testPeer as the one known peer.
+func loadIngress(t *testing.T) *ebpf.Collection {
 	netnstest.SkipUnlessRoot(t)
 	s := spec()
 	for _, m := range s.Maps {
@@ -196,13 +179,22 @@ func TestIngressToEndpoint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer coll.Close()
 	if err := coll.Maps[mapConfig].Put(uint32(0), marshalConfig(testCfg)); err != nil {
 		t.Fatal(err)
 	}
 	if err := coll.Maps[mapPeerIPs].Put(testPeer.As4(), uint32(1)); err != nil {
 		t.Fatal(err)
 	}
+	return coll
+}
+
+// TestIngressToEndpoint: a datagram for a known local container leaves
+// decapsulated with the bridge's Ethernet header to the container and the
+// TTL decremented (checksum still valid); a TTL of 1 is left to flannel0,
+// whose forwarding answers it.
+func TestIngressToEndpoint(t *testing.T) {
+	coll := loadIngress(t)
+	defer coll.Close()
 	ep := Endpoint{Port: 42, MAC: [6]byte{0x0a, 1, 2, 3, 4, 5}, BridgeMAC: [6]byte{0x02, 0x42, 9, 8, 7, 6}}
 	if err := coll.Maps[mapEndpoints].Put([4]byte{10, 77, 2, 2}, marshalEndpoint(ep)); err != nil {
 		t.Fatal(err)
