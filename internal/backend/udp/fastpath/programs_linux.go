@@ -20,7 +20,7 @@ const (
 // payload in a page); it jumps to fail if the packet is shorter. It
 // clobbers R0-R5.
 func pullInsns(n int32, label, fail string) asm.Instructions {
-	return asm.Instructions{
+	return append(asm.Instructions{
 		asm.LoadMem(asm.R2, asm.R6, skbData, asm.Word),
 		asm.LoadMem(asm.R3, asm.R6, skbDataEnd, asm.Word),
 		asm.Mov.Reg(asm.R4, asm.R2),
@@ -30,12 +30,40 @@ func pullInsns(n int32, label, fail string) asm.Instructions {
 		asm.Mov.Imm(asm.R2, n),
 		asm.FnSkbPullData.Call(),
 		asm.JNE.Imm(asm.R0, 0, fail),
+	}, append(boundInsns(n, fail),
+		asm.Mov.Reg(asm.R4, asm.R4).WithSymbol(label),
+	)...)
+}
+
+// boundInsns (re)loads R2 = skb->data and R3 = skb->data_end, as needed
+// after any helper that may move the packet, and jumps to fail unless n
+// bytes lie between them. It clobbers R4.
+func boundInsns(n int32, fail string) asm.Instructions {
+	return asm.Instructions{
 		asm.LoadMem(asm.R2, asm.R6, skbData, asm.Word),
 		asm.LoadMem(asm.R3, asm.R6, skbDataEnd, asm.Word),
 		asm.Mov.Reg(asm.R4, asm.R2),
 		asm.Add.Imm(asm.R4, n),
 		asm.JGT.Reg(asm.R4, asm.R3, fail),
-		asm.Mov.Reg(asm.R4, asm.R4).WithSymbol(label),
+	}
+}
+
+// decTTLInsns decrements the TTL of the IPv4 header at R2+off and
+// updates its checksum as ip_decrease_ttl does (the header's sum stays
+// the same, so a CHECKSUM_COMPLETE skb->csum stays right); a TTL of 1 or
+// less jumps to fail unchanged. done names the instruction's internal
+// label, unique per program. It clobbers R4.
+func decTTLInsns(off int16, fail, done string) asm.Instructions {
+	return asm.Instructions{
+		asm.LoadMem(asm.R4, asm.R2, off+8, asm.Byte),
+		asm.JLE.Imm(asm.R4, 1, fail),
+		asm.Add.Imm(asm.R4, -1),
+		asm.StoreMem(asm.R2, off+8, asm.R4, asm.Byte),
+		asm.LoadMem(asm.R4, asm.R2, off+10, asm.Half),
+		asm.Add.Imm(asm.R4, ttlCheckDelta),
+		asm.JLT.Imm(asm.R4, 0xffff, done),
+		asm.Add.Imm(asm.R4, 1),
+		asm.StoreMem(asm.R2, off+10, asm.R4, asm.Half).WithSymbol(done),
 	}
 }
 
@@ -183,35 +211,20 @@ func egressInsns() asm.Instructions {
 		asm.FnMapLookupElem.Call(),
 		asm.JEq.Imm(asm.R0, 0, pass),
 		asm.LoadMem(asm.R7, asm.R0, 0, asm.Word),
-
-		// Decrement the inner TTL as upstream's proxy does on top of the
-		// kernel's routing (the userspace path does too); a packet that
-		// would reach 0 goes to userspace, which drops and counts it.
-		// The checksum is updated as ip_decrease_ttl does.
-		asm.LoadMem(asm.R2, asm.R6, skbData, asm.Word),
-		asm.LoadMem(asm.R3, asm.R6, skbDataEnd, asm.Word),
-		asm.Mov.Reg(asm.R4, asm.R2),
-		asm.Add.Imm(asm.R4, 20),
-		asm.JGT.Reg(asm.R4, asm.R3, pass),
-		asm.LoadMem(asm.R4, asm.R2, 8, asm.Byte),
-		asm.JLE.Imm(asm.R4, 1, pass),
-		asm.Add.Imm(asm.R4, -1),
-		asm.StoreMem(asm.R2, 8, asm.R4, asm.Byte),
-		asm.LoadMem(asm.R4, asm.R2, 10, asm.Half),
-		asm.Add.Imm(asm.R4, ttlCheckDelta),
-		asm.JLT.Imm(asm.R4, 0xffff, "ttl_csum"),
-		asm.Add.Imm(asm.R4, 1),
-		asm.StoreMem(asm.R2, 10, asm.R4, asm.Half).WithSymbol("ttl_csum"),
-
+	}...)
+	// Decrement the inner TTL as upstream's proxy does on top of the
+	// kernel's routing (the userspace path does too); a packet that would
+	// reach 0 goes to userspace, which drops and counts it.
+	insns = append(insns, boundInsns(20, pass)...)
+	insns = append(insns, decTTLInsns(0, pass, "ttl_csum")...)
+	insns = append(insns, saveCountInsns(0, "out_segs")...)
+	insns = append(insns, asm.Instructions{
 		// Room for the outer IPv4 and UDP headers, the packet marked as
 		// UDP-encapsulated so GSO cuts a super-packet into one datagram
 		// per inner segment. FIXED_GSO keeps the inner segment size:
 		// flannel0's MTU already left room for our 28 bytes. A packet
 		// that is already encapsulated is refused (-EALREADY) and goes to
 		// userspace unchanged.
-	}...)
-	insns = append(insns, saveCountInsns(0, "out_segs")...)
-	insns = append(insns, asm.Instructions{
 		asm.Mov.Reg(asm.R1, asm.R6),
 		asm.Mov.Imm(asm.R2, encapLen),
 		asm.Mov.Imm(asm.R3, adjRoomMAC),
@@ -228,13 +241,10 @@ func egressInsns() asm.Instructions {
 		asm.Mov.Imm(asm.R3, 0),
 		asm.FnSkbChangeHead.Call(),
 		asm.JNE.Imm(asm.R0, 0, drop),
-
-		// Packet pointers are stale after the helpers above: reload.
-		asm.LoadMem(asm.R2, asm.R6, skbData, asm.Word),
-		asm.LoadMem(asm.R3, asm.R6, skbDataEnd, asm.Word),
-		asm.Mov.Reg(asm.R4, asm.R2),
-		asm.Add.Imm(asm.R4, ethLen+encapLen),
-		asm.JGT.Reg(asm.R4, asm.R3, drop),
+	}...)
+	// Packet pointers are stale after the helpers above: reload.
+	insns = append(insns, boundInsns(ethLen+encapLen, drop)...)
+	insns = append(insns, asm.Instructions{
 		asm.StoreImm(asm.R2, 12, int64(ethPIP), asm.Half),
 		asm.Mov.Reg(asm.R8, asm.R2),
 		asm.Add.Imm(asm.R8, ethLen), // R8 = outer IPv4 header
@@ -455,27 +465,11 @@ const (
 // flag that clears them, BPF_F_ADJ_ROOM_DECAP_L4_UDP = 1<<10, is refused
 // with -EINVAL by 6.18's bpf_skb_adjust_room.)
 func peerInsns(fallback string) asm.Instructions {
-	return append(asm.Instructions{
-		asm.JEq.Imm(asm.R7, 0, fallback),
-		asm.LoadMem(asm.R2, asm.R6, skbData, asm.Word),
-		asm.LoadMem(asm.R3, asm.R6, skbDataEnd, asm.Word),
-		asm.Mov.Reg(asm.R4, asm.R2),
-		asm.Add.Imm(asm.R4, ethLen+ipLen),
-		asm.JGT.Reg(asm.R4, asm.R3, fallback),
-
-		// The TTL as ip_forward decrements it, the checksum as
-		// ip_decrease_ttl updates it: the header's sum stays the same, so
-		// a CHECKSUM_COMPLETE skb->csum stays right.
-		asm.LoadMem(asm.R4, asm.R2, ethLen+8, asm.Byte),
-		asm.JLE.Imm(asm.R4, 1, fallback),
-		asm.Add.Imm(asm.R4, -1),
-		asm.StoreMem(asm.R2, ethLen+8, asm.R4, asm.Byte),
-		asm.LoadMem(asm.R4, asm.R2, ethLen+10, asm.Half),
-		asm.Add.Imm(asm.R4, ttlCheckDelta),
-		asm.JLT.Imm(asm.R4, 0xffff, "peer_csum"),
-		asm.Add.Imm(asm.R4, 1),
-		asm.StoreMem(asm.R2, ethLen+10, asm.R4, asm.Half).WithSymbol("peer_csum"),
-
+	insns := asm.Instructions{asm.JEq.Imm(asm.R7, 0, fallback)}
+	insns = append(insns, boundInsns(ethLen+ipLen, fallback)...)
+	// The TTL as ip_forward decrements it.
+	insns = append(insns, decTTLInsns(ethLen, fallback, "peer_csum")...)
+	return append(insns, append(asm.Instructions{
 		// Ethernet: bridge → container; the type stays IPv4.
 		asm.LoadMem(asm.R4, asm.R7, epMAC, asm.Word),
 		asm.StoreMem(asm.R2, 0, asm.R4, asm.Word),
@@ -490,7 +484,7 @@ func peerInsns(fallback string) asm.Instructions {
 		asm.Mov.Imm(asm.R2, 0),
 		asm.FnRedirectPeer.Call(),
 		asm.Return(),
-	)...)
+	)...)...)
 }
 
 // spec is the collection: four maps and two programs.
