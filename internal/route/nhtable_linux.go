@@ -163,11 +163,16 @@ func (t *Table) nhCreate(k nhKey) (uint32, error) {
 		if err != nil {
 			return 0, err
 		}
-		t.nh.byKey[k] = id
-		t.nh.keyOf[id] = k
+		t.nh.made(k, id)
 		return id, nil
 	}
 	return 0, errors.New("nexthop ids keep being taken")
+}
+
+// made records the object id created for k.
+func (nh *nexthops) made(k nhKey, id uint32) {
+	nh.byKey[k] = id
+	nh.keyOf[id] = k
 }
 
 // routeReplaceNH installs r through the object for its gateway, creating
@@ -183,18 +188,29 @@ func (t *Table) routeReplaceNH(r Route) error {
 		}
 	}
 	if err := t.nhl.RouteReplaceNH(r, id); err != nil {
-		// The object may be gone (deleted by hand): learn again.
-		t.nh.dirty = true
-		if t.nh.refs[id] == 0 {
-			t.nhDelete(id)
-		}
-		return fmt.Errorf("replace route %s nhid %d: %w", r, id, err)
+		return t.routeNHFailed(r, id, err)
 	}
+	t.routeNHReplaced(r, id)
+	return nil
+}
+
+// routeNHReplaced notes that r now uses the object id, and releases the
+// one the route it replaced used.
+func (t *Table) routeNHReplaced(r Route, id uint32) {
 	t.nh.refs[id]++
 	if old, ok := t.routes[r.key()]; ok {
 		t.nhUnref(old)
 	}
-	return nil
+}
+
+// routeNHFailed handles a refused `ip route replace r nhid id`.
+func (t *Table) routeNHFailed(r Route, id uint32, err error) error {
+	// The object may be gone (deleted by hand): learn again.
+	t.nh.dirty = true
+	if t.nh.refs[id] == 0 {
+		t.nhDelete(id)
+	}
+	return fmt.Errorf("replace route %s nhid %d: %w", r, id, err)
 }
 
 // routesReplaceNH is routeReplaceNH for many routes, in two batches: the
@@ -228,8 +244,7 @@ func (t *Table) routesReplaceNH(b batcher, routes []Route, c *Changes, errs *err
 		switch {
 		case err == nil:
 			delete(t.nh.taken, id)
-			t.nh.byKey[k] = id
-			t.nh.keyOf[id] = k
+			t.nh.made(k, id)
 		case errors.Is(err, unix.EEXIST): // someone took it since the dump
 		default:
 			delete(t.nh.taken, id)
@@ -265,24 +280,15 @@ func (t *Table) routesReplaceNH(b batcher, routes []Route, c *Changes, errs *err
 		if err != nil {
 			continue
 		}
-		r := sent[i]
-		t.nh.refs[ids[i]]++
-		if old, ok := t.routes[r.key()]; ok {
-			t.nhUnref(old)
-		}
-		t.routes[r.key()] = r
+		t.routeNHReplaced(sent[i], ids[i])
+		t.routes[sent[i].key()] = sent[i]
 		c.Added++
 	}
 	for i, err := range results {
-		if err == nil {
-			continue
+		if err != nil {
+			c.Failed++
+			errs.add(t.routeNHFailed(sent[i], ids[i], err))
 		}
-		t.nh.dirty = true // the object may be gone (deleted by hand): learn again
-		if t.nh.refs[ids[i]] == 0 {
-			t.nhDelete(ids[i])
-		}
-		c.Failed++
-		errs.add(fmt.Errorf("replace route %s nhid %d: %w", sent[i], ids[i], err))
 	}
 }
 

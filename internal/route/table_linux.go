@@ -169,34 +169,23 @@ func (t *Table) put(want State, c *Changes, errs *errList) keyedState {
 		add(t.routes, w.routes, t.routeReplace, c, errs)
 		return w
 	}
-	addBatched(b, t.neighs, w.neighs, Neigh.key, neighSetReq, func(n Neigh, err error) error {
-		return fmt.Errorf("set neighbour %s: %w", n, err)
-	}, c, errs)
-	addBatched(b, t.fdb, w.fdb, fdbKey, fdbSetReq, func(f FDB, err error) error {
-		return fmt.Errorf("set fdb %s: %w", f, err)
-	}, c, errs)
-	var classic []Route
+	addBatched(b, t.neighs, w.neighs, Neigh.key, neighSetReq, neighSetErr, c, errs)
+	addBatched(b, t.fdb, w.fdb, fdbKey, fdbSetReq, fdbSetErr, c, errs)
+	// Routes through objects in batches; the rest (IPv6, device routes)
+	// one at a time.
+	classic := map[routeKey]Route{}
 	viaNH := make([]Route, 0, len(w.routes))
 	for k, r := range w.routes {
-		if old, ok := t.routes[k]; ok && old == r {
-			continue
-		}
-		if t.nh != nil && viaNexthop(r) {
+		switch old, ok := t.routes[k]; {
+		case ok && old == r:
+		case t.nh != nil && viaNexthop(r):
 			viaNH = append(viaNH, r)
-		} else {
-			classic = append(classic, r)
+		default:
+			classic[k] = r
 		}
 	}
 	t.routesReplaceNH(b, viaNH, c, errs)
-	for _, r := range classic {
-		if err := t.routeReplace(r); err != nil {
-			c.Failed++
-			errs.add(err)
-			continue
-		}
-		t.routes[r.key()] = r
-		c.Added++
-	}
+	add(t.routes, classic, t.routeReplace, c, errs)
 	return w
 }
 
@@ -353,10 +342,12 @@ func (t *Table) routeDel(r Route) error {
 
 func (t *Table) neighSet(n Neigh) error {
 	if err := t.nl.NeighSet(netlinkNeigh(n)); err != nil {
-		return fmt.Errorf("set neighbour %s: %w", n, err)
+		return neighSetErr(n, err)
 	}
 	return nil
 }
+
+func neighSetErr(n Neigh, err error) error { return fmt.Errorf("set neighbour %s: %w", n, err) }
 
 func (t *Table) neighDel(n Neigh) error {
 	if err := t.nl.NeighDel(netlinkNeigh(n)); err != nil {
@@ -367,10 +358,12 @@ func (t *Table) neighDel(n Neigh) error {
 
 func (t *Table) fdbSet(f FDB) error {
 	if err := t.nl.NeighSet(netlinkFDB(f)); err != nil {
-		return fmt.Errorf("set fdb %s: %w", f, err)
+		return fdbSetErr(f, err)
 	}
 	return nil
 }
+
+func fdbSetErr(f FDB, err error) error { return fmt.Errorf("set fdb %s: %w", f, err) }
 
 func (t *Table) fdbDel(f FDB) error {
 	if err := t.nl.NeighDel(netlinkFDB(f)); err != nil {
