@@ -63,6 +63,16 @@ func ctxT(t *testing.T) context.Context {
 	return ctx
 }
 
+// assignPodCIDR sets node's podCIDR as the controller-manager's node IPAM
+// would.
+func (r *rig) assignPodCIDR(t *testing.T, node, cidr string) {
+	t.Helper()
+	patch := []byte(`{"spec":{"podCIDR":"` + cidr + `","podCIDRs":["` + cidr + `"]}}`)
+	if _, err := r.admin.CoreV1().Nodes().Patch(ctxT(t), node, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func (r *rig) source(t *testing.T, nodeName string, env map[string]string) *kube.Source {
 	t.Helper()
 	s, err := kube.New(ctxT(t), kube.Options{
@@ -255,10 +265,7 @@ func TestAgainstAPIServer(t *testing.T) {
 			t.Fatalf("Acquire without podCIDR: err = %v, want ErrPodCIDR", err)
 		}
 		t.Logf("as expected: %v", err)
-		patch := []byte(`{"spec":{"podCIDR":"10.244.3.0/24","podCIDRs":["10.244.3.0/24"]}}`)
-		if _, err := r.admin.CoreV1().Nodes().Patch(ctx, "late", types.StrategicMergePatchType, patch, metav1.PatchOptions{}); err != nil {
-			t.Fatal(err)
-		}
+		r.assignPodCIDR(t, "late", "10.244.3.0/24")
 		l, err := s.Acquire(ctx, r.nc, attrs, lease.Prev{})
 		if err != nil || l.Subnet.String() != "10.244.3.0/24" {
 			t.Fatalf("Acquire after podCIDR: %v, %v", l, err)

@@ -220,10 +220,7 @@ func TestWatchMetadata(t *testing.T) {
 	// Annotated before its podCIDR (by hand: flanneld itself waits for
 	// it): no lease until the podCIDR is assigned.
 	createPeer(t, r.admin, peerNode("m3", "192.0.2.33"))
-	patch := []byte(`{"spec":{"podCIDR":"10.244.33.0/24","podCIDRs":["10.244.33.0/24"]}}`)
-	if _, err := r.admin.CoreV1().Nodes().Patch(ctx, "m3", types.StrategicMergePatchType, patch, metav1.PatchOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	r.assignPodCIDR(t, "m3", "10.244.33.0/24")
 	for _, ch := range chs {
 		wantOne(t, ch, "podCIDR assigned late", func(e lease.Event) bool {
 			return e.Type == lease.Added && e.Lease.Subnet.String() == "10.244.33.0/24"

@@ -7,9 +7,6 @@ import (
 	"testing"
 	"time"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
-
 	"github.com/flannel-go/flannel/internal/kube"
 	"github.com/flannel-go/flannel/internal/kubetest"
 	"github.com/flannel-go/flannel/internal/lease"
@@ -32,10 +29,7 @@ func TestOwnChangedWhenPodCIDRAssigned(t *testing.T) {
 	}
 
 	changed := s.OwnChanged()
-	patch := []byte(`{"spec":{"podCIDR":"10.244.30.0/24","podCIDRs":["10.244.30.0/24"]}}`)
-	if _, err := r.admin.CoreV1().Nodes().Patch(ctx, "late", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	r.assignPodCIDR(t, "late", "10.244.30.0/24")
 	select {
 	case <-changed:
 	case <-time.After(10 * time.Second):
@@ -55,13 +49,6 @@ func TestWatchOwnWithoutInformer(t *testing.T) {
 	kubetest.CreateNode(t, r.admin, "alone")
 	s := r.source(t, "alone", nil)
 	attrs := vxlanAttrs("192.0.2.31", "0a:58:0a:f4:1f:00")
-	assign := func(cidr string) {
-		t.Helper()
-		patch := []byte(`{"spec":{"podCIDR":"` + cidr + `","podCIDRs":["` + cidr + `"]}}`)
-		if _, err := r.admin.CoreV1().Nodes().Patch(ctx, "alone", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
 	if _, err := s.Acquire(ctx, r.nc, attrs, lease.Prev{}); !errors.Is(err, kube.ErrPodCIDR) {
 		t.Fatalf("Acquire without a podCIDR: %v, want ErrPodCIDR", err)
 	}
@@ -77,7 +64,7 @@ func TestWatchOwnWithoutInformer(t *testing.T) {
 	// Assigned while it waits.
 	done := make(chan error, 1)
 	go func() { done <- s.WatchOwn(ctx) }()
-	assign("10.244.31.0/24")
+	r.assignPodCIDR(t, "alone", "10.244.31.0/24")
 	select {
 	case err := <-done:
 		if err != nil {
@@ -93,10 +80,7 @@ func TestWatchOwnWithoutInformer(t *testing.T) {
 	if _, err := s2.Acquire(ctx, r.nc, attrs, lease.Prev{}); !errors.Is(err, kube.ErrPodCIDR) {
 		t.Fatalf("Acquire without a podCIDR: %v, want ErrPodCIDR", err)
 	}
-	patch := []byte(`{"spec":{"podCIDR":"10.244.32.0/24","podCIDRs":["10.244.32.0/24"]}}`)
-	if _, err := r.admin.CoreV1().Nodes().Patch(ctx, "alone2", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	r.assignPodCIDR(t, "alone2", "10.244.32.0/24")
 	wctx, cancel = context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if err := s2.WatchOwn(wctx); err != nil {
