@@ -36,14 +36,13 @@ func Acquire(ctx context.Context, s Store, cfg *netconf.Config, want Attrs, prev
 	return acquire(ctx, s, listAll(s), cfg, want, prev, ttl, log)
 }
 
-// lister returns the leases Acquire chooses among. fresh asks for a
-// listing newer than the last lost race; a cached view may ignore it only
-// while it is known to be current.
-type lister func(ctx context.Context, fresh bool) ([]Lease, error)
+// lister returns the leases Acquire chooses among: a listing of the
+// store, made anew for each round.
+type lister func(ctx context.Context) ([]Lease, error)
 
 // listAll lists the store on every call.
 func listAll(s Store) lister {
-	return func(ctx context.Context, _ bool) ([]Lease, error) {
+	return func(ctx context.Context) ([]Lease, error) {
 		ls, _, err := s.Leases(ctx)
 		return ls, err
 	}
@@ -58,8 +57,8 @@ func acquire(ctx context.Context, s Store, list lister, cfg *netconf.Config, wan
 		return Lease{}, errors.New("lease: acquire: an IPv6-only network cannot be stored (the subnet key needs an IPv4 subnet)")
 	}
 	delay := backoff.Backoff{Min: 20 * time.Millisecond, Max: time.Second, Jitter: backoff.Within10}
-	for fresh := false; ; fresh = true {
-		l, err := acquireOnce(ctx, s, list, fresh, cfg, want, prev, ttl, log)
+	for {
+		l, err := acquireOnce(ctx, s, list, cfg, want, prev, ttl, log)
 		if err == nil {
 			return l, nil
 		}
@@ -73,8 +72,8 @@ func acquire(ctx context.Context, s Store, list lister, cfg *netconf.Config, wan
 	}
 }
 
-func acquireOnce(ctx context.Context, s Store, list lister, fresh bool, cfg *netconf.Config, want Attrs, prev Prev, ttl time.Duration, log *slog.Logger) (Lease, error) {
-	leases, err := list(ctx, fresh)
+func acquireOnce(ctx context.Context, s Store, list lister, cfg *netconf.Config, want Attrs, prev Prev, ttl time.Duration, log *slog.Logger) (Lease, error) {
+	leases, err := list(ctx)
 	if err != nil {
 		return Lease{}, fmt.Errorf("lease: acquire: %w", err)
 	}

@@ -224,9 +224,9 @@ func tell(ch chan ownState, st ownState) {
 	}
 }
 
-// listCurrent is Acquire's lister: a listing, which the next Watch
+// listAndPrime is Acquire's lister: a listing, which the next Watch
 // starts from if none runs now.
-func (src *StoreSource) listCurrent(ctx context.Context, _ bool) ([]Lease, error) {
+func (src *StoreSource) listAndPrime(ctx context.Context) ([]Lease, error) {
 	ls, rev, err := src.store.Leases(ctx)
 	if err == nil {
 		src.mu.Lock()
@@ -241,7 +241,7 @@ func (src *StoreSource) listCurrent(ctx context.Context, _ bool) ([]Lease, error
 // Acquire leases a subnet of nc for this host (see the package function
 // Acquire for the order of preference).
 func (src *StoreSource) Acquire(ctx context.Context, nc *netconf.Config, attrs Attrs, prev Prev) (Lease, error) {
-	return acquire(ctx, src.store, src.listCurrent, nc, attrs, prev, src.opts.TTL, src.log)
+	return acquire(ctx, src.store, src.listAndPrime, nc, attrs, prev, src.opts.TTL, src.log)
 }
 
 // Keep renews l until ctx ends or it is lost. It learns of changes to l's
