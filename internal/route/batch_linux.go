@@ -49,7 +49,12 @@ func init() { batchSeq.Store(1 << 31) }
 func (h *Handle) batch(reqs []request) []error {
 	errs := make([]error, len(reqs))
 	fd := h.s.Socket.GetFd()
-	buf := make([]byte, 0, maxBatchBytes)
+	h.batchMu.Lock()
+	defer h.batchMu.Unlock()
+	if h.wbuf == nil {
+		h.wbuf, h.rbuf = make([]byte, 0, maxBatchBytes), make([]byte, 64<<10)
+	}
+	buf := h.wbuf
 	for start := 0; start < len(reqs); {
 		end, size := start+1, msgLen(reqs[start])
 		for end < len(reqs) && size+msgLen(reqs[end]) <= maxBatchBytes {
@@ -65,7 +70,7 @@ func (h *Handle) batch(reqs []request) []error {
 			for i := start; i < end; i++ {
 				errs[i] = err
 			}
-		} else if err := readBatch(fd, first, errs[start:end]); err != nil {
+		} else if err := readBatch(fd, h.rbuf, first, errs[start:end]); err != nil {
 			for i := start; i < end; i++ {
 				if errs[i] == nil {
 					errs[i] = err
@@ -117,9 +122,8 @@ func sendBatch(fd int, b []byte) error {
 // (errs has one slot each) until the last one's. The kernel queued them
 // all before the write returned, so nothing here waits; an empty socket
 // before the last answer means answers were lost.
-func readBatch(fd int, first uint32, errs []error) error {
+func readBatch(fd int, buf []byte, first uint32, errs []error) error {
 	last := first + uint32(len(errs)) - 1
-	buf := make([]byte, 64<<10)
 	for {
 		n, _, err := unix.Recvfrom(fd, buf, unix.MSG_DONTWAIT)
 		switch {

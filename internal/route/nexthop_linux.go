@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sync"
 	"syscall"
 
 	"github.com/vishvananda/netlink"
@@ -85,6 +86,12 @@ type nexthopLister interface {
 type Handle struct {
 	*netlink.Handle
 	s *nl.SocketHandle
+
+	// batchMu guards the batches' buffers, kept across calls: a Table
+	// batches on every change, and allocating them each time would make
+	// garbage per event.
+	batchMu    sync.Mutex
+	wbuf, rbuf []byte
 }
 
 var (
