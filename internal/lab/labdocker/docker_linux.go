@@ -259,6 +259,7 @@ type Docker struct {
 	cli     string
 	cmd     *exec.Cmd
 	mntNS   string        // dockerd's private mount namespace, once seen
+	mntPin  *os.File      // holds that namespace open, so its inode is not reused
 	pidfd   int           // dockerd's pidfd, or -1
 	done    chan struct{} // closed once dockerd has exited and been reaped
 	stopped sync.Once
@@ -442,20 +443,31 @@ func (d *Docker) noteMntNS() {
 	if d.pidfd < 0 {
 		return
 	}
-	m := mntNS(d.PID)
+	// Hold the namespace open before trusting its name: once dockerd and
+	// containerd are gone, a namespace nobody holds is freed and its inode
+	// number handed to the next one, and every `ip netns exec` makes one,
+	// so the teardown would kill some other test's command.
+	pin, err := os.Open(fmt.Sprintf("/proc/%d/ns/mnt", d.PID))
+	if err != nil {
+		return
+	}
+	var st unix.Stat_t
+	if unix.Fstat(int(pin.Fd()), &st) != nil {
+		pin.Close()
+		return
+	}
+	m := fmt.Sprintf("mnt:[%d]", st.Ino)
 	// Only a read made while dockerd had not exited counts: after that,
-	// its PID may be another process's, whose namespace the teardown
-	// would then empty. The pidfd, opened before dockerd could be reaped,
-	// turns readable when it exits.
+	// its PID may be another process's. The pidfd, opened before dockerd
+	// could be reaped, turns readable when it exits.
 	if pfd := []unix.PollFd{{Fd: int32(d.pidfd), Events: unix.POLLIN}}; func() bool {
 		n, err := unix.Poll(pfd, 0)
 		return err != nil || n != 0
-	}() {
+	}() || m == "" || m == mntNS(os.Getpid()) {
+		pin.Close()
 		return
 	}
-	if m != "" && m != mntNS(os.Getpid()) {
-		d.mntNS = m
-	}
+	d.mntNS, d.mntPin = m, pin
 }
 
 // LogFile is dockerd's output (containerd's too).
@@ -520,6 +532,10 @@ func (d *Docker) stop() error {
 	// containers; anything left is killed.
 	for pid, start := range d.enginePIDs() {
 		proc.StopPinned(pid, func(pid int) bool { return proc.StartTime(pid) == start }, syscall.SIGKILL, 5*time.Second)
+	}
+	if d.mntPin != nil {
+		d.mntPin.Close()
+		d.mntPin = nil
 	}
 	return errors.Join(errs...)
 }
