@@ -73,6 +73,13 @@ type Info struct {
 	// follow the peers' leases at all, where its lease source allows:
 	// in Kubernetes mode it runs no informer on the nodes.
 	NoPeers bool
+	// RemoveLeftovers, optional, undoes what the backend keeps on purpose
+	// after its process ends (udp's pinned eBPF datapath and the device
+	// it forwards through), for a start that runs another backend: what
+	// was meant to survive a restart must not go on forwarding beside a
+	// backend that knows nothing of it. It acts on the current network
+	// namespace and does nothing when there is nothing to remove.
+	RemoveLeftovers func(log *slog.Logger) error
 }
 
 // CheckPeer applies the backend's own rules to a peer lease: the type

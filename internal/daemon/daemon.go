@@ -170,6 +170,20 @@ type peersOnlyWatcher interface {
 	WatchOnlyForPeers() bool
 }
 
+// removeLeftovers lets every other backend remove what it keeps across
+// restarts, as after a change of Backend.Type. A failure is logged, not
+// fatal: our own backend can still run.
+func (d *Daemon) removeLeftovers() {
+	for typ, def := range d.deps.Backends {
+		if typ == d.beType || def.Info.RemoveLeftovers == nil {
+			continue
+		}
+		if err := def.Info.RemoveLeftovers(d.log); err != nil {
+			d.log.Warn("could not remove what a previous flanneld's backend left", "backend", typ, "err", err)
+		}
+	}
+}
+
 // needsWatch says whether Run must watch the leases: unless the backend
 // has no use for peers and the source's Watch serves nothing else, as
 // with alloc in Kubernetes mode, where a watch would cost every node an
@@ -183,6 +197,7 @@ func (d *Daemon) needsWatch() bool {
 // setup takes the daemon from a usable config to ready: backend, lease,
 // configuration, subnet.env.
 func (d *Daemon) setup(ctx context.Context) error {
+	d.removeLeftovers()
 	attrs, err := d.be.Init(ctx)
 	if err != nil {
 		return fmt.Errorf("backend %s: init: %w", d.beType, err)

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -108,17 +109,23 @@ type harness struct {
 	env   string
 	stop  func()
 	done  chan error
+	// leftovers counts the calls of each backend's RemoveLeftovers.
+	leftovers map[string]*atomic.Int32
 }
 
 func newHarness(t *testing.T, config string) *harness {
 	t.Helper()
 	h := &harness{
-		store: leasetest.New(nil),
-		be:    &fakeBackend{changed: make(chan struct{}, 1)},
-		rules: &fakeRules{},
-		logs:  &logbuf.Buffer{},
-		env:   filepath.Join(t.TempDir(), "run", "subnet.env"),
-		done:  make(chan error, 1),
+		store:     leasetest.New(nil),
+		be:        &fakeBackend{changed: make(chan struct{}, 1)},
+		rules:     &fakeRules{},
+		logs:      &logbuf.Buffer{},
+		env:       filepath.Join(t.TempDir(), "run", "subnet.env"),
+		done:      make(chan error, 1),
+		leftovers: map[string]*atomic.Int32{"vxlan": new(atomic.Int32), "udp": new(atomic.Int32)},
+	}
+	removeLeftovers := func(typ string) func(*slog.Logger) error {
+		return func(*slog.Logger) error { h.leftovers[typ].Add(1); return nil }
 	}
 	if config != "" {
 		if err := h.store.PutConfig(context.Background(), []byte(config)); err != nil {
@@ -130,8 +137,11 @@ func newHarness(t *testing.T, config string) *harness {
 		SubnetFile: h.env, IPMasq: true, ForwardRules: true,
 		ConfigRetryBase: 5 * time.Millisecond, RepairInterval: time.Hour, RulesResync: time.Hour,
 	}, Deps{
-		Source:   lease.NewStoreSource(h.store, lease.StoreSourceOptions{Prefix: "/coreos.com/network", RenewMargin: time.Minute}),
-		Backends: map[string]backend.Def{"vxlan": {Info: backend.Info{Type: "vxlan", TypedLeases: true, ValidatePeer: needsVtepMAC}, New: func(backend.Config) (backend.Backend, error) { return h.be, nil }}},
+		Source: lease.NewStoreSource(h.store, lease.StoreSourceOptions{Prefix: "/coreos.com/network", RenewMargin: time.Minute}),
+		Backends: map[string]backend.Def{
+			"vxlan": {Info: backend.Info{Type: "vxlan", TypedLeases: true, ValidatePeer: needsVtepMAC, RemoveLeftovers: removeLeftovers("vxlan")}, New: func(backend.Config) (backend.Backend, error) { return h.be, nil }},
+			"udp":   {Info: backend.Info{Type: "udp", RemoveLeftovers: removeLeftovers("udp")}, New: func(backend.Config) (backend.Backend, error) { return nil, errors.New("not in this harness") }},
+		},
 		Ext:      fakeExt,
 		NewRules: func(bool) (Rules, error) { return h.rules, nil },
 		Log:      log,
@@ -249,6 +259,21 @@ func peerLease(sn, pub string) lease.Lease {
 	return lease.Lease{Subnet: netip.MustParsePrefix(sn), Attrs: lease.Attrs{
 		PublicIP: netip.MustParseAddr(pub), BackendType: "vxlan",
 		BackendData: json.RawMessage(`{"VNI":1,"VtepMAC":"0a:00:00:00:00:09"}`)}}
+}
+
+// TestOtherBackendsLeftoversRemoved: before the backend starts, every
+// other backend removes what it keeps across restarts (a change of
+// Backend.Type); the running one's is left alone.
+func TestOtherBackendsLeftoversRemoved(t *testing.T) {
+	h := newHarness(t, goodConfig)
+	defer h.stop()
+	waitUntil(t, "subnet.env", func() bool { _, err := os.Stat(h.env); return err == nil })
+	if n := h.leftovers["udp"].Load(); n != 1 {
+		t.Errorf("udp's RemoveLeftovers called %d times, want once", n)
+	}
+	if n := h.leftovers["vxlan"].Load(); n != 0 {
+		t.Errorf("the running backend's RemoveLeftovers called %d times", n)
+	}
 }
 
 func TestPeersComeAndGo(t *testing.T) {

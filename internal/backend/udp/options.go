@@ -35,6 +35,8 @@ var Info = backend.Info{
 	Type:     Type,
 	Overhead: encapOverhead,
 	Device:   func(opts, ownData json.RawMessage, ipv4 bool) string { return "flannel0" },
+
+	RemoveLeftovers: removeLeftovers,
 }
 
 // encapOverhead is what a packet grows by on the wire: IPv4 and UDP headers.
