@@ -113,6 +113,15 @@ func (f *Frame[P]) Peers() []P {
 	return out
 }
 
+// Peer returns the peer with subnet sn, if there is one.
+func (f *Frame[P]) Peer(sn netip.Prefix) (P, bool) {
+	if pr, ok := f.peers[sn]; ok {
+		return pr.p, true
+	}
+	var zero P
+	return zero, false
+}
+
 // Len is the number of peers.
 func (f *Frame[P]) Len() int { return len(f.peers) }
 
