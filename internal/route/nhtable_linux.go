@@ -95,8 +95,8 @@ func (t *Table) nhSync() {
 	case err != nil:
 		return // keep the last record; still dirty, so the next change retries
 	}
-	nh := &nexthops{byKey: make(map[nhKey]uint32, len(list)), keyOf: make(map[uint32]nhKey, len(list)),
-		refs: make(map[uint32]int, len(list)), taken: map[uint32]bool{}, next: nhBase}
+	nh := &nexthops{byKey: map[nhKey]uint32{}, keyOf: map[uint32]nhKey{}, refs: map[uint32]int{},
+		taken: map[uint32]bool{}, next: nhBase}
 	if t.nh == nil {
 		t.log.Info("route: installing IPv4 routes through nexthop objects")
 	} else {
@@ -231,9 +231,6 @@ func (t *Table) routesReplaceNH(b batcher, routes []Route, c *Changes, errs *err
 	if len(routes) == 0 {
 		return
 	}
-	t.nh.byKey = reserve(t.nh.byKey, len(routes))
-	t.nh.keyOf = reserve(t.nh.keyOf, len(routes))
-	t.nh.refs = reserve(t.nh.refs, len(routes))
 	keys := make([]nhKey, 0, len(routes))
 	nhIDs := make([]uint32, 0, len(routes))
 	reqs := make([]request, 0, len(routes))

@@ -89,21 +89,6 @@ func refill[K comparable, V any](m map[K]V, n int) map[K]V {
 	return m
 }
 
-// reserve returns m, or m copied into a map with room for n entries if
-// it holds far fewer: a first Set of 65,000 entries then makes each map
-// once, at its size, not by doubling (which leaves it up to twice as
-// large as it needs and the smaller tables as garbage).
-func reserve[K comparable, V any](m map[K]V, n int) map[K]V {
-	if len(m) >= n/2 {
-		return m
-	}
-	r := make(map[K]V, n)
-	for k, v := range m {
-		r[k] = v
-	}
-	return r
-}
-
 // Applied returns the entries the table believes are in the kernel, sorted.
 func (t *Table) Applied() State {
 	var s State
@@ -179,9 +164,6 @@ func (t *Table) put(want State, c *Changes, errs *errList) keyedState {
 		neighs: neighCodec.keyed(want.Neighs),
 		fdb:    fdbCodec.keyed(want.FDB),
 	}
-	t.routes = reserve(t.routes, len(w.routes))
-	t.neighs = reserve(t.neighs, len(w.neighs))
-	t.fdb = reserve(t.fdb, len(w.fdb))
 	b, ok := t.nl.(batcher)
 	if !ok {
 		add(t.neighs, w.neighs, neighCodec, t.neighSet, c, errs)
