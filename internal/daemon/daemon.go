@@ -123,7 +123,7 @@ func (d *Daemon) PeerAddrs() []netip.Prefix {
 	}
 	out := make([]netip.Prefix, 0, len(d.peers.valid))
 	for _, l := range d.peers.valid {
-		out = append(out, l.Subnet)
+		out = append(out, l.subnet)
 	}
 	slices.SortFunc(out, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
 	return out

@@ -2,11 +2,13 @@ package daemon
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/flannel-go/flannel/internal/backend"
 	"github.com/flannel-go/flannel/internal/lease"
@@ -33,10 +35,10 @@ type peerSet struct {
 
 	// The leases are held by pointer and never changed in place, so
 	// valid and vetted remember a value by its pointer, not by a copy
-	// (at 65,000 leases a copy is 15 MB).
-	leases map[string]*lease.Lease // by key, every lease in the feed (ours too)
+	// (at 65,000 leases a copy is 7 MB).
+	leases map[string]*heldLease   // by key, every lease in the feed (ours too)
 	odd    map[string]netip.Prefix // leases but ours whose length is not SubnetLen
-	valid  map[string]*lease.Lease // the peers, as last handed out by flush
+	valid  map[string]*heldLease   // the peers, as last handed out by flush
 	reason map[string]string       // why a lease is not a peer, as last warned about
 	vetted map[string]vetted       // the backend's verdict per key and value
 	dirty  map[string]struct{}     // keys whose verdict may have changed
@@ -44,22 +46,60 @@ type peerSet struct {
 
 // vetted is the backend's verdict on one lease value.
 type vetted struct {
-	lease  *lease.Lease
+	lease  *heldLease
 	reason string
+}
+
+// heldLease is a lease as the peer set holds it: 112 bytes, where a
+// lease.Lease is 208, most of which (the IPv6 subnet, address and data,
+// the expiry) is empty in an IPv4 cluster; at 65,000 leases that is 6 MB.
+// lease gives the lease back exactly.
+type heldLease struct {
+	subnet      netip.Prefix
+	publicIP    netip.Addr
+	backendType string
+	backendData json.RawMessage
+	id          int64
+	rare        *rareAttrs // nil unless the lease has an IPv6 part or an expiry
+}
+
+type rareAttrs struct {
+	subnet6       netip.Prefix
+	publicIPv6    netip.Addr
+	backendV6Data json.RawMessage
+	expires       time.Time
+}
+
+func hold(l lease.Lease, into *heldLease) {
+	*into = heldLease{subnet: l.Subnet, publicIP: l.Attrs.PublicIP, backendType: l.Attrs.BackendType,
+		backendData: l.Attrs.BackendData, id: l.ID}
+	if l.Subnet6 != (netip.Prefix{}) || l.Attrs.PublicIPv6 != (netip.Addr{}) || l.Attrs.BackendV6Data != nil || !l.Expires.IsZero() {
+		into.rare = &rareAttrs{l.Subnet6, l.Attrs.PublicIPv6, l.Attrs.BackendV6Data, l.Expires}
+	}
+}
+
+func (h *heldLease) lease() lease.Lease {
+	l := lease.Lease{Subnet: h.subnet, ID: h.id, Attrs: lease.Attrs{PublicIP: h.publicIP,
+		BackendType: h.backendType, BackendData: h.backendData}}
+	if r := h.rare; r != nil {
+		l.Subnet6, l.Attrs.PublicIPv6, l.Attrs.BackendV6Data, l.Expires = r.subnet6, r.publicIPv6, r.backendV6Data, r.expires
+	}
+	return l
 }
 
 func newPeerSet(nc *netconf.Config, info backend.Info, own lease.Lease, log *slog.Logger) *peerSet {
 	return &peerSet{
 		nc: nc, info: info, own: own, log: log,
-		leases: map[string]*lease.Lease{}, odd: map[string]netip.Prefix{}, valid: map[string]*lease.Lease{},
+		leases: map[string]*heldLease{}, odd: map[string]netip.Prefix{}, valid: map[string]*heldLease{},
 		reason: map[string]string{}, vetted: map[string]vetted{}, dirty: map[string]struct{}{},
 	}
 }
 
-// reset replaces every lease with a listing, which it keeps pointers
-// into: the caller must not change it.
+// reset replaces every lease with a listing. The BackendData are kept,
+// not copied: the caller must not change them.
 func (ps *peerSet) reset(leases []lease.Lease) {
-	ps.leases = make(map[string]*lease.Lease, len(leases))
+	ps.leases = make(map[string]*heldLease, len(leases))
+	held := make([]heldLease, len(leases))
 	ps.odd = map[string]netip.Prefix{}
 	for k := range ps.valid {
 		ps.dirty[k] = struct{}{}
@@ -68,11 +108,12 @@ func (ps *peerSet) reset(leases []lease.Lease) {
 		ps.dirty[k] = struct{}{}
 	}
 	for i := range leases {
-		l := &leases[i]
-		k := l.Key()
+		l := &held[i]
+		hold(leases[i], l)
+		k := leases[i].Key()
 		ps.leases[k] = l
 		ps.dirty[k] = struct{}{}
-		ps.index(k, *l)
+		ps.index(k, leases[i])
 	}
 }
 
@@ -84,14 +125,15 @@ func (ps *peerSet) apply(ev lease.Event) {
 	if ev.Type == lease.Removed {
 		delete(ps.leases, k)
 	} else {
-		l := ev.Lease
-		ps.leases[k] = &l
-		ps.index(k, l)
+		l := new(heldLease)
+		hold(ev.Lease, l)
+		ps.leases[k] = l
+		ps.index(k, ev.Lease)
 	}
 	ps.dirty[k] = struct{}{}
 	// An odd lease's verdict depends on the leases around it.
 	for ok, sn := range ps.odd {
-		if (had && old.Subnet.IsValid() && sn.Overlaps(old.Subnet)) ||
+		if (had && old.subnet.IsValid() && sn.Overlaps(old.subnet)) ||
 			(ev.Type == lease.Added && ev.Lease.Subnet.IsValid() && sn.Overlaps(ev.Lease.Subnet)) {
 			ps.dirty[ok] = struct{}{}
 		}
@@ -111,7 +153,7 @@ func (ps *peerSet) setOwn(l lease.Lease) {
 	ps.own = l
 	ls := make([]lease.Lease, 0, len(ps.leases))
 	for _, x := range ps.leases {
-		ls = append(ls, *x)
+		ls = append(ls, x.lease())
 	}
 	ps.reset(ls)
 }
@@ -148,14 +190,15 @@ func (ps *peerSet) flush() []peerChange {
 		}
 		prev, was := ps.valid[k]
 		switch now := present && k != ownKey && reason == ""; {
-		case now && (!was || (prev != l && !sameLease(*prev, *l))):
+		case now && (!was || (prev != l && !sameLease(prev, l))):
 			ps.valid[k] = l
-			changes = append(changes, changeOf(backend.Change{Lease: *l}, prev))
+			changes = append(changes, changeOf(backend.Change{Lease: l.lease()}, prev))
 		case now:
 			ps.valid[k] = l // the same value: the newest copy, so the old can go
 		case !now && was:
 			delete(ps.valid, k)
-			changes = append(changes, changeOf(backend.Change{Lease: lease.Lease{Subnet: prev.Subnet, Subnet6: prev.Subnet6}, Removed: true}, prev))
+			gone := prev.lease()
+			changes = append(changes, changeOf(backend.Change{Lease: lease.Lease{Subnet: gone.Subnet, Subnet6: gone.Subnet6}, Removed: true}, prev))
 		}
 	}
 	if len(ps.dirty) > 256 {
@@ -169,16 +212,16 @@ func (ps *peerSet) flush() []peerChange {
 	return changes
 }
 
-func changeOf(c backend.Change, prev *lease.Lease) peerChange {
+func changeOf(c backend.Change, prev *heldLease) peerChange {
 	if prev == nil {
 		return peerChange{Change: c}
 	}
-	return peerChange{Change: c, was: true, prevIP: prev.Attrs.PublicIP}
+	return peerChange{Change: c, was: true, prevIP: prev.publicIP}
 }
 
 // judge says why lease l (key k, not ours) must not be a peer, or "".
-func (ps *peerSet) judge(k string, l *lease.Lease) string {
-	if r := checkPeer(ps.nc, ps.own, ps.info, *l); r != "" {
+func (ps *peerSet) judge(k string, l *heldLease) string {
+	if r := checkPeer(ps.nc, ps.own, ps.info, l.lease()); r != "" {
 		return r
 	}
 	// Hosts lease only SubnetLen subnets, never one overlapping a lease:
@@ -199,10 +242,10 @@ func (ps *peerSet) judge(k string, l *lease.Lease) string {
 func (ps *peerSet) overlapping(k string, sn netip.Prefix) string {
 	ownKey, found := ps.own.Key(), ""
 	for k2, l2 := range ps.leases {
-		if k2 == k || k2 == ownKey || !l2.Subnet.IsValid() || l2.Subnet.Bits() == sn.Bits() {
+		if k2 == k || k2 == ownKey || !l2.subnet.IsValid() || l2.subnet.Bits() == sn.Bits() {
 			continue
 		}
-		if l2.Subnet.Masked().Overlaps(sn) && (found == "" || strings.Compare(k2, found) < 0) {
+		if l2.subnet.Masked().Overlaps(sn) && (found == "" || strings.Compare(k2, found) < 0) {
 			found = k2
 		}
 	}
@@ -211,16 +254,16 @@ func (ps *peerSet) overlapping(k string, sn netip.Prefix) string {
 
 // vet returns the backend's objection to peer l (Info.ValidatePeer: vxlan
 // decodes its BackendData), asking again only when l's value changed.
-func (ps *peerSet) vet(k string, l *lease.Lease) string {
+func (ps *peerSet) vet(k string, l *heldLease) string {
 	if ps.info.ValidatePeer == nil {
 		return ""
 	}
-	if v, ok := ps.vetted[k]; ok && (v.lease == l || sameAttrs(v.lease.Attrs, l.Attrs)) {
+	if v, ok := ps.vetted[k]; ok && (v.lease == l || sameAttrs(v.lease, l)) {
 		ps.vetted[k] = vetted{lease: l, reason: v.reason}
 		return v.reason
 	}
 	reason := ""
-	if err := ps.info.ValidatePeer(*l); err != nil {
+	if err := ps.info.ValidatePeer(l.lease()); err != nil {
 		reason = err.Error()
 	}
 	ps.vetted[k] = vetted{lease: l, reason: reason}
@@ -231,7 +274,7 @@ func (ps *peerSet) vet(k string, l *lease.Lease) string {
 func (ps *peerSet) peers() []lease.Lease {
 	out := make([]lease.Lease, 0, len(ps.valid))
 	for _, l := range ps.valid {
-		out = append(out, *l)
+		out = append(out, l.lease())
 	}
 	slices.SortFunc(out, func(a, b lease.Lease) int { return a.Subnet.Addr().Compare(b.Subnet.Addr()) })
 	return out
@@ -247,13 +290,22 @@ func (ps *peerSet) ignored() int {
 }
 
 // sameLease reports whether a backend would program a and b alike.
-func sameLease(a, b lease.Lease) bool {
-	return a.Subnet == b.Subnet && a.Subnet6 == b.Subnet6 && sameAttrs(a.Attrs, b.Attrs)
+func sameLease(a, b *heldLease) bool {
+	return a.subnet == b.subnet && a.rare6().subnet6 == b.rare6().subnet6 && sameAttrs(a, b)
 }
 
-// sameAttrs compares byte for byte, which is cheaper than Attrs.Equal and
-// errs only towards asking the backend again.
-func sameAttrs(a, b lease.Attrs) bool {
-	return a.PublicIP == b.PublicIP && a.PublicIPv6 == b.PublicIPv6 && a.BackendType == b.BackendType &&
-		bytes.Equal(a.BackendData, b.BackendData) && bytes.Equal(a.BackendV6Data, b.BackendV6Data)
+// sameAttrs compares the attributes byte for byte, which is cheaper than
+// Attrs.Equal and errs only towards asking the backend again.
+func sameAttrs(a, b *heldLease) bool {
+	ra, rb := a.rare6(), b.rare6()
+	return a.publicIP == b.publicIP && ra.publicIPv6 == rb.publicIPv6 && a.backendType == b.backendType &&
+		bytes.Equal(a.backendData, b.backendData) && bytes.Equal(ra.backendV6Data, rb.backendV6Data)
+}
+
+// rare6 is h's rare attributes, zero if it has none.
+func (h *heldLease) rare6() rareAttrs {
+	if h.rare == nil {
+		return rareAttrs{}
+	}
+	return *h.rare
 }

@@ -9,9 +9,11 @@ import (
 	"maps"
 	"math/rand/v2"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/flannel-go/flannel/internal/backend"
 	"github.com/flannel-go/flannel/internal/lease"
@@ -135,7 +137,7 @@ func TestPeerSetEqualsFullRecomputation(t *testing.T) {
 				t.Fatalf("seed %d step %d: peers %v, full recomputation %v", seed, step, got, slices.Sorted(maps.Keys(want)))
 			}
 			for k, l := range want {
-				if !sameLease(*ps.valid[k], l) || !sameLease(backendView[k], l) {
+				if !sameLease(ps.valid[k], heldOf(l)) || !sameLease(heldOf(backendView[k]), heldOf(l)) {
 					t.Fatalf("seed %d step %d: peer %s is %+v (backend has %+v), want %+v", seed, step, k, *ps.valid[k], backendView[k], l)
 				}
 			}
@@ -214,5 +216,31 @@ func BenchmarkEventPath(b *testing.B) {
 				b.Fatalf("%d syncs and %d changes, want 1 sync and %d changes", be.syncs, be.changes, 2*b.N)
 			}
 		})
+	}
+}
+
+func heldOf(l lease.Lease) *heldLease {
+	h := new(heldLease)
+	hold(l, h)
+	return h
+}
+
+// TestHeldLease: the peer set gives back exactly the lease it was given,
+// IPv6 part and expiry included.
+func TestHeldLease(t *testing.T) {
+	v4 := benchLease(7)
+	v4.ID = 42
+	v6 := v4
+	v6.Subnet6 = netip.MustParsePrefix("fd00:7::/64")
+	v6.Attrs.PublicIPv6 = netip.MustParseAddr("fd00::7")
+	v6.Attrs.BackendV6Data = json.RawMessage(`{"VNI":1}`)
+	v6.Expires = time.Unix(1800000000, 0)
+	for _, l := range []lease.Lease{{}, v4, v6} {
+		if got := heldOf(l).lease(); !reflect.DeepEqual(got, l) {
+			t.Errorf("held and given back: %+v, want %+v", got, l)
+		}
+	}
+	if heldOf(v4).rare != nil {
+		t.Errorf("an IPv4 lease without expiry holds rare attributes")
 	}
 }

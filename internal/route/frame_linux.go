@@ -58,9 +58,9 @@ type Frame[P any] struct {
 
 type peer[P any] struct {
 	p      P
-	w      Want
-	held   bool   // its entries are in the desired state
-	warned string // the problem last logged; "" once it went away
+	w      packedWant // what want made of p
+	held   bool       // its entries are in the desired state
+	warned string     // the problem last logged; "" once it went away
 }
 
 // NewFrame returns the frame of the backend name (which prefixes errors
@@ -113,6 +113,15 @@ func (f *Frame[P]) Peers() []P {
 	return out
 }
 
+// Peer returns the peer with subnet sn, if there is one.
+func (f *Frame[P]) Peer(sn netip.Prefix) (P, bool) {
+	if pr, ok := f.peers[sn]; ok {
+		return pr.p, true
+	}
+	var zero P
+	return zero, false
+}
+
 // Len is the number of peers.
 func (f *Frame[P]) Len() int { return len(f.peers) }
 
@@ -126,9 +135,7 @@ func (f *Frame[P]) Desired() State {
 	var s State
 	for _, pr := range f.peers {
 		if pr.held {
-			s.Routes = append(s.Routes, pr.w.Routes...)
-			s.Neighs = append(s.Neighs, pr.w.Neighs...)
-			s.FDB = append(s.FDB, pr.w.FDB...)
+			pr.w.appendTo(&s)
 		}
 	}
 	return s
@@ -164,7 +171,7 @@ func (f *Frame[P]) Apply() error {
 	}
 	f.claims = make(map[string][]netip.Prefix, len(f.claims))
 	for sn, pr := range f.peers {
-		pr.w = f.want(pr.p)
+		pr.w = packWant(f.want(pr.p))
 		f.claim(sn, pr.w)
 	}
 	for sn, pr := range f.peers {
@@ -193,20 +200,20 @@ func (f *Frame[P]) Update(put []P, removed []netip.Prefix) error {
 	type next struct {
 		sn netip.Prefix
 		p  P
-		w  Want
+		w  packedWant
 	}
 	puts := make([]next, 0, len(put))
 	for _, p := range put {
 		if sn := f.subnet(p); sn.IsValid() {
-			puts = append(puts, next{sn, p, f.want(p)})
+			puts = append(puts, next{sn, p, packWant(f.want(p))})
 		}
 	}
 
 	// Who may change: the changed peers and every claimant of a claim
 	// they held or take. Their old entries are noted before anything moves.
 	type before struct {
-		held  bool
-		state State
+		held bool
+		w    packedWant
 	}
 	affected := map[netip.Prefix]before{}
 	note := func(sn netip.Prefix) {
@@ -215,12 +222,12 @@ func (f *Frame[P]) Update(put []P, removed []netip.Prefix) error {
 		}
 		var b before
 		if pr, ok := f.peers[sn]; ok {
-			b = before{pr.held, pr.w.State}
+			b = before{pr.held, pr.w}
 		}
 		affected[sn] = b
 	}
-	touch := func(claims []string) {
-		for _, c := range claims {
+	touch := func(w packedWant) {
+		for c := range w.claims() {
 			for _, sn := range f.claims[c] {
 				note(sn)
 			}
@@ -229,15 +236,15 @@ func (f *Frame[P]) Update(put []P, removed []netip.Prefix) error {
 	for _, sn := range removed {
 		note(sn)
 		if pr, ok := f.peers[sn]; ok {
-			touch(pr.w.Claims)
+			touch(pr.w)
 		}
 	}
 	for _, n := range puts {
 		note(n.sn)
 		if pr, ok := f.peers[n.sn]; ok {
-			touch(pr.w.Claims)
+			touch(pr.w)
 		}
-		touch(n.w.Claims)
+		touch(n.w)
 	}
 
 	for _, sn := range removed {
@@ -261,18 +268,14 @@ func (f *Frame[P]) Update(put []P, removed []netip.Prefix) error {
 	var add, del State
 	for sn, b := range affected {
 		if b.held {
-			del.Routes = append(del.Routes, b.state.Routes...)
-			del.Neighs = append(del.Neighs, b.state.Neighs...)
-			del.FDB = append(del.FDB, b.state.FDB...)
+			b.w.appendTo(&del)
 		}
 		pr, ok := f.peers[sn]
 		if !ok {
 			continue
 		}
 		if f.evaluate(sn, pr) {
-			add.Routes = append(add.Routes, pr.w.Routes...)
-			add.Neighs = append(add.Neighs, pr.w.Neighs...)
-			add.FDB = append(add.FDB, pr.w.FDB...)
+			pr.w.appendTo(&add)
 		}
 	}
 	c, err := f.Table.Update(add, del)
@@ -286,20 +289,24 @@ func (f *Frame[P]) Update(put []P, removed []netip.Prefix) error {
 	return nil
 }
 
-func (f *Frame[P]) claim(sn netip.Prefix, w Want) {
-	if w.Problem != "" {
+// claim records sn as a claimant of w's claims. A claim new to the map
+// is keyed by the substring of w, which keeps w's memory while the claim
+// lasts (at most one packed Want per claim beyond the claimants' own, and
+// none after the next Apply, which keys every claim anew).
+func (f *Frame[P]) claim(sn netip.Prefix, w packedWant) {
+	if w.problem() != "" {
 		return
 	}
-	for _, c := range w.Claims {
+	for c := range w.claims() {
 		f.claims[c] = append(f.claims[c], sn)
 	}
 }
 
-func (f *Frame[P]) unclaim(sn netip.Prefix, w Want) {
-	if w.Problem != "" {
+func (f *Frame[P]) unclaim(sn netip.Prefix, w packedWant) {
+	if w.problem() != "" {
 		return
 	}
-	for _, c := range w.Claims {
+	for c := range w.claims() {
 		l := slices.DeleteFunc(f.claims[c], func(o netip.Prefix) bool { return o == sn })
 		if len(l) == 0 {
 			delete(f.claims, c)
@@ -323,9 +330,9 @@ func (f *Frame[P]) holder(c string) netip.Prefix {
 // evaluate decides whether pr gets its entries, logs a new problem, and
 // returns pr.held.
 func (f *Frame[P]) evaluate(sn netip.Prefix, pr *peer[P]) bool {
-	problem := pr.w.Problem
+	problem := pr.w.problem()
 	if problem == "" {
-		for _, c := range pr.w.Claims {
+		for c := range pr.w.claims() {
 			if h := f.holder(c); h != sn {
 				problem = fmt.Sprintf("%s is also used by %s", c, h)
 				break

@@ -25,13 +25,24 @@ func ownNexthop(n Nexthop) bool {
 	return n.Protocol == nhProtocol && n.ID-nhBase < nhSpan && !n.Other && n.Gw.Is4()
 }
 
+// nhKey is what an object is shared by, packed as the record is
+// (record.go): one object per peer with vxlan.
 type nhKey struct {
-	gw     netip.Addr
-	link   int
+	gw     addr
 	onLink bool
+	link   int32
 }
 
-func nhKeyOf(r Route) nhKey { return nhKey{r.Gw, r.LinkIndex, r.OnLink} }
+func nhKeyFrom(gw netip.Addr, link int, onLink bool) nhKey {
+	return nhKey{packAddr(gw), onLink, int32(link)}
+}
+
+func nhKeyOf(r Route) nhKey { return nhKeyFrom(r.Gw, r.LinkIndex, r.OnLink) }
+
+// nexthop is the object k describes, as netlink takes it.
+func (k nhKey) nexthop(id uint32) Nexthop {
+	return Nexthop{ID: id, Gw: k.gw.unpack(), LinkIndex: int(k.link), OnLink: k.onLink, Protocol: nhProtocol}
+}
 
 // viaNexthop reports whether r is a route a Table installs through a
 // nexthop object when the kernel has them: IPv4 through a gateway. (The
@@ -99,7 +110,7 @@ func (t *Table) nhSync() {
 			nh.taken[n.ID] = true
 			continue
 		}
-		k := nhKey{n.Gw, n.LinkIndex, n.OnLink}
+		k := nhKeyFrom(n.Gw, n.LinkIndex, n.OnLink)
 		nh.keyOf[n.ID] = k
 		if id, ok := nh.byKey[k]; !ok || n.ID < id {
 			nh.byKey[k] = n.ID
@@ -108,8 +119,8 @@ func (t *Table) nhSync() {
 	// The routes a dump showed with this key use this object, or one
 	// like it: either way they keep working when spares are deleted
 	// only if unused, which is what the refs decide.
-	for _, r := range t.routes {
-		if id, ok := nh.lookup(r); ok {
+	for k, v := range t.routes {
+		if id, ok := nh.lookup(unpackRoute(k, v)); ok {
 			nh.refs[id]++
 		}
 	}
@@ -155,7 +166,7 @@ func (t *Table) nhCreate(k nhKey) (uint32, error) {
 		if id == 0 {
 			return 0, errors.New("no free nexthop id")
 		}
-		err := t.nhl.NexthopAdd(Nexthop{ID: id, Gw: k.gw, LinkIndex: k.link, OnLink: k.onLink, Protocol: nhProtocol})
+		err := t.nhl.NexthopAdd(k.nexthop(id))
 		if errors.Is(err, unix.EEXIST) { // someone took it since the dump
 			t.nh.taken[id] = true
 			continue
@@ -198,8 +209,9 @@ func (t *Table) routeReplaceNH(r Route) error {
 // one the route it replaced used.
 func (t *Table) routeNHReplaced(r Route, id uint32) {
 	t.nh.refs[id]++
-	if old, ok := t.routes[r.key()]; ok {
-		t.nhUnref(old)
+	k := r.key()
+	if old, ok := t.routes[k]; ok {
+		t.nhUnref(unpackRoute(k, old))
 	}
 }
 
@@ -236,7 +248,7 @@ func (t *Table) routesReplaceNH(b batcher, routes []Route, c *Changes, errs *err
 		t.nh.taken[id] = true // not handed out twice; replaced by keyOf below
 		keys = append(keys, k)
 		nhIDs = append(nhIDs, id)
-		reqs = append(reqs, nexthopAddReq(Nexthop{ID: id, Gw: k.gw, LinkIndex: k.link, OnLink: k.onLink, Protocol: nhProtocol}))
+		reqs = append(reqs, nexthopAddReq(k.nexthop(id)))
 	}
 	failed := map[nhKey]error{}
 	for i, err := range b.batch(reqs) {
@@ -281,7 +293,8 @@ func (t *Table) routesReplaceNH(b batcher, routes []Route, c *Changes, errs *err
 			continue
 		}
 		t.routeNHReplaced(sent[i], ids[i])
-		t.routes[sent[i].key()] = sent[i]
+		k, v := packRoute(sent[i])
+		t.routes[k] = v
 		c.Added++
 	}
 	for i, err := range results {

@@ -100,13 +100,6 @@ func (r Route) String() string {
 	return b.String()
 }
 
-type routeKey struct {
-	dst    netip.Prefix
-	metric int
-}
-
-func (r Route) key() routeKey { return routeKey{r.Dst, r.Metric} }
-
 // Neigh is a permanent neighbour (ARP) entry: IP on LinkIndex is at MAC.
 type Neigh struct {
 	IP        netip.Addr
@@ -117,13 +110,6 @@ type Neigh struct {
 func (n Neigh) String() string {
 	return fmt.Sprintf("%s lladdr %s dev #%d", n.IP, n.MAC, n.LinkIndex)
 }
-
-type neighKey struct {
-	ip   netip.Addr
-	link int
-}
-
-func (n Neigh) key() neighKey { return neighKey{n.IP, n.LinkIndex} }
 
 // FDB is a permanent forwarding entry of a VXLAN device (`bridge fdb … self
 // permanent`): frames for MAC are sent to the VTEP at Dst. The kernel allows

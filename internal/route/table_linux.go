@@ -24,10 +24,11 @@ type Netlink interface {
 // Table holds what has been applied to the kernel. Not safe for concurrent
 // use; a backend's methods are never called concurrently.
 type Table struct {
-	nl     Netlink
-	routes map[routeKey]Route
-	neighs map[neighKey]Neigh
-	fdb    map[FDB]FDB
+	nl Netlink
+	// The record, packed (record.go).
+	routes map[routeKey]routeVal
+	neighs map[neighKey]MAC
+	fdb    map[fdbKey]struct{}
 
 	log *slog.Logger
 	// nhl is nl's nexthop part: nil if it has none, the kernel has none
@@ -64,13 +65,14 @@ func (t *Table) Load(have State) {
 	t.neighs = refill(t.neighs, len(have.Neighs))
 	t.fdb = refill(t.fdb, len(have.FDB))
 	for _, r := range have.Routes {
-		t.routes[r.key()] = r
+		k, v := packRoute(r)
+		t.routes[k] = v
 	}
 	for _, n := range have.Neighs {
-		t.neighs[n.key()] = n
+		t.neighs[n.key()] = n.MAC
 	}
 	for _, f := range have.FDB {
-		t.fdb[f] = f
+		t.fdb[f.key()] = struct{}{}
 	}
 	if t.nh != nil {
 		t.nh.dirty = true // the routes may use other objects now
@@ -90,14 +92,14 @@ func refill[K comparable, V any](m map[K]V, n int) map[K]V {
 // Applied returns the entries the table believes are in the kernel, sorted.
 func (t *Table) Applied() State {
 	var s State
-	for _, r := range t.routes {
-		s.Routes = append(s.Routes, r)
+	for k, v := range t.routes {
+		s.Routes = append(s.Routes, unpackRoute(k, v))
 	}
-	for _, n := range t.neighs {
-		s.Neighs = append(s.Neighs, n)
+	for k, m := range t.neighs {
+		s.Neighs = append(s.Neighs, unpackNeigh(k, m))
 	}
-	for _, f := range t.fdb {
-		s.FDB = append(s.FDB, f)
+	for k := range t.fdb {
+		s.FDB = append(s.FDB, unpackFDB(k, struct{}{}))
 	}
 	slices.SortFunc(s.Routes, func(a, b Route) int {
 		return cmp.Or(a.Dst.Addr().Compare(b.Dst.Addr()), cmp.Compare(a.Dst.Bits(), b.Dst.Bits()), cmp.Compare(a.Metric, b.Metric))
@@ -119,9 +121,9 @@ func (t *Table) Set(want State) (Changes, error) {
 	var c Changes
 	var errs errList
 	w := t.put(want, &c, &errs)
-	remove(t.routes, w.routes, t.routeDel, &c, &errs)
-	remove(t.neighs, w.neighs, t.neighDel, &c, &errs)
-	remove(t.fdb, w.fdb, t.fdbDel, &c, &errs)
+	remove(t.routes, w.routes, routeCodec, t.routeDel, &c, &errs)
+	remove(t.neighs, w.neighs, neighCodec, t.neighDel, &c, &errs)
+	remove(t.fdb, w.fdb, fdbCodec, t.fdbDel, &c, &errs)
 	t.nhSweep()
 	t.nhReport(&c, &errs)
 	return c, errs.err(c)
@@ -138,18 +140,18 @@ func (t *Table) Update(put, del State) (Changes, error) {
 	var c Changes
 	var errs errList
 	w := t.put(put, &c, &errs)
-	drop(t.routes, w.routes, del.Routes, Route.key, t.routeDel, &c, &errs)
-	drop(t.neighs, w.neighs, del.Neighs, Neigh.key, t.neighDel, &c, &errs)
-	drop(t.fdb, w.fdb, del.FDB, fdbKey, t.fdbDel, &c, &errs)
+	drop(t.routes, w.routes, del.Routes, routeCodec, t.routeDel, &c, &errs)
+	drop(t.neighs, w.neighs, del.Neighs, neighCodec, t.neighDel, &c, &errs)
+	drop(t.fdb, w.fdb, del.FDB, fdbCodec, t.fdbDel, &c, &errs)
 	t.nhReport(&c, &errs)
 	return c, errs.err(c)
 }
 
-// keyedState is a State keyed as the Table keys what it applied.
+// keyedState is a State packed as the Table records what it applied.
 type keyedState struct {
-	routes map[routeKey]Route
-	neighs map[neighKey]Neigh
-	fdb    map[FDB]FDB
+	routes map[routeKey]routeVal
+	neighs map[neighKey]MAC
+	fdb    map[fdbKey]struct{}
 }
 
 // put adds or replaces want's entries in the order a packet needs them
@@ -158,47 +160,48 @@ type keyedState struct {
 func (t *Table) put(want State, c *Changes, errs *errList) keyedState {
 	t.nhSync()
 	w := keyedState{
-		routes: keyed(want.Routes, Route.key),
-		neighs: keyed(want.Neighs, Neigh.key),
-		fdb:    keyed(want.FDB, fdbKey),
+		routes: routeCodec.keyed(want.Routes),
+		neighs: neighCodec.keyed(want.Neighs),
+		fdb:    fdbCodec.keyed(want.FDB),
 	}
 	b, ok := t.nl.(batcher)
 	if !ok {
-		add(t.neighs, w.neighs, t.neighSet, c, errs)
-		add(t.fdb, w.fdb, t.fdbSet, c, errs)
-		add(t.routes, w.routes, t.routeReplace, c, errs)
+		add(t.neighs, w.neighs, neighCodec, t.neighSet, c, errs)
+		add(t.fdb, w.fdb, fdbCodec, t.fdbSet, c, errs)
+		add(t.routes, w.routes, routeCodec, t.routeReplace, c, errs)
 		return w
 	}
-	addBatched(b, t.neighs, w.neighs, Neigh.key, neighSetReq, neighSetErr, c, errs)
-	addBatched(b, t.fdb, w.fdb, fdbKey, fdbSetReq, fdbSetErr, c, errs)
+	addBatched(b, t.neighs, w.neighs, neighCodec, neighSetReq, neighSetErr, c, errs)
+	addBatched(b, t.fdb, w.fdb, fdbCodec, fdbSetReq, fdbSetErr, c, errs)
 	// Routes through objects in batches; the rest (IPv6, device routes)
 	// one at a time.
-	classic := map[routeKey]Route{}
+	classic := map[routeKey]routeVal{}
 	viaNH := make([]Route, 0, len(w.routes))
-	for k, r := range w.routes {
+	for k, v := range w.routes {
 		switch old, ok := t.routes[k]; {
-		case ok && old == r:
-		case t.nh != nil && viaNexthop(r):
-			viaNH = append(viaNH, r)
+		case ok && old == v:
+		case t.nh != nil && viaNexthop(unpackRoute(k, v)):
+			viaNH = append(viaNH, unpackRoute(k, v))
 		default:
-			classic[k] = r
+			classic[k] = v
 		}
 	}
 	t.routesReplaceNH(b, viaNH, c, errs)
-	add(t.routes, classic, t.routeReplace, c, errs)
+	add(t.routes, classic, routeCodec, t.routeReplace, c, errs)
 	return w
 }
 
 // addBatched is add with the changes sent in batches; req makes an
 // entry's request and fail its error.
-func addBatched[K comparable, E comparable](b batcher, applied, want map[K]E, key func(E) K,
+func addBatched[E any, K, V comparable](b batcher, applied, want map[K]V, cd codec[E, K, V],
 	req func(E) request, fail func(E, error) error, c *Changes, errs *errList) {
 	es := make([]E, 0, len(want))
 	reqs := make([]request, 0, len(want))
-	for k, e := range want {
-		if old, ok := applied[k]; ok && old == e {
+	for k, v := range want {
+		if old, ok := applied[k]; ok && old == v {
 			continue
 		}
+		e := cd.unpack(k, v)
 		es = append(es, e)
 		reqs = append(reqs, req(e))
 	}
@@ -211,35 +214,25 @@ func addBatched[K comparable, E comparable](b batcher, applied, want map[K]E, ke
 			errs.add(fail(es[i], err))
 			continue
 		}
-		applied[key(es[i])] = es[i]
+		k, v := cd.pack(es[i])
+		applied[k] = v
 		c.Added++
 	}
 }
 
-// fdbKey is an FDB entry's key: the entry itself.
-func fdbKey(f FDB) FDB { return f }
-
-func keyed[K comparable, E any](es []E, key func(E) K) map[K]E {
-	m := make(map[K]E, len(es))
-	for _, e := range es {
-		m[key(e)] = e
-	}
-	return m
-}
-
 // drop deletes the applied entries with the keys of del that keep does
 // not have. It deletes what was applied, which is what the kernel matches.
-func drop[K comparable, E comparable](applied, keep map[K]E, del []E, key func(E) K, do func(E) error, c *Changes, errs *errList) {
+func drop[E any, K, V comparable](applied, keep map[K]V, del []E, cd codec[E, K, V], do func(E) error, c *Changes, errs *errList) {
 	for _, d := range del {
-		k := key(d)
+		k, _ := cd.pack(d)
 		if _, ok := keep[k]; ok {
 			continue
 		}
-		e, ok := applied[k]
+		v, ok := applied[k]
 		if !ok {
 			continue
 		}
-		if err := do(e); err != nil && !isGone(err) {
+		if err := do(cd.unpack(k, v)); err != nil && !isGone(err) {
 			c.Failed++
 			errs.add(err)
 			continue
@@ -249,27 +242,27 @@ func drop[K comparable, E comparable](applied, keep map[K]E, del []E, key func(E
 	}
 }
 
-func add[K comparable, E comparable](applied, want map[K]E, do func(E) error, c *Changes, errs *errList) {
-	for k, e := range want {
-		if old, ok := applied[k]; ok && old == e {
+func add[E any, K, V comparable](applied, want map[K]V, cd codec[E, K, V], do func(E) error, c *Changes, errs *errList) {
+	for k, v := range want {
+		if old, ok := applied[k]; ok && old == v {
 			continue
 		}
-		if err := do(e); err != nil {
+		if err := do(cd.unpack(k, v)); err != nil {
 			c.Failed++
 			errs.add(err)
 			continue
 		}
-		applied[k] = e
+		applied[k] = v
 		c.Added++
 	}
 }
 
-func remove[K comparable, E comparable](applied, want map[K]E, do func(E) error, c *Changes, errs *errList) {
-	for k, e := range applied {
+func remove[E any, K, V comparable](applied, want map[K]V, cd codec[E, K, V], do func(E) error, c *Changes, errs *errList) {
+	for k, v := range applied {
 		if _, ok := want[k]; ok {
 			continue
 		}
-		if err := do(e); err != nil && !isGone(err) {
+		if err := do(cd.unpack(k, v)); err != nil && !isGone(err) {
 			c.Failed++
 			errs.add(err)
 			continue
@@ -317,8 +310,9 @@ func (t *Table) routeReplace(r Route) error {
 	if err := t.nl.RouteReplace(netlinkRoute(r)); err != nil {
 		return fmt.Errorf("replace route %s: %w", r, err)
 	}
-	if old, ok := t.routes[r.key()]; ok {
-		t.nhUnref(old) // it may have used an object
+	k := r.key()
+	if old, ok := t.routes[k]; ok {
+		t.nhUnref(unpackRoute(k, old)) // it may have used an object
 	}
 	return nil
 }

@@ -266,7 +266,7 @@ func (w *Watch) Suspect(t *Table) bool {
 		if t.nh == nil {
 			break
 		}
-		if k, ok := t.nh.keyOf[e.nh.ID]; ok && (e.del || k != (nhKey{e.nh.Gw, e.nh.LinkIndex, e.nh.OnLink})) {
+		if k, ok := t.nh.keyOf[e.nh.ID]; ok && (e.del || k != nhKeyFrom(e.nh.Gw, e.nh.LinkIndex, e.nh.OnLink)) {
 			return true
 		}
 	}
@@ -277,7 +277,7 @@ func (w *Watch) Suspect(t *Table) bool {
 		r := e.route.Route
 		if t.nh != nil {
 			if k, ok := t.nh.keyOf[e.route.NH]; ok {
-				r.Gw, r.LinkIndex, r.OnLink = k.gw, k.link, k.onLink
+				r.Gw, r.LinkIndex, r.OnLink = k.gw.unpack(), int(k.link), k.onLink
 			}
 		}
 		if e.del {
@@ -292,7 +292,8 @@ func (w *Watch) Suspect(t *Table) bool {
 		}
 	}
 	for _, r := range seen.Routes {
-		if a, ok := t.routes[r.key()]; ok && a != r {
+		k, v := packRoute(r)
+		if a, ok := t.routes[k]; ok && a != v {
 			return true
 		}
 	}
@@ -302,12 +303,12 @@ func (w *Watch) Suspect(t *Table) bool {
 		}
 	}
 	for _, n := range seen.Neighs {
-		if a, ok := t.neighs[n.key()]; ok && a != n {
+		if a, ok := t.neighs[n.key()]; ok && a != n.MAC {
 			return true
 		}
 	}
 	for _, f := range gone.FDB {
-		if _, ok := t.fdb[f]; ok {
+		if _, ok := t.fdb[f.key()]; ok {
 			return true
 		}
 	}
@@ -315,7 +316,7 @@ func (w *Watch) Suspect(t *Table) bool {
 	// permanent entry we did not apply on a link we use may have taken
 	// the place of one we did.
 	for _, f := range seen.FDB {
-		if _, ok := t.fdb[f]; !ok && f.MAC.IsUnicast() && links[f.LinkIndex] {
+		if _, ok := t.fdb[f.key()]; !ok && f.MAC.IsUnicast() && links[f.LinkIndex] {
 			return true
 		}
 	}

@@ -29,11 +29,28 @@ type Backend struct {
 	log     *slog.Logger
 
 	nl  netlinker
-	f   *route.Frame[lease.Lease] // the Table, the last Sync's peers, Close
-	own netip.Prefix              // our lease's subnet; invalid before Configure
+	f   *route.Frame[peer] // the Table, the last Sync's peers, Close
+	own netip.Prefix       // our lease's subnet; invalid before Configure
 	// watch tells Repair whether the kernel may have lost routes; nil if
 	// the subscription failed (then every Repair dumps).
 	watch *route.Watch
+}
+
+// peer is what the backend keeps of a peer's lease: 88 bytes, where the
+// lease is 208.
+type peer struct {
+	subnet, subnet6 netip.Prefix
+	publicIP        netip.Addr
+}
+
+func peerOf(l lease.Lease) peer { return peer{l.Subnet, l.Subnet6, l.Attrs.PublicIP} }
+
+func peersOf(ls []lease.Lease) []peer {
+	ps := make([]peer, len(ls))
+	for i, l := range ls {
+		ps[i] = peerOf(l)
+	}
+	return ps
 }
 
 var (
@@ -54,7 +71,7 @@ func newBackend(cfg backend.Config) (backend.Backend, error) {
 		network: cfg.Network.Network,
 		log:     log.With("backend", Type),
 	}
-	b.f = route.NewFrame(Type, b.log, func(l lease.Lease) netip.Prefix { return l.Subnet }, b.want)
+	b.f = route.NewFrame(Type, b.log, func(p peer) netip.Prefix { return p.subnet }, b.want)
 	b.f.LogAttrs = logAttrs
 	return b, nil
 }
@@ -103,13 +120,14 @@ func (b *Backend) Configure(ctx context.Context, own lease.Lease) (int, error) {
 
 // Sync makes the owned routes match peers.
 func (b *Backend) Sync(ctx context.Context, peers []lease.Lease) error {
-	return backend.NeedPermission(Type, "CAP_NET_ADMIN", b.f.Sync(peers))
+	return backend.NeedPermission(Type, "CAP_NET_ADMIN", b.f.Sync(peersOf(peers)))
 }
 
 // Update applies the changed peers' routes only: its cost does not grow
 // with the number of peers.
 func (b *Backend) Update(ctx context.Context, changes []backend.Change) error {
-	return backend.NeedPermission(Type, "CAP_NET_ADMIN", b.f.Update(backend.Split(changes)))
+	put, removed := backend.Split(changes)
+	return backend.NeedPermission(Type, "CAP_NET_ADMIN", b.f.Update(peersOf(put), removed))
 }
 
 // Repair re-reads the owned routes (one dump) and re-applies the peers
@@ -149,8 +167,8 @@ func (b *Backend) Close() error {
 // (no IPv4 gateway) or would not recognise as its own after a restart
 // (outside the network, so never removed) is skipped, with one warning
 // per peer and problem.
-func (b *Backend) want(p lease.Lease) route.Want {
-	sn, ip := p.Subnet, p.Attrs.PublicIP
+func (b *Backend) want(p peer) route.Want {
+	sn, ip := p.subnet, p.publicIP
 	var w route.Want
 	switch {
 	case !sn.IsValid() || sn == b.own:
@@ -180,4 +198,6 @@ func (b *Backend) load() error {
 }
 
 // logAttrs describes a skipped peer in its warning.
-func logAttrs(p lease.Lease) []any { return []any{"key", p.Key(), "public_ip", p.Attrs.PublicIP} }
+func logAttrs(p peer) []any {
+	return []any{"key", lease.MakeKey(p.subnet, p.subnet6), "public_ip", p.publicIP}
+}
