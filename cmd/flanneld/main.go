@@ -69,7 +69,7 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 	// take one more P per forwarding loop.
 	udpOpts := udp.Options{
 		Offloads: getenv(udp.OffloadEnv), Datapath: getenv(udp.DatapathEnv), RaiseGOMAXPROCS: true,
-		Deliver: getenv(udp.DeliverEnv), Kubernetes: o.kubeSubnetMgr,
+		Deliver: getenv(udp.DeliverEnv),
 	}
 	if err := serve(ctx, o, getenv, udpOpts, log); err != nil {
 		log.Error("exiting", "err", err)

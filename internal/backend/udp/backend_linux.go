@@ -89,7 +89,7 @@ func (o Options) New(cfg backend.Config) (backend.Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	bridgeOnly, err := parseDeliver(o.Deliver, o.Kubernetes)
+	bridgeOnly, err := parseDeliver(o.Deliver)
 	if err != nil {
 		return nil, err
 	}

@@ -63,19 +63,17 @@ type Options struct {
 	// not where it does not, "ebpf" insists on it (Init fails without it),
 	// "userspace" never uses it.
 	Datapath string
-	// Deliver is the value of FLANNEL_UDP_DELIVER: "direct" hands the
-	// eBPF datapath's decapsulated packets for containers on our bridge
-	// straight to their veth, past the host's netfilter hooks for that
-	// direction; "bridge" sends them through flannel0, routing and the
-	// bridge as the userspace path does; "" or "auto" is direct unless
-	// Kubernetes is set.
+	// Deliver is the value of FLANNEL_UDP_DELIVER: "" or "auto" and
+	// "bridge" send the eBPF datapath's decapsulated packets through
+	// flannel0, routing and the bridge, as the userspace path does, so
+	// the host's netfilter sees both directions; "direct" hands those for
+	// containers on our bridge straight to their veth, past netfilter for
+	// that direction. That is faster but breaks a stateful firewall (a
+	// container's SYN-ACK is conntrack's first sight of the connection,
+	// invalid, dropped by `ct state invalid drop` as firewalld and
+	// kube-proxy install it) and kube-proxy's translation of replies to a
+	// Service connection, so it is never chosen for the user.
 	Deliver string
-	// Kubernetes says the subnet manager is Kubernetes, where kube-proxy
-	// translates Service addresses in the host's conntrack: a pod's
-	// connection to a Service DNATed here to a remote pod needs its
-	// replies translated back on the way in, which direct delivery would
-	// skip, so auto delivers through the bridge there.
-	Kubernetes bool
 	// Collector, if not nil, exports the counters of each backend built.
 	Collector *Collector
 }
@@ -108,14 +106,12 @@ func parseDatapath(v string) (datapathMode, error) {
 
 // parseDeliver reads Options.Deliver: whether the eBPF datapath delivers
 // through the bridge only.
-func parseDeliver(v string, kubernetes bool) (bridgeOnly bool, err error) {
+func parseDeliver(v string) (bridgeOnly bool, err error) {
 	switch strings.ToLower(strings.TrimSpace(v)) {
-	case "", "auto":
-		return kubernetes, nil
+	case "", "auto", "bridge":
+		return true, nil
 	case "direct":
 		return false, nil
-	case "bridge":
-		return true, nil
 	}
 	return false, fmt.Errorf("udp: %s=%q: want auto, direct or bridge", DeliverEnv, v)
 }

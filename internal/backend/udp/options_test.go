@@ -66,17 +66,15 @@ func TestParseDatapath(t *testing.T) {
 func TestParseDeliver(t *testing.T) {
 	for _, c := range []struct {
 		in         string
-		kubernetes bool
 		bridgeOnly bool
 	}{
-		{"", false, false}, {"auto", false, false}, {"", true, true}, {" Auto", true, true},
-		{"direct", true, false}, {"bridge", false, true},
+		{"", true}, {"auto", true}, {" Auto", true}, {"bridge", true}, {"direct", false}, {"DIRECT ", false},
 	} {
-		if got, err := parseDeliver(c.in, c.kubernetes); err != nil || got != c.bridgeOnly {
-			t.Errorf("parseDeliver(%q, %v) = %v, %v; want %v", c.in, c.kubernetes, got, err, c.bridgeOnly)
+		if got, err := parseDeliver(c.in); err != nil || got != c.bridgeOnly {
+			t.Errorf("parseDeliver(%q) = %v, %v; want %v", c.in, got, err, c.bridgeOnly)
 		}
 	}
-	if _, err := parseDeliver("peer", false); err == nil {
+	if _, err := parseDeliver("peer"); err == nil {
 		t.Error("parseDeliver(peer) accepted")
 	}
 }

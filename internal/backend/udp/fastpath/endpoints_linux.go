@@ -43,11 +43,9 @@ import (
 // pod: the replies need their source rewritten back), and a conntrack
 // that sees only one direction of a connection may mark the container's
 // packets invalid (harmless unless a rule drops invalid packets, as
-// kube-proxy's KUBE-FORWARD does). Hosts that rely on any of that
-// (kube-proxy's Service NAT, network policies in FORWARD) set
-// Config.BridgeOnly: the udp backend does under the Kubernetes subnet
-// manager unless FLANNEL_UDP_DELIVER says otherwise; Docker hosts with
-// flannel's own rules need none of it.
+// kube-proxy's KUBE-FORWARD and firewalld do: the SYN-ACK of a new
+// inbound connection is then dropped). So Config.BridgeOnly is what the
+// udp backend sets unless FLANNEL_UDP_DELIVER=direct asks for this.
 //
 // The endpoints map is a desired state derived from the kernel: the
 // bridge's IPv4 neighbours in our subnet whose MAC its FDB places behind
