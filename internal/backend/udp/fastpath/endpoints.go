@@ -19,6 +19,16 @@ type Endpoint struct {
 	MAC, BridgeMAC [6]byte
 }
 
+// Layout of the endpoints map's value: the host side of the container's
+// veth, the container's MAC and the bridge's (the source of the frame,
+// as the bridge would have sent it).
+const (
+	epIfindex = 0  // uint32
+	epMAC     = 4  // [6]byte
+	epSrcMAC  = 10 // [6]byte
+	epSize    = 16
+)
+
 // marshalEndpoint renders e as the endpoints map's value.
 func marshalEndpoint(e Endpoint) []byte {
 	b := make([]byte, epSize)

@@ -436,16 +436,6 @@ func ingressInsns() asm.Instructions {
 	}...)
 }
 
-// Layout of the endpoints map's value: the host side of the container's
-// veth, the container's MAC and the bridge's (the source of the frame,
-// as the bridge would have sent it).
-const (
-	epIfindex = 0  // uint32
-	epMAC     = 4  // [6]byte
-	epSrcMAC  = 10 // [6]byte
-	epSize    = 16
-)
-
 // peerInsns delivers the decapsulated packet (data at the Ethernet
 // header, R7 the endpoint or 0) straight into a local container's
 // namespace with bpf_redirect_peer, as the kernel would after routing it
