@@ -54,22 +54,30 @@ func TestUDPRestartResumesWithinASecond(t *testing.T) {
 	}
 }
 
-// TestUDPEBPFDatapath runs flanneld with FLANNEL_UDP_DATAPATH=ebpf on a
-// NIC-like underlay: it says so in its log, containers reach each other
-// both ways, and after a SIGKILL the restarted flanneld forwards again
-// within a second.
-func TestUDPEBPFDatapath(t *testing.T) {
+// ebpfUDPLab is two hosts on a NIC-like underlay whose flanneld run the
+// udp backend with FLANNEL_UDP_DATAPATH=ebpf.
+func ebpfUDPLab(t *testing.T) *lab.Lab {
+	t.Helper()
 	o := labOpts(t, 2, backendConfig("udp"))
 	o.NoFlanneld = true
 	l := startLab(t, o)
-	ctx := context.Background()
-	if err := l.NICWire(ctx); err != nil {
+	if err := l.NICWire(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	for _, h := range l.Hosts {
 		h.Env = append(h.Env, "FLANNEL_UDP_DATAPATH=ebpf")
 		startHost(t, l, h)
 	}
+	return l
+}
+
+// TestUDPEBPFDatapath runs flanneld with FLANNEL_UDP_DATAPATH=ebpf on a
+// NIC-like underlay: it says so in its log, containers reach each other
+// both ways, and after a SIGKILL the restarted flanneld forwards again
+// within a second.
+func TestUDPEBPFDatapath(t *testing.T) {
+	l := ebpfUDPLab(t)
+	ctx := context.Background()
 	h1, h2 := l.Hosts[0], l.Hosts[1]
 	for _, h := range l.Hosts {
 		if log := logOf(l, h); !strings.Contains(log, "forwarding known peers in the kernel (eBPF)") {

@@ -48,17 +48,8 @@ func TestUDPEBPFStatefulFirewall(t *testing.T) {
 // firewall in forward.
 func firewalledUDPLab(t *testing.T) (*lab.Lab, *lab.Host, *lab.Host) {
 	t.Helper()
-	o := labOpts(t, 2, backendConfig("udp"))
-	o.NoFlanneld = true
-	l := startLab(t, o)
+	l := ebpfUDPLab(t)
 	ctx := context.Background()
-	if err := l.NICWire(ctx); err != nil {
-		t.Fatal(err)
-	}
-	for _, h := range l.Hosts {
-		h.Env = append(h.Env, "FLANNEL_UDP_DATAPATH=ebpf")
-		startHost(t, l, h)
-	}
 	h1, h2 := l.Hosts[0], l.Hosts[1]
 	ruleset := fmt.Sprintf(`table inet fw {
 	chain forward {
