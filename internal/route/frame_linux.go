@@ -50,7 +50,7 @@ type Frame[P any] struct {
 	// only to warn, so per-peer descriptions cost nothing otherwise.
 	LogAttrs func(P) []any
 
-	peers map[netip.Prefix]*peer[P]
+	peers subnetMap[*peer[P]]
 	// A claim is nearly always uncontested: its one claimant is held by
 	// pointer (24 bytes a claim in the map, against 40 and a slice of its
 	// own when every claim had a list); a claim with two claimants or
@@ -73,7 +73,7 @@ type peer[P any] struct {
 // and log messages).
 func NewFrame[P any](name string, log *slog.Logger, subnet func(P) netip.Prefix, want func(P) Want) *Frame[P] {
 	return &Frame[P]{name: name, log: log, subnet: subnet, want: want,
-		peers: map[netip.Prefix]*peer[P]{}, claims: map[string]*peer[P]{}, rivals: map[string][]netip.Prefix{}}
+		peers: newSubnetMap[*peer[P]](0), claims: map[string]*peer[P]{}, rivals: map[string][]netip.Prefix{}}
 }
 
 // OnClose sets what Close releases: the netlink handle the backend opened.
@@ -107,21 +107,22 @@ func (f *Frame[P]) Ready() error {
 
 // Peers returns the current peers, sorted by subnet. It costs O(N log N).
 func (f *Frame[P]) Peers() []P {
-	sns := make([]netip.Prefix, 0, len(f.peers))
-	for sn := range f.peers {
+	sns := make([]netip.Prefix, 0, f.peers.len())
+	for sn := range f.peers.all() {
 		sns = append(sns, sn)
 	}
 	slices.SortFunc(sns, netip.Prefix.Compare)
 	out := make([]P, len(sns))
 	for i, sn := range sns {
-		out[i] = f.peers[sn].p
+		pr, _ := f.peers.get(sn)
+		out[i] = pr.p
 	}
 	return out
 }
 
 // Peer returns the peer with subnet sn, if there is one.
 func (f *Frame[P]) Peer(sn netip.Prefix) (P, bool) {
-	if pr, ok := f.peers[sn]; ok {
+	if pr, ok := f.peers.get(sn); ok {
 		return pr.p, true
 	}
 	var zero P
@@ -129,7 +130,7 @@ func (f *Frame[P]) Peer(sn netip.Prefix) (P, bool) {
 }
 
 // Len is the number of peers.
-func (f *Frame[P]) Len() int { return len(f.peers) }
+func (f *Frame[P]) Len() int { return f.peers.len() }
 
 // Stale reports whether a change failed since the last complete Apply:
 // Apply must run again even if the kernel lost nothing.
@@ -139,7 +140,7 @@ func (f *Frame[P]) Stale() bool { return f.stale }
 // peer that has no problem and holds its claims.
 func (f *Frame[P]) Desired() State {
 	var s State
-	for _, pr := range f.peers {
+	for _, pr := range f.peers.all() {
 		if pr.held {
 			pr.w.appendTo(&s)
 		}
@@ -154,7 +155,7 @@ func (f *Frame[P]) Sync(peers []P) error {
 		return err
 	}
 	old := f.peers
-	f.peers = make(map[netip.Prefix]*peer[P], len(peers))
+	f.peers = newSubnetMap[*peer[P]](len(peers))
 	// One allocation for all: tens of thousands of small ones leave the
 	// heap's spans fragmented among the sync's garbage. A peer an Update
 	// removes keeps its slot until the next Sync.
@@ -166,10 +167,10 @@ func (f *Frame[P]) Sync(peers []P) error {
 		}
 		pr := &slab[i]
 		pr.p = p
-		if o, ok := old[sn]; ok {
+		if o, ok := old.get(sn); ok {
 			pr.warned = o.warned
 		}
-		f.peers[sn] = pr
+		f.peers.set(sn, pr)
 	}
 	return f.Apply()
 }
@@ -185,15 +186,15 @@ func (f *Frame[P]) Apply() error {
 	// The wants are packed into one string and each is a substring of
 	// it, for the reason Sync allocates the peers in one slab.
 	var all strings.Builder
-	all.Grow(100 * len(f.peers))
+	all.Grow(100 * f.peers.len())
 	type packing struct {
 		sn  netip.Prefix
 		pr  *peer[P]
 		end int
 	}
 	var buf []byte
-	order := make([]packing, 0, len(f.peers))
-	for sn, pr := range f.peers {
+	order := make([]packing, 0, f.peers.len())
+	for sn, pr := range f.peers.all() {
 		buf = appendWant(buf[:0], f.want(pr.p))
 		all.Write(buf)
 		order = append(order, packing{sn, pr, all.Len()})
@@ -204,16 +205,16 @@ func (f *Frame[P]) Apply() error {
 		start = o.end
 		f.claim(o.sn, o.pr)
 	}
-	for sn, pr := range f.peers {
+	for sn, pr := range f.peers.all() {
 		f.evaluate(sn, pr)
 	}
 	c, err := f.Table.Set(f.Desired())
 	f.stale = err != nil
 	if !c.None() {
-		f.log.Debug(f.name+": applied peers", "peers", len(f.peers), "added", c.Added, "removed", c.Removed, "failed", c.Failed)
+		f.log.Debug(f.name+": applied peers", "peers", f.peers.len(), "added", c.Added, "removed", c.Removed, "failed", c.Failed)
 	}
 	if err != nil {
-		return fmt.Errorf("%s: sync %d peers: %w", f.name, len(f.peers), err)
+		return fmt.Errorf("%s: sync %d peers: %w", f.name, f.peers.len(), err)
 	}
 	return nil
 }
@@ -251,7 +252,7 @@ func (f *Frame[P]) Update(put []P, removed []netip.Prefix) error {
 			return
 		}
 		var b before
-		if pr, ok := f.peers[sn]; ok {
+		if pr, ok := f.peers.get(sn); ok {
 			b = before{pr.held, pr.w}
 		}
 		affected[sn] = b
@@ -263,31 +264,31 @@ func (f *Frame[P]) Update(put []P, removed []netip.Prefix) error {
 	}
 	for _, sn := range removed {
 		note(sn)
-		if pr, ok := f.peers[sn]; ok {
+		if pr, ok := f.peers.get(sn); ok {
 			touch(pr.w)
 		}
 	}
 	for _, n := range puts {
 		note(n.sn)
-		if pr, ok := f.peers[n.sn]; ok {
+		if pr, ok := f.peers.get(n.sn); ok {
 			touch(pr.w)
 		}
 		touch(n.w)
 	}
 
 	for _, sn := range removed {
-		if pr, ok := f.peers[sn]; ok {
+		if pr, ok := f.peers.get(sn); ok {
 			f.unclaim(sn, pr.w)
-			delete(f.peers, sn)
+			f.peers.del(sn)
 		}
 	}
 	for _, n := range puts {
-		pr, ok := f.peers[n.sn]
+		pr, ok := f.peers.get(n.sn)
 		if ok {
 			f.unclaim(n.sn, pr.w)
 		} else {
 			pr = &peer[P]{}
-			f.peers[n.sn] = pr
+			f.peers.set(n.sn, pr)
 		}
 		pr.p, pr.w = n.p, n.w
 		f.claim(n.sn, pr)
@@ -298,7 +299,7 @@ func (f *Frame[P]) Update(put []P, removed []netip.Prefix) error {
 		if b.held {
 			b.w.appendTo(&del)
 		}
-		pr, ok := f.peers[sn]
+		pr, ok := f.peers.get(sn)
 		if !ok {
 			continue
 		}
@@ -309,10 +310,10 @@ func (f *Frame[P]) Update(put []P, removed []netip.Prefix) error {
 	c, err := f.Table.Update(add, del)
 	f.stale = f.stale || err != nil
 	if !c.None() {
-		f.log.Debug(f.name+": updated peers", "changed", len(puts)+len(removed), "peers", len(f.peers), "added", c.Added, "removed", c.Removed, "failed", c.Failed)
+		f.log.Debug(f.name+": updated peers", "changed", len(puts)+len(removed), "peers", f.peers.len(), "added", c.Added, "removed", c.Removed, "failed", c.Failed)
 	}
 	if err != nil {
-		return fmt.Errorf("%s: update %d of %d peers: %w", f.name, len(puts)+len(removed), len(f.peers), err)
+		return fmt.Errorf("%s: update %d of %d peers: %w", f.name, len(puts)+len(removed), f.peers.len(), err)
 	}
 	return nil
 }
@@ -357,7 +358,7 @@ func (f *Frame[P]) unclaim(sn netip.Prefix, w packedWant) {
 			delete(f.rivals, c)
 		case 1:
 			delete(f.rivals, c)
-			f.claims[c] = f.peers[l[0]]
+			f.claims[c], _ = f.peers.get(l[0])
 		default:
 			f.rivals[c] = l
 		}
