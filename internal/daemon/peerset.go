@@ -65,10 +65,14 @@ func (e *entry) handedOut() *heldLease {
 }
 
 // set makes l the entry's lease, keeping what flush and the verdict
-// need of the value it replaces.
-func (e *entry) set(l lease.Lease) {
+// need of the value it replaces. typ is the backend's type: a lease of
+// that type shares its string rather than holding a copy of its own.
+func (e *entry) set(l lease.Lease, typ string) {
 	var h heldLease
 	hold(l, &h)
+	if h.backendType == typ {
+		h.backendType = typ
+	}
 	if e.peer && e.handed == nil {
 		prev := e.held
 		e.handed = &prev
@@ -121,17 +125,34 @@ func newPeerSet(nc *netconf.Config, info backend.Info, own lease.Lease, log *slo
 		entries: map[string]*entry{}, odd: map[string]netip.Prefix{}, dirty: map[string]struct{}{}}
 }
 
-// reset replaces every lease with a listing. The BackendData are kept,
-// not copied: the caller must not change them.
+// reset replaces every lease with a listing.
+//
+// What stays of a listing of tens of thousands of leases (their keys and
+// BackendData, the entries) is copied into a few large allocations: held
+// as they come, each in a small allocation of its own among the listing's
+// garbage, they keep most of the heap's pages of their size in use after
+// that garbage is collected (13 MB at 65,000 leases).
 func (ps *peerSet) reset(leases []lease.Lease) {
 	keys := make([]string, len(leases))
-	fresh := 0
+	fresh, keyLen, dataLen := 0, 0, 0
 	for i := range leases {
 		keys[i] = leases[i].Key()
+		keyLen += len(keys[i])
+		dataLen += len(leases[i].Attrs.BackendData)
 		if _, ok := ps.entries[keys[i]]; !ok {
 			fresh++
 		}
 	}
+	var keyArena strings.Builder
+	keyArena.Grow(keyLen)
+	for _, k := range keys {
+		keyArena.WriteString(k)
+	}
+	all, start := keyArena.String(), 0
+	for i := range keys {
+		keys[i], start = all[start:start+len(keys[i])], start+len(keys[i])
+	}
+	data := make([]byte, 0, dataLen)
 	// A map made at its size, rather than grown by doubling, and the new
 	// entries in one allocation (small ones by the ten thousand leave the
 	// heap fragmented among the listing's garbage).
@@ -157,7 +178,12 @@ func (ps *peerSet) reset(leases []lease.Lease) {
 		if !e.present {
 			ps.leaseN++
 		}
-		e.set(leases[i])
+		l := leases[i]
+		if d := l.Attrs.BackendData; d != nil {
+			data = append(data, d...)
+			l.Attrs.BackendData = data[len(data)-len(d) : len(data) : len(data)]
+		}
+		e.set(l, ps.info.Type)
 		entries[k] = e
 		ps.dirty[k] = struct{}{}
 		ps.index(k, leases[i])
@@ -187,7 +213,7 @@ func (ps *peerSet) apply(ev lease.Event) {
 		if !e.present {
 			ps.leaseN++
 		}
-		e.set(ev.Lease)
+		e.set(ev.Lease, ps.info.Type)
 		ps.index(k, ev.Lease)
 	}
 	ps.dirty[k] = struct{}{}
