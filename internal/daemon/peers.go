@@ -49,7 +49,7 @@ func (d *Daemon) push(ctx context.Context) {
 			err = d.be.Sync(ctx, d.peers.peers())
 		}
 	} else {
-		bulk(func() { err = d.be.Sync(ctx, d.peers.peers()) })
+		bulk(d.peers.peerN, func() { err = d.be.Sync(ctx, d.peers.peers()) })
 	}
 	d.fullSync = err != nil // a failed sync is retried whole at the next event
 	d.deps.Metrics.Synced(time.Since(start), err)
