@@ -121,9 +121,9 @@ func (d *Daemon) PeerAddrs() []netip.Prefix {
 	if d.peers == nil {
 		return nil
 	}
-	out := make([]netip.Prefix, 0, len(d.peers.valid))
-	for _, l := range d.peers.valid {
-		out = append(out, l.subnet)
+	out := make([]netip.Prefix, 0, d.peers.peerN)
+	for _, l := range d.peers.peers() {
+		out = append(out, l.Subnet)
 	}
 	slices.SortFunc(out, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
 	return out

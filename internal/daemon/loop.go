@@ -59,7 +59,7 @@ func (d *Daemon) loop(ctx context.Context) error {
 	var lastRepair time.Time
 	doRepair := func() {
 		lastRepair = time.Now()
-		bulk(func() {
+		bulk(d.peers.peerN, func() {
 			if err := d.be.Repair(ctx); err != nil {
 				d.log.Warn("backend repair", "err", err)
 				d.deps.Metrics.RepairFailed()

@@ -29,10 +29,24 @@ func allocated() uint64 {
 	return allocSample[0].Value.Uint64()
 }
 
-// bulk runs work and, if it allocated bulkAlloc or more, returns the
-// heap's free memory to the kernel.
-func bulk(work func()) {
+// bulkPeers is from how many peers a piece of bulk work runs with the
+// collector's target lowered to bulkGCPercent: at that size what the work
+// allocates would otherwise grow the heap to twice what is live before a
+// collection, and those pages stay resident until the work is done. Small
+// clusters keep the runtime's default throughout.
+const (
+	bulkPeers     = 10000
+	bulkGCPercent = 50
+)
+
+// bulk runs work, over peers peers, and, if it allocated bulkAlloc or
+// more, returns the heap's free memory to the kernel.
+func bulk(peers int, work func()) {
 	before := allocated()
+	if peers >= bulkPeers {
+		old := debug.SetGCPercent(bulkGCPercent)
+		defer debug.SetGCPercent(old)
+	}
 	work()
 	if allocated()-before >= bulkAlloc {
 		debug.FreeOSMemory()

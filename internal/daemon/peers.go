@@ -49,13 +49,13 @@ func (d *Daemon) push(ctx context.Context) {
 			err = d.be.Sync(ctx, d.peers.peers())
 		}
 	} else {
-		bulk(func() { err = d.be.Sync(ctx, d.peers.peers()) })
+		bulk(d.peers.peerN, func() { err = d.be.Sync(ctx, d.peers.peers()) })
 	}
 	d.fullSync = err != nil // a failed sync is retried whole at the next event
 	d.deps.Metrics.Synced(time.Since(start), err)
-	d.deps.Metrics.Peers(len(d.peers.valid), d.peers.ignored())
+	d.deps.Metrics.Peers(d.peers.peerN, d.peers.ignored())
 	if err != nil {
-		d.log.Warn("backend sync", "peers", len(d.peers.valid), "err", err)
+		d.log.Warn("backend sync", "peers", d.peers.peerN, "err", err)
 	}
 	d.logChanges(pcs)
 }
@@ -76,7 +76,7 @@ func (d *Daemon) logChanges(changes []peerChange) {
 		}
 	}
 	if len(changes) > 16 {
-		d.log.Info("peers synced", "peers", len(d.peers.valid), "added", added, "changed", changed, "removed", removed)
+		d.log.Info("peers synced", "peers", d.peers.peerN, "added", added, "changed", changed, "removed", removed)
 		return
 	}
 	for _, c := range changes {

@@ -33,21 +33,54 @@ type peerSet struct {
 	own  lease.Lease
 	log  *slog.Logger
 
-	// The leases are held by pointer and never changed in place, so
-	// valid and vetted remember a value by its pointer, not by a copy
-	// (at 65,000 leases a copy is 7 MB).
-	leases map[string]*heldLease   // by key, every lease in the feed (ours too)
-	odd    map[string]netip.Prefix // leases but ours whose length is not SubnetLen
-	valid  map[string]*heldLease   // the peers, as last handed out by flush
-	reason map[string]string       // why a lease is not a peer, as last warned about
-	vetted map[string]vetted       // the backend's verdict per key and value
-	dirty  map[string]struct{}     // keys whose verdict may have changed
+	// One map, one entry per key, holds all the set knows of a lease:
+	// at 65,000 leases, the four maps by key it once had (the leases,
+	// the peers handed out, the backend's verdicts, the reasons) cost
+	// 7 MB more.
+	entries map[string]*entry
+	peerN   int                     // entries that are peers
+	leaseN  int                     // entries that are present
+	odd     map[string]netip.Prefix // leases but ours whose length is not SubnetLen
+	dirty   map[string]struct{}     // keys whose verdict may have changed
 }
 
-// vetted is the backend's verdict on one lease value.
-type vetted struct {
-	lease  *heldLease
-	reason string
+// entry is what the peer set knows of one key. It stays while the key is
+// in the feed, a peer or warned about; flush drops it after that.
+type entry struct {
+	held    heldLease  // the lease in the feed or, if gone, the last one
+	present bool       // in the feed
+	peer    bool       // a peer, as last handed out by flush
+	vetted  bool       // vetReason is the backend's verdict on held
+	handed  *heldLease // the value handed out, if held changed since (until flush)
+	vetWhy  string     // the backend's objection to held, if vetted
+	reason  string     // why the lease is not a peer, as last warned about
+}
+
+// handedOut is the value last handed out for a peer entry.
+func (e *entry) handedOut() *heldLease {
+	if e.handed != nil {
+		return e.handed
+	}
+	return &e.held
+}
+
+// set makes l the entry's lease, keeping what flush and the verdict
+// need of the value it replaces. typ is the backend's type: a lease of
+// that type shares its string rather than holding a copy of its own.
+func (e *entry) set(l lease.Lease, typ string) {
+	var h heldLease
+	hold(l, &h)
+	if h.backendType == typ {
+		h.backendType = typ
+	}
+	if e.peer && e.handed == nil {
+		prev := e.held
+		e.handed = &prev
+	}
+	if e.vetted && !sameAttrs(&e.held, &h) {
+		e.vetted, e.vetWhy = false, ""
+	}
+	e.held, e.present = h, true
 }
 
 // heldLease is a lease as the peer set holds it: 112 bytes, where a
@@ -88,52 +121,105 @@ func (h *heldLease) lease() lease.Lease {
 }
 
 func newPeerSet(nc *netconf.Config, info backend.Info, own lease.Lease, log *slog.Logger) *peerSet {
-	return &peerSet{
-		nc: nc, info: info, own: own, log: log,
-		leases: map[string]*heldLease{}, odd: map[string]netip.Prefix{}, valid: map[string]*heldLease{},
-		reason: map[string]string{}, vetted: map[string]vetted{}, dirty: map[string]struct{}{},
-	}
+	return &peerSet{nc: nc, info: info, own: own, log: log,
+		entries: map[string]*entry{}, odd: map[string]netip.Prefix{}, dirty: map[string]struct{}{}}
 }
 
-// reset replaces every lease with a listing. The BackendData are kept,
-// not copied: the caller must not change them.
+// reset replaces every lease with a listing.
+//
+// What stays of a listing of tens of thousands of leases (their keys and
+// BackendData, the entries) is copied into a few large allocations: held
+// as they come, each in a small allocation of its own among the listing's
+// garbage, they keep most of the heap's pages of their size in use after
+// that garbage is collected (13 MB at 65,000 leases).
 func (ps *peerSet) reset(leases []lease.Lease) {
-	ps.leases = make(map[string]*heldLease, len(leases))
-	held := make([]heldLease, len(leases))
-	ps.odd = map[string]netip.Prefix{}
-	for k := range ps.valid {
-		ps.dirty[k] = struct{}{}
-	}
-	for k := range ps.reason {
-		ps.dirty[k] = struct{}{}
-	}
+	keys := make([]string, len(leases))
+	fresh, keyLen, dataLen := 0, 0, 0
 	for i := range leases {
-		l := &held[i]
-		hold(leases[i], l)
-		k := leases[i].Key()
-		ps.leases[k] = l
+		keys[i] = leases[i].Key()
+		keyLen += len(keys[i])
+		dataLen += len(leases[i].Attrs.BackendData)
+		if _, ok := ps.entries[keys[i]]; !ok {
+			fresh++
+		}
+	}
+	var keyArena strings.Builder
+	keyArena.Grow(keyLen)
+	for _, k := range keys {
+		keyArena.WriteString(k)
+	}
+	all, start := keyArena.String(), 0
+	for i := range keys {
+		keys[i], start = all[start:start+len(keys[i])], start+len(keys[i])
+	}
+	data := make([]byte, 0, dataLen)
+	// A map made at its size, rather than grown by doubling, and the new
+	// entries in one allocation (small ones by the ten thousand leave the
+	// heap fragmented among the listing's garbage).
+	entries := make(map[string]*entry, len(leases)+len(ps.entries)-(len(leases)-fresh))
+	ps.leaseN = 0
+	for k, e := range ps.entries {
+		e.present = false
+		if e.peer || e.reason != "" {
+			entries[k] = e
+			ps.dirty[k] = struct{}{}
+		}
+	}
+	slab := make([]entry, fresh)
+	ps.odd = map[string]netip.Prefix{}
+	for i, k := range keys {
+		e, ok := entries[k] // a key listed twice: the later value wins
+		if !ok {
+			e, ok = ps.entries[k]
+		}
+		if !ok {
+			e, slab = &slab[0], slab[1:]
+		}
+		if !e.present {
+			ps.leaseN++
+		}
+		l := leases[i]
+		if d := l.Attrs.BackendData; d != nil {
+			data = append(data, d...)
+			l.Attrs.BackendData = data[len(data)-len(d) : len(data) : len(data)]
+		}
+		e.set(l, ps.info.Type)
+		entries[k] = e
 		ps.dirty[k] = struct{}{}
 		ps.index(k, leases[i])
 	}
+	ps.entries = entries
 }
 
 // apply folds one watch event in.
 func (ps *peerSet) apply(ev lease.Event) {
 	k := ev.Lease.Key()
-	old, had := ps.leases[k]
+	e, had := ps.entries[k]
+	var old netip.Prefix
+	if had && e.present {
+		old = e.held.subnet
+	}
 	delete(ps.odd, k)
 	if ev.Type == lease.Removed {
-		delete(ps.leases, k)
+		if had && e.present {
+			e.present = false
+			ps.leaseN--
+		}
 	} else {
-		l := new(heldLease)
-		hold(ev.Lease, l)
-		ps.leases[k] = l
+		if !had {
+			e = new(entry)
+			ps.entries[k] = e
+		}
+		if !e.present {
+			ps.leaseN++
+		}
+		e.set(ev.Lease, ps.info.Type)
 		ps.index(k, ev.Lease)
 	}
 	ps.dirty[k] = struct{}{}
 	// An odd lease's verdict depends on the leases around it.
 	for ok, sn := range ps.odd {
-		if (had && old.subnet.IsValid() && sn.Overlaps(old.subnet)) ||
+		if (old.IsValid() && sn.Overlaps(old)) ||
 			(ev.Type == lease.Added && ev.Lease.Subnet.IsValid() && sn.Overlaps(ev.Lease.Subnet)) {
 			ps.dirty[ok] = struct{}{}
 		}
@@ -151,11 +237,13 @@ func (ps *peerSet) index(k string, l lease.Lease) {
 // with ours, our public IP), so all leases are judged again.
 func (ps *peerSet) setOwn(l lease.Lease) {
 	ps.own = l
-	ls := make([]lease.Lease, 0, len(ps.leases))
-	for _, x := range ps.leases {
-		ls = append(ls, x.lease())
+	ps.odd = map[string]netip.Prefix{}
+	for k, e := range ps.entries {
+		ps.dirty[k] = struct{}{}
+		if e.present {
+			ps.index(k, e.held.lease())
+		}
 	}
-	ps.reset(ls)
 }
 
 // peerChange is a change for the backend and, for the log, whether the
@@ -172,33 +260,42 @@ func (ps *peerSet) flush() []peerChange {
 	var changes []peerChange
 	ownKey := ps.own.Key()
 	for k := range ps.dirty {
-		l, present := ps.leases[k]
-		reason := ""
-		if present && k != ownKey {
-			reason = ps.judge(k, l)
+		e, ok := ps.entries[k]
+		if !ok {
+			continue
 		}
-		if present && k != ownKey && reason != "" {
-			if ps.reason[k] != reason {
+		present := e.present && k != ownKey
+		reason := ""
+		if present {
+			reason = ps.judge(k, e)
+		}
+		if present && reason != "" {
+			if e.reason != reason {
 				ps.log.Warn("ignoring lease", "key", k, "reason", reason)
-				ps.reason[k] = reason
+				e.reason = reason
 			}
 		} else {
-			delete(ps.reason, k)
+			e.reason = ""
 		}
-		if v, ok := ps.vetted[k]; ok && (!present || v.lease != l) {
-			delete(ps.vetted, k) // a verdict on a value no longer held
+		switch now := present && reason == ""; {
+		case now && (!e.peer || (e.handed != nil && !sameLease(e.handed, &e.held))):
+			var prev *heldLease
+			if e.peer {
+				prev = e.handedOut()
+			} else {
+				ps.peerN++
+			}
+			e.peer = true
+			changes = append(changes, changeOf(backend.Change{Lease: e.held.lease()}, prev))
+		case !now && e.peer:
+			prev := e.handedOut()
+			e.peer = false
+			ps.peerN--
+			changes = append(changes, changeOf(backend.Change{Lease: lease.Lease{Subnet: prev.subnet, Subnet6: prev.rare6().subnet6}, Removed: true}, prev))
 		}
-		prev, was := ps.valid[k]
-		switch now := present && k != ownKey && reason == ""; {
-		case now && (!was || (prev != l && !sameLease(prev, l))):
-			ps.valid[k] = l
-			changes = append(changes, changeOf(backend.Change{Lease: l.lease()}, prev))
-		case now:
-			ps.valid[k] = l // the same value: the newest copy, so the old can go
-		case !now && was:
-			delete(ps.valid, k)
-			gone := prev.lease()
-			changes = append(changes, changeOf(backend.Change{Lease: lease.Lease{Subnet: gone.Subnet, Subnet6: gone.Subnet6}, Removed: true}, prev))
+		e.handed = nil // handed out now, or the same value
+		if !e.present && !e.peer {
+			delete(ps.entries, k)
 		}
 	}
 	if len(ps.dirty) > 256 {
@@ -219,9 +316,9 @@ func changeOf(c backend.Change, prev *heldLease) peerChange {
 	return peerChange{Change: c, was: true, prevIP: prev.publicIP}
 }
 
-// judge says why lease l (key k, not ours) must not be a peer, or "".
-func (ps *peerSet) judge(k string, l *heldLease) string {
-	if r := checkPeer(ps.nc, ps.own, ps.info, l.lease()); r != "" {
+// judge says why the lease of e (key k, not ours) must not be a peer, or "".
+func (ps *peerSet) judge(k string, e *entry) string {
+	if r := checkPeer(ps.nc, ps.own, ps.info, e.held.lease()); r != "" {
 		return r
 	}
 	// Hosts lease only SubnetLen subnets, never one overlapping a lease:
@@ -233,7 +330,7 @@ func (ps *peerSet) judge(k string, l *heldLease) string {
 			return fmt.Sprintf("subnet %s overlaps the lease %s", sn, other)
 		}
 	}
-	return ps.vet(k, l)
+	return ps.vet(e)
 }
 
 // overlapping returns the smallest key of a lease (not ours, not k) of
@@ -241,8 +338,9 @@ func (ps *peerSet) judge(k string, l *heldLease) string {
 // odd leases, rare by construction, ever pay for.
 func (ps *peerSet) overlapping(k string, sn netip.Prefix) string {
 	ownKey, found := ps.own.Key(), ""
-	for k2, l2 := range ps.leases {
-		if k2 == k || k2 == ownKey || !l2.subnet.IsValid() || l2.subnet.Bits() == sn.Bits() {
+	for k2, e2 := range ps.entries {
+		l2 := &e2.held
+		if !e2.present || k2 == k || k2 == ownKey || !l2.subnet.IsValid() || l2.subnet.Bits() == sn.Bits() {
 			continue
 		}
 		if l2.subnet.Masked().Overlaps(sn) && (found == "" || strings.Compare(k2, found) < 0) {
@@ -252,38 +350,46 @@ func (ps *peerSet) overlapping(k string, sn netip.Prefix) string {
 	return found
 }
 
-// vet returns the backend's objection to peer l (Info.ValidatePeer: vxlan
-// decodes its BackendData), asking again only when l's value changed.
-func (ps *peerSet) vet(k string, l *heldLease) string {
+// vet returns the backend's objection to e's lease (Info.ValidatePeer:
+// vxlan decodes its BackendData), asking again only when its value changed.
+func (ps *peerSet) vet(e *entry) string {
 	if ps.info.ValidatePeer == nil {
 		return ""
 	}
-	if v, ok := ps.vetted[k]; ok && (v.lease == l || sameAttrs(v.lease, l)) {
-		ps.vetted[k] = vetted{lease: l, reason: v.reason}
-		return v.reason
+	if !e.vetted {
+		e.vetWhy = ""
+		if err := ps.info.ValidatePeer(e.held.lease()); err != nil {
+			e.vetWhy = err.Error()
+		}
+		e.vetted = true
 	}
-	reason := ""
-	if err := ps.info.ValidatePeer(l.lease()); err != nil {
-		reason = err.Error()
-	}
-	ps.vetted[k] = vetted{lease: l, reason: reason}
-	return reason
+	return e.vetWhy
 }
 
 // peers returns the peers sorted by subnet, for a full Sync.
 func (ps *peerSet) peers() []lease.Lease {
-	out := make([]lease.Lease, 0, len(ps.valid))
-	for _, l := range ps.valid {
-		out = append(out, l.lease())
+	out := make([]lease.Lease, 0, ps.peerN)
+	for _, e := range ps.entries {
+		if e.peer {
+			out = append(out, e.handedOut().lease())
+		}
 	}
 	slices.SortFunc(out, func(a, b lease.Lease) int { return a.Subnet.Addr().Compare(b.Subnet.Addr()) })
 	return out
 }
 
+// peer returns the lease last handed out as peer k.
+func (ps *peerSet) peer(k string) (*heldLease, bool) {
+	if e, ok := ps.entries[k]; ok && e.peer {
+		return e.handedOut(), true
+	}
+	return nil, false
+}
+
 // ignored is how many leases (not ours) are not peers.
 func (ps *peerSet) ignored() int {
-	n := len(ps.leases) - len(ps.valid)
-	if _, ok := ps.leases[ps.own.Key()]; ok {
+	n := ps.leaseN - ps.peerN
+	if e, ok := ps.entries[ps.own.Key()]; ok && e.present {
 		n--
 	}
 	return n

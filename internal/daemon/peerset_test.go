@@ -127,18 +127,33 @@ func TestPeerSetEqualsFullRecomputation(t *testing.T) {
 					backendView[c.Lease.Key()] = c.Lease
 				}
 			}
-			want := map[string]lease.Lease{}
+			want, ignored := map[string]lease.Lease{}, 0
 			for k, reason := range fullVerdicts(nc, info, ps.own, model) {
 				if reason == "" {
 					want[k] = model[k]
+				} else {
+					ignored++
+				}
+				// (The reference may name another of the overlapping leases.)
+				if e := ps.entries[k]; e == nil || (e.reason == "") != (reason == "") {
+					t.Fatalf("seed %d step %d: lease %s: entry %+v, want a reason as %q", seed, step, k, e, reason)
 				}
 			}
-			if got := slices.Sorted(maps.Keys(ps.valid)); !slices.Equal(got, slices.Sorted(maps.Keys(want))) {
+			if ps.ignored() != ignored {
+				t.Fatalf("seed %d step %d: %d leases ignored, want %d", seed, step, ps.ignored(), ignored)
+			}
+			var got []string
+			for k, e := range ps.entries {
+				if e.peer {
+					got = append(got, k)
+				}
+			}
+			if slices.Sort(got); len(got) != ps.peerN || !slices.Equal(got, slices.Sorted(maps.Keys(want))) {
 				t.Fatalf("seed %d step %d: peers %v, full recomputation %v", seed, step, got, slices.Sorted(maps.Keys(want)))
 			}
 			for k, l := range want {
-				if !sameLease(ps.valid[k], heldOf(l)) || !sameLease(heldOf(backendView[k]), heldOf(l)) {
-					t.Fatalf("seed %d step %d: peer %s is %+v (backend has %+v), want %+v", seed, step, k, *ps.valid[k], backendView[k], l)
+				if p, _ := ps.peer(k); !sameLease(p, heldOf(l)) || !sameLease(heldOf(backendView[k]), heldOf(l)) {
+					t.Fatalf("seed %d step %d: peer %s is %+v (backend has %+v), want %+v", seed, step, k, *p, backendView[k], l)
 				}
 			}
 			if len(backendView) != len(want) {
@@ -179,8 +194,8 @@ func benchDaemon(b *testing.B, n int) (*Daemon, *updaterBackend) {
 		ls = append(ls, benchLease(i))
 	}
 	d.handle(context.Background(), []lease.Update{{Reset: true, Leases: ls}})
-	if len(d.peers.valid) != n || be.syncs != 1 {
-		b.Fatalf("set-up: %d peers after %d syncs, want %d after 1", len(d.peers.valid), be.syncs, n)
+	if d.peers.peerN != n || be.syncs != 1 {
+		b.Fatalf("set-up: %d peers after %d syncs, want %d after 1", d.peers.peerN, be.syncs, n)
 	}
 	return d, be
 }

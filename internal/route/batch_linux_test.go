@@ -110,7 +110,7 @@ func TestBatchNexthopIDTaken(t *testing.T) {
 			t.Errorf("object %d reused: %v", next, n)
 		}
 	}
-	if _, ok := tb.nh.keyOf[next]; ok {
+	if _, ok := tb.nh.keyOf(next); ok {
 		t.Errorf("object %d, someone else's, recorded as ours", next)
 	}
 }

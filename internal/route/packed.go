@@ -17,7 +17,11 @@ import (
 type packedWant string
 
 func packWant(w Want) packedWant {
-	b := make([]byte, 0, 16+len(w.Problem)+32*len(w.Claims)+16*w.State.Len())
+	return packedWant(appendWant(make([]byte, 0, 16+len(w.Problem)+32*len(w.Claims)+16*w.State.Len()), w))
+}
+
+// appendWant appends w, packed, to b.
+func appendWant(b []byte, w Want) []byte {
 	b = appendString(b, w.Problem)
 	b = binary.AppendUvarint(b, uint64(len(w.Claims)))
 	for _, c := range w.Claims {
@@ -44,7 +48,7 @@ func packWant(w Want) packedWant {
 		b = appendAddr(b, f.Dst)
 		b = binary.AppendVarint(b, int64(f.LinkIndex))
 	}
-	return packedWant(b)
+	return b
 }
 
 // problem is the Want's Problem.

@@ -266,7 +266,7 @@ func (w *Watch) Suspect(t *Table) bool {
 		if t.nh == nil {
 			break
 		}
-		if k, ok := t.nh.keyOf[e.nh.ID]; ok && (e.del || k != nhKeyFrom(e.nh.Gw, e.nh.LinkIndex, e.nh.OnLink)) {
+		if k, ok := t.nh.keyOf(e.nh.ID); ok && (e.del || k != nhKeyFrom(e.nh.Gw, e.nh.LinkIndex, e.nh.OnLink)) {
 			return true
 		}
 	}
@@ -276,8 +276,8 @@ func (w *Watch) Suspect(t *Table) bool {
 	for _, e := range viaNH {
 		r := e.route.Route
 		if t.nh != nil {
-			if k, ok := t.nh.keyOf[e.route.NH]; ok {
-				r.Gw, r.LinkIndex, r.OnLink = k.gw.unpack(), int(k.link), k.onLink
+			if k, ok := t.nh.keyOf(e.route.NH); ok {
+				r.Gw, r.LinkIndex, r.OnLink = k.gateway(), int(k.link), k.onLink
 			}
 		}
 		if e.del {
