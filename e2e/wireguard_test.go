@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -111,7 +112,7 @@ func TestWireGuardOverlay(t *testing.T) {
 		wgPackets := 0
 		for _, line := range strings.Split(strings.TrimSpace(text), "\n") {
 			switch {
-			case line == "", strings.HasPrefix(line, "reading from"), strings.Contains(line, " ARP, "), strings.Contains(line, ".2379"),
+			case line == "", strings.HasPrefix(line, "reading from"), strings.Contains(line, " ARP, "), etcdPort.MatchString(line),
 				strings.Contains(line, " ICMP6, ") && (strings.Contains(line, " IP6 fe80::") || strings.Contains(line, " IP6 :: ")):
 				// etcd (TCP 2379), ARP and IPv6 link-local chatter
 				// (neighbour discovery, MLD) are the only other traffic
@@ -257,6 +258,10 @@ func TestWireGuardWrongPSK(t *testing.T) {
 	// h1 runs the PSK the config no longer holds: its doctor says so.
 	opsWantFail(t, l, h1, "wireguard", "PSK other than the one in the network config")
 }
+
+// etcdPort matches a tcpdump line of etcd's traffic: port 2379 at either
+// end (the ".2379" of a timestamp such as 20.237962 is not one).
+var etcdPort = regexp.MustCompile(`\.2379[ :]`)
 
 // capture is a tcpdump writing one interface's packets to a file.
 type capture struct {
