@@ -177,19 +177,16 @@ func (r *reader) mac() MAC {
 }
 
 func (r *reader) addr() netip.Addr {
+	var n int
 	switch r.byte() {
 	case 4:
-		var v [4]byte
-		copy(v[:], r.s)
-		a := netip.AddrFrom4(v)
-		r.s = r.s[4:]
-		return a
+		n = 4
 	case 6:
-		var v [16]byte
-		copy(v[:], r.s)
-		a := netip.AddrFrom16(v)
-		r.s = r.s[16:]
-		return a
+		n = 16
+	default:
+		return netip.Addr{}
 	}
-	return netip.Addr{}
+	a, _ := netip.AddrFromSlice([]byte(r.s[:n]))
+	r.s = r.s[n:]
+	return a
 }
