@@ -70,6 +70,7 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 	udpOpts := udp.Options{
 		Offloads: getenv(udp.OffloadEnv), Datapath: getenv(udp.DatapathEnv), RaiseGOMAXPROCS: true,
 		Deliver: getenv(udp.DeliverEnv),
+		XDP:     getenv(udp.XDPEnv),
 	}
 	if err := serve(ctx, o, getenv, udpOpts, log); err != nil {
 		log.Error("exiting", "err", err)

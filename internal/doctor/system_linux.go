@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/flannel-go/flannel/internal/ethtool"
 )
 
 // linuxSystem reads the network namespace the process runs in.
@@ -119,7 +121,7 @@ func (linuxSystem) IPTablesSave(ctx context.Context, table string) ([]byte, erro
 }
 
 func (linuxSystem) TxChecksumOffload(dev string) (bool, error) {
-	return feature(dev, "tx-checksum-ip-generic")
+	return ethtool.Feature(dev, "tx-checksum-ip-generic")
 }
 
 func (linuxSystem) Probe(ctx context.Context, probes []Probe, timeout time.Duration) []ProbeResult {

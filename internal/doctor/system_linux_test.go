@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flannel-go/flannel/internal/ethtool"
 	"github.com/flannel-go/flannel/internal/netnstest"
 	"github.com/flannel-go/flannel/internal/ns"
 )
@@ -65,7 +66,7 @@ func TestTxChecksumOffloadMatchesEthtool(t *testing.T) {
 	if err == nil {
 		t.Error("no error for a missing device")
 	}
-	err = n.Do(func() error { _, err := feature("vx0", "no-such-feature"); return err })
+	err = n.Do(func() error { _, err := ethtool.Feature("vx0", "no-such-feature"); return err })
 	if err == nil || !strings.Contains(err.Error(), "no-such-feature") {
 		t.Errorf("unknown feature: err = %v", err)
 	}

@@ -107,11 +107,12 @@ func Summarize(ts []Throughput) Summary {
 // NICWire makes every host's underlay veth behave as a NIC's wire does:
 // the sending kernel segments encapsulated super-packets and finishes
 // their checksums before they cross, instead of handing them whole to the
-// other namespace. The udp backend's eBPF datapath needs that (a veth
-// underlay is why its auto mode declines); kernel vxlan is measured on the
-// same wire for a fair comparison. Equivalent to, on each host:
+// other namespace, and the receiving side runs GRO, as a NIC's driver
+// does (a veth has it off). The udp backend's eBPF datapath needs that (a
+// veth underlay is why its auto mode declines); kernel vxlan is measured
+// on the same wire for a fair comparison. Equivalent to, on each host:
 //
-//	ethtool -K eth0 tx off tso off gso off tx-udp_tnl-segmentation off tx-udp_tnl-csum-segmentation off tx-udp-segmentation off
+//	ethtool -K eth0 tx off tso off gso off tx-udp_tnl-segmentation off tx-udp_tnl-csum-segmentation off tx-udp-segmentation off gro on
 func (l *Lab) NICWire(ctx context.Context) error {
 	for _, h := range l.Hosts {
 		n, err := ns.Open(h.NS)
@@ -119,7 +120,7 @@ func (l *Lab) NICWire(ctx context.Context) error {
 			return err
 		}
 		if _, err := n.Run(ctx, "ethtool", "-K", "eth0", "tx", "off", "tso", "off", "gso", "off",
-			"tx-udp_tnl-segmentation", "off", "tx-udp_tnl-csum-segmentation", "off", "tx-udp-segmentation", "off"); err != nil {
+			"tx-udp_tnl-segmentation", "off", "tx-udp_tnl-csum-segmentation", "off", "tx-udp-segmentation", "off", "gro", "on"); err != nil {
 			return fmt.Errorf("lab: %s: NIC-like offloads on eth0: %w", h.Name, err)
 		}
 	}

@@ -36,11 +36,12 @@ func Run(t testing.TB, args ...string) {
 // behaves as a NIC's wire: the kernel segments and checksums packets
 // (encapsulated ones too) before they leave, where a veth would
 // otherwise hand GSO super-packets and unfinished checksums across to
-// the other namespace.
+// the other namespace; and it switches GRO on, as a NIC's driver runs it
+// (a veth does not by default).
 func NICWire(t testing.TB, n *ns.NS, dev string) {
 	t.Helper()
 	Run(t, "ip", "netns", "exec", n.Name, "ethtool", "-K", dev, "tx", "off", "tso", "off", "gso", "off",
-		"tx-udp_tnl-segmentation", "off", "tx-udp_tnl-csum-segmentation", "off", "tx-udp-segmentation", "off")
+		"tx-udp_tnl-segmentation", "off", "tx-udp_tnl-csum-segmentation", "off", "tx-udp-segmentation", "off", "gro", "on")
 }
 
 // BPFFS mounts a private bpf filesystem for the test's pins and unmounts

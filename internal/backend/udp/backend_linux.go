@@ -38,6 +38,8 @@ type Backend struct {
 	pinDir  string // for the eBPF datapath's pins; "" pins nothing
 	// bridgeOnly: the eBPF datapath delivers through flannel0 only.
 	bridgeOnly bool
+	// noXDP: the eBPF datapath leaves the XDP hook alone.
+	noXDP bool
 	// tunName is what the TUN is opened as: upstream's pattern, or the
 	// name of the device a previous process left for us (see persist).
 	tunName string
@@ -93,7 +95,11 @@ func (o Options) New(cfg backend.Config) (backend.Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	b, err := newBackend(cfg, settings{offloads: want, raiseProcs: o.RaiseGOMAXPROCS, datapath: mode, bridgeOnly: bridgeOnly})
+	noXDP, err := parseXDP(o.XDP)
+	if err != nil {
+		return nil, err
+	}
+	b, err := newBackend(cfg, settings{offloads: want, raiseProcs: o.RaiseGOMAXPROCS, datapath: mode, bridgeOnly: bridgeOnly, noXDP: noXDP})
 	if err != nil {
 		return nil, err
 	}
@@ -111,6 +117,9 @@ type settings struct {
 	// bridgeOnly turns the eBPF datapath's direct delivery to local
 	// containers off (fastpath.Config.BridgeOnly).
 	bridgeOnly bool
+	// noXDP keeps the eBPF datapath off the XDP hook
+	// (fastpath.Config.NoXDP).
+	noXDP bool
 	// pinDir overrides where the eBPF datapath pins its maps and links
 	// (tests use a private bpf filesystem); "" means defaultPinDir.
 	pinDir string
@@ -147,6 +156,7 @@ func newBackend(cfg backend.Config, set settings) (*Backend, error) {
 		procs:      set.raiseProcs,
 		mode:       set.datapath,
 		bridgeOnly: set.bridgeOnly,
+		noXDP:      set.noXDP,
 		pinDir:     set.pinDir,
 		tunName:    tunPattern,
 	}, nil
@@ -512,6 +522,7 @@ func (b *Backend) Stats() Stats {
 			s.EBPF = &EBPFStats{
 				OutPackets: c.OutPackets, OutBytes: c.OutBytes, InPackets: c.InPackets, InBytes: c.InBytes,
 				DirectPackets: c.PeerPackets, DirectBytes: c.PeerBytes,
+				XDPPackets: c.XDPPackets, XDPBytes: c.XDPBytes,
 			}
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/flannel-go/flannel/internal/backend/udp/fastpath"
+	"github.com/flannel-go/flannel/internal/ethtool"
 )
 
 // The eBPF datapath (package fastpath) runs beside the userspace one: its
@@ -117,6 +118,16 @@ func (b *Backend) startEBPF() error {
 	if err != nil {
 		return fmt.Errorf("udp: find external interface %s: %w", b.ext.Name, err)
 	}
+	noXDP := b.noXDP
+	if !noXDP {
+		// XDP decapsulates so that GRO can merge the inner segments;
+		// where the device runs no GRO (a veth, by default) it only
+		// adds work, and decapsulating after GRO does the same.
+		if on, err := ethtool.Feature(b.ext.Name, "rx-gro"); err == nil && !on {
+			b.log.Info("not decapsulating in XDP: GRO is off on the external interface", "interface", b.ext.Name)
+			noXDP = true
+		}
+	}
 	cfg := fastpath.Config{
 		PublicIP:   b.ext.IfaceAddr,
 		Port:       b.port,
@@ -125,6 +136,7 @@ func (b *Backend) startEBPF() error {
 		Own:        b.own,
 		PinDir:     b.pinDir,
 		BridgeOnly: b.bridgeOnly,
+		NoXDP:      noXDP,
 	}
 	fp, err := fastpath.Open(cfg, b.log)
 	if err != nil {
@@ -145,7 +157,7 @@ func (b *Backend) startEBPF() error {
 		deliver = "bridge"
 	}
 	b.log.Info("forwarding known peers in the kernel (eBPF)", "adopted", fp.Adopted(), "pins", cfg.PinDir,
-		"deliver", deliver)
+		"deliver", deliver, "xdp", fp.XDP())
 	return nil
 }
 

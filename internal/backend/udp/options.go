@@ -30,6 +30,12 @@ const DatapathEnv = "FLANNEL_UDP_DATAPATH"
 // Options.Deliver.
 const DeliverEnv = "FLANNEL_UDP_DELIVER"
 
+// XDPEnv names the environment variable that says whether the eBPF
+// datapath decapsulates in XDP where the external interface's driver
+// supports it: "auto" (the default) or "off"; flanneld's main reads it
+// into Options.XDP.
+const XDPEnv = "FLANNEL_UDP_XDP"
+
 // Info is what the udp backend states about itself.
 var Info = backend.Info{
 	Type:     Type,
@@ -74,6 +80,11 @@ type Options struct {
 	// kube-proxy install it) and kube-proxy's translation of replies to a
 	// Service connection, so it is never chosen for the user.
 	Deliver string
+	// XDP is the value of FLANNEL_UDP_XDP: "" or "auto" decapsulates
+	// in an XDP program before GRO where the driver runs one natively,
+	// so that GRO merges the inner TCP segments; "off" leaves the
+	// interface's XDP hook alone (for another program that needs it).
+	XDP string
 	// Collector, if not nil, exports the counters of each backend built.
 	Collector *Collector
 }
@@ -114,6 +125,17 @@ func parseDeliver(v string) (bridgeOnly bool, err error) {
 		return false, nil
 	}
 	return false, fmt.Errorf("udp: %s=%q: want auto, direct or bridge", DeliverEnv, v)
+}
+
+// parseXDP reads Options.XDP: whether the eBPF datapath leaves XDP alone.
+func parseXDP(v string) (noXDP bool, err error) {
+	switch strings.ToLower(strings.TrimSpace(v)) {
+	case "", "auto":
+		return false, nil
+	case "off":
+		return true, nil
+	}
+	return false, fmt.Errorf("udp: %s=%q: want auto or off", XDPEnv, v)
 }
 
 type offloadSet struct {

@@ -25,6 +25,8 @@ type EBPFStats struct {
 	InPackets, InBytes   uint64
 	// Of In, delivered straight to a local container's veth.
 	DirectPackets, DirectBytes uint64
+	// Of In, decapsulated by the XDP program (before GRO).
+	XDPPackets, XDPBytes uint64
 }
 
 // Direction counts one direction of the datapath.

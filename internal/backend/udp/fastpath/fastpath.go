@@ -61,6 +61,7 @@
 package fastpath
 
 import (
+	"crypto/rand"
 	"encoding/binary"
 	"math/bits"
 	"net/netip"
@@ -90,9 +91,17 @@ type Config struct {
 	// netfilter hooks (see endpoints_linux.go for what direct delivery
 	// bypasses).
 	BridgeOnly bool
+	// NoXDP leaves the external interface without the XDP program, so
+	// that the ingress program decapsulates alone, after GRO.
+	NoXDP bool
 	// PinDir is where maps and links are pinned, a directory on a bpf
 	// filesystem; "" pins nothing (a restart then reloads everything).
 	PinDir string
+
+	// mark is the Ethernet source address the XDP program gives the
+	// packets it decapsulates, by which the ingress program knows them
+	// (see xdpInsns); Open sets it.
+	mark [6]byte
 }
 
 // Layout of the config map's value; offsets are used by the programs.
@@ -103,7 +112,8 @@ const (
 	cfgTUNIndex = 12 // uint32
 	cfgOwnNet   = 16 // [4]byte, network order
 	cfgOwnMask  = 20 // [4]byte, network order
-	cfgSize     = 24
+	cfgMark     = 24 // [6]byte, an Ethernet address
+	cfgSize     = 32
 )
 
 // marshalConfig renders c as the config map's value. An invalid Own gives
@@ -116,6 +126,7 @@ func marshalConfig(c Config) []byte {
 		copy(b[cfgPublicIP:], a[:])
 	}
 	binary.BigEndian.PutUint16(b[cfgPort:], c.Port)
+	copy(b[cfgMark:], c.mark[:])
 	binary.NativeEndian.PutUint32(b[cfgExtIndex:], uint32(c.ExtIndex))
 	binary.NativeEndian.PutUint32(b[cfgTUNIndex:], uint32(c.TUNIndex))
 	if c.Own.IsValid() && c.Own.Addr().Is4() {
@@ -132,6 +143,27 @@ func marshalConfig(c Config) []byte {
 		binary.BigEndian.PutUint32(b[cfgOwnMask:], 0)
 	}
 	return b
+}
+
+// markFromConfig reads the mark back from a config map value; false if
+// it holds none.
+func markFromConfig(b []byte) ([6]byte, bool) {
+	var m [6]byte
+	if len(b) != cfgSize {
+		return m, false
+	}
+	copy(m[:], b[cfgMark:])
+	return m, m != [6]byte{}
+}
+
+// newMark returns a random locally administered unicast Ethernet address:
+// one that no device on the wire has and no sender can know, so a frame
+// from the wire cannot pass for a packet the XDP program decapsulated.
+func newMark() [6]byte {
+	var m [6]byte
+	_, _ = rand.Read(m[:]) // never fails (crypto/rand)
+	m[0] = m[0]&^0x01 | 0x02
+	return m
 }
 
 // ownFromConfig reads our subnet back from a config map value; invalid

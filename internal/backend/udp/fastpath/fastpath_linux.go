@@ -17,6 +17,7 @@ import (
 const (
 	pinEgress  = "egress"
 	pinIngress = "ingress"
+	pinXDP     = "xdp"
 )
 
 // Datapath is the loaded and attached programs with their maps. Its
@@ -27,6 +28,10 @@ type Datapath struct {
 	coll *ebpf.Collection
 	// The links: pinned ones outlive the process; Close leaves them.
 	egress, ingress link.Link
+	// xdp is the XDP program's link on the external interface; nil
+	// where the driver has no native XDP (the ingress program then
+	// decapsulates alone).
+	xdp link.Link
 	// adopted says the maps and links came from a previous process.
 	adopted bool
 	// eps keeps the endpoints map; nil when direct delivery is off.
@@ -56,12 +61,20 @@ func Open(cfg Config, log *slog.Logger) (*Datapath, error) {
 			d.Close()
 		}
 	}()
-	if d.adopted && !d.cfg.Own.IsValid() {
-		// Before Configure the old programs, still attached, go on
-		// decapsulating for the subnet they were given until SetOwn.
+	d.cfg.mark = newMark()
+	if d.adopted {
 		var old []byte
 		if err := d.coll.Maps[mapConfig].Lookup(uint32(0), &old); err == nil {
-			d.cfg.Own = ownFromConfig(old)
+			// The old XDP program goes on marking packets until the new
+			// one replaces it: keep its mark.
+			if m, ok := markFromConfig(old); ok {
+				d.cfg.mark = m
+			}
+			// Before Configure the old programs, still attached, go on
+			// decapsulating for the subnet they were given until SetOwn.
+			if !d.cfg.Own.IsValid() {
+				d.cfg.Own = ownFromConfig(old)
+			}
 		}
 	}
 	if err := d.writeConfig(); err != nil {
@@ -73,6 +86,11 @@ func Open(cfg Config, log *slog.Logger) (*Datapath, error) {
 	}
 	if d.ingress, err = d.attach(progIngress, pinIngress, cfg.ExtIndex, ebpf.AttachTCXIngress); err != nil {
 		return nil, err
+	}
+	if cfg.NoXDP {
+		d.detachPinned(pinXDP)
+	} else if d.xdp, err = d.attachXDP(); err != nil {
+		log.Info("decapsulating after GRO: no native XDP on the external interface", "ifindex", cfg.ExtIndex, "err", err)
 	}
 	if !cfg.BridgeOnly {
 		// An optimisation: without it every packet takes the bridge.
@@ -164,6 +182,66 @@ func (d *Datapath) attach(prog, pin string, ifindex int, typ ebpf.AttachType) (l
 	}
 	return l, nil
 }
+
+// attachXDP puts the XDP program on the external interface in driver
+// mode, adopting a pinned link there as attach does. Generic (skb) mode
+// is not tried: it runs after GRO, where the ingress program already
+// does the same work.
+func (d *Datapath) attachXDP() (link.Link, error) {
+	p := d.coll.Programs[progXDP]
+	path := ""
+	if d.cfg.PinDir != "" {
+		path = filepath.Join(d.cfg.PinDir, pinXDP)
+		if l, err := link.LoadPinnedLink(path, nil); err == nil {
+			if sameXDP(l, d.cfg.ExtIndex) {
+				if err := l.Update(p); err == nil {
+					return l, nil
+				}
+			}
+			_ = l.Unpin()
+			_ = l.Close()
+		} else if !errors.Is(err, os.ErrNotExist) {
+			_ = os.Remove(path)
+		}
+	}
+	l, err := link.AttachXDP(link.XDPOptions{Program: p, Interface: d.cfg.ExtIndex, Flags: link.XDPDriverMode})
+	if err != nil {
+		return nil, err
+	}
+	if path != "" {
+		if err := l.Pin(path); err != nil {
+			l.Close()
+			return nil, fmt.Errorf("pin %s: %w", path, err)
+		}
+	}
+	return l, nil
+}
+
+// detachPinned detaches and unpins the link pinned under name, if any.
+func (d *Datapath) detachPinned(name string) {
+	if d.cfg.PinDir == "" {
+		return
+	}
+	path := filepath.Join(d.cfg.PinDir, name)
+	if l, err := link.LoadPinnedLink(path, nil); err == nil {
+		_ = l.Unpin()
+		_ = l.Close()
+	}
+}
+
+// sameXDP says whether l is an XDP link on this interface.
+func sameXDP(l link.Link, ifindex int) bool {
+	info, err := l.Info()
+	if err != nil {
+		return false
+	}
+	x := info.XDP()
+	return x != nil && int(x.Ifindex) == ifindex
+}
+
+// XDP says whether the XDP program decapsulates on the external
+// interface.
+func (d *Datapath) XDP() bool { return d.xdp != nil }
 
 // sameTCX says whether l is a tcx link of this type on this interface.
 // A link whose device was deleted reports ifindex 0.
@@ -277,12 +355,12 @@ func (d *Datapath) Close() error {
 		}
 		d.eps = nil
 	}
-	for _, l := range []link.Link{d.egress, d.ingress} {
+	for _, l := range []link.Link{d.egress, d.ingress, d.xdp} {
 		if l != nil {
 			errs = append(errs, l.Close())
 		}
 	}
-	d.egress, d.ingress = nil, nil
+	d.egress, d.ingress, d.xdp = nil, nil, nil
 	if d.coll != nil {
 		d.coll.Close()
 		d.coll = nil
@@ -294,7 +372,7 @@ func (d *Datapath) Close() error {
 // and nothing should forward for it any more.
 func (d *Datapath) Remove() error {
 	var errs []error
-	for _, l := range []link.Link{d.egress, d.ingress} {
+	for _, l := range []link.Link{d.egress, d.ingress, d.xdp} {
 		if l != nil {
 			if err := l.Unpin(); err != nil {
 				errs = append(errs, err)
@@ -363,7 +441,7 @@ func RemovePinned(dir string) error {
 		return nil
 	}
 	var errs []error
-	for _, name := range []string{pinEgress, pinIngress} {
+	for _, name := range []string{pinEgress, pinIngress, pinXDP} {
 		path := filepath.Join(dir, name)
 		l, err := link.LoadPinnedLink(path, nil)
 		if errors.Is(err, os.ErrNotExist) {
@@ -404,6 +482,9 @@ func (d *Datapath) Check() error {
 			return fmt.Errorf("fastpath: %s program no longer attached to ifindex %d", c.name, c.ifindex)
 		}
 	}
+	if d.xdp != nil && !sameXDP(d.xdp, d.cfg.ExtIndex) {
+		return fmt.Errorf("fastpath: %s program no longer attached to ifindex %d", pinXDP, d.cfg.ExtIndex)
+	}
 	return nil
 }
 
@@ -413,6 +494,7 @@ type Counters struct {
 	OutPackets, OutBytes   uint64 // encapsulated to peers
 	InPackets, InBytes     uint64 // decapsulated for our subnet
 	PeerPackets, PeerBytes uint64 // of those, delivered straight to a container
+	XDPPackets, XDPBytes   uint64 // of those, decapsulated in XDP (before GRO)
 }
 
 // Counters sums the programs' per-CPU counters. With adopted maps they
@@ -424,6 +506,7 @@ func (d *Datapath) Counters() (Counters, error) {
 		statOut:  {&c.OutPackets, &c.OutBytes},
 		statIn:   {&c.InPackets, &c.InBytes},
 		statPeer: {&c.PeerPackets, &c.PeerBytes},
+		statXDP:  {&c.XDPPackets, &c.XDPBytes},
 	} {
 		var per []pair
 		if err := d.coll.Maps[mapStats].Lookup(key, &per); err != nil {

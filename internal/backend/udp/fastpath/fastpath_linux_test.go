@@ -16,6 +16,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/flannel-go/flannel/internal/netnstest"
@@ -156,7 +157,7 @@ func TestLoadAdoptRemove(t *testing.T) {
 	if err := dp.Close(); err != nil {
 		t.Fatal(err)
 	}
-	for _, pin := range []string{pinEgress, pinIngress, mapPeers, mapConfig, mapPeerIPs} {
+	for _, pin := range []string{pinEgress, pinIngress, pinXDP, mapPeers, mapConfig, mapPeerIPs} {
 		if _, err := os.Stat(filepath.Join(h.pins, pin)); err != nil {
 			t.Errorf("after Close: %v", err)
 		}
@@ -194,6 +195,13 @@ func TestLoadAdoptRemove(t *testing.T) {
 	if n := tcxCount(t, h, "eth0"); n != 1 {
 		t.Errorf("%d tcx programs on eth0 after adoption, want 1", n)
 	}
+	if id := xdpProgID(t, h); id == 0 || !dp.XDP() {
+		t.Errorf("no XDP program on eth0 after adoption (XDP() = %v)", dp.XDP())
+	} else if info, err := dp.coll.Programs[progXDP].Info(); err != nil {
+		t.Fatal(err)
+	} else if pid, _ := info.ID(); uint32(pid) != id {
+		t.Errorf("XDP program %d on eth0, want the adopting process's %d", id, pid)
+	}
 	if err := dp.Remove(); err != nil {
 		t.Fatal(err)
 	}
@@ -203,6 +211,28 @@ func TestLoadAdoptRemove(t *testing.T) {
 	if n := tcxCount(t, h, "eth0"); n != 0 {
 		t.Errorf("%d tcx programs on eth0 after Remove, want 0", n)
 	}
+	if id := xdpProgID(t, h); id != 0 {
+		t.Errorf("XDP program %d on eth0 after Remove", id)
+	}
+}
+
+// xdpProgID is the id of the XDP program on h's eth0, 0 if none.
+func xdpProgID(t *testing.T, h *host) uint32 {
+	t.Helper()
+	var id uint32
+	if err := h.ns.Do(func() error {
+		l, err := netlink.LinkByIndex(h.extIdx)
+		if err != nil {
+			return err
+		}
+		if x := l.Attrs().Xdp; x != nil && x.Attached {
+			id = x.ProgId
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return id
 }
 
 // tcxCount counts the programs attached with tcx to one of h's devices,
@@ -239,7 +269,9 @@ func TestForwarding(t *testing.T) {
 		}
 	}
 	h1, h2 := hs[0], hs[1]
-	capt := startCapture(t, h2.ns, "eth0")
+	// What h1 sends: h2's XDP program decapsulates before a capture
+	// there would see the datagrams.
+	capt := startCapture(t, h1.ns, "eth0")
 
 	// Nobody reads the TUNs: whatever crosses, crossed in the kernel.
 	mustPing(t, h1.ctr, h2.ctrAddr)
@@ -288,7 +320,7 @@ func TestForwarding(t *testing.T) {
 		}
 	}
 	datagrams, bad := capt.result()
-	t.Logf("capture on h2's eth0: %d datagrams on port 8285", datagrams)
+	t.Logf("capture on h1's eth0: %d datagrams on port 8285", datagrams)
 	if datagrams < 1000 { // the capture socket drops some under load: the counters above count them all
 		t.Errorf("capture saw only %d datagrams", datagrams)
 	}
@@ -328,8 +360,9 @@ func transfer(t *testing.T, from, to *host, size int) time.Duration {
 	return netnstest.Transfer(t, from.ctr, to.ctr, to.ctrAddr, size)
 }
 
-// capture checks every UDP datagram to port 8285 that arrives on an
-// interface against upstream's format: at most the underlay MTU, UDP
+// capture checks every UDP datagram to port 8285 that leaves through an
+// interface (segmented, checksums done: the interface is a NIC's wire)
+// against upstream's format: at most the underlay MTU, UDP
 // checksum 0, ports 8285, exactly one IPv4 packet whose TCP or UDP
 // checksum (if any) is valid.
 type capture struct {
@@ -343,7 +376,7 @@ type capture struct {
 func startCapture(t *testing.T, n *ns.NS, ifname string) *capture {
 	c := &capture{}
 	c.Capture = netnstest.StartCapture(t, n, ifname, unix.SOCK_DGRAM, false, func(ip []byte, from *unix.SockaddrLinklayer) {
-		if from == nil || from.Pkttype == unix.PACKET_OUTGOING || from.Protocol != htons(unix.ETH_P_IP) {
+		if from == nil || from.Pkttype != unix.PACKET_OUTGOING || from.Protocol != htons(unix.ETH_P_IP) {
 			return
 		}
 		c.packet(ip)

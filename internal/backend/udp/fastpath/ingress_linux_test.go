@@ -18,7 +18,8 @@ import (
 
 var testCfg = Config{
 	PublicIP: netip.MustParseAddr("192.168.77.2"), Port: 8285, ExtIndex: 2, TUNIndex: 5,
-	Own: netip.MustParsePrefix("10.77.2.0/24"),
+	Own:  netip.MustParsePrefix("10.77.2.0/24"),
+	mark: [6]byte{0x02, 0x5a, 0x11, 0x22, 0x33, 0x44},
 }
 
 var testPeer = netip.MustParseAddr("192.168.77.1")
@@ -86,6 +87,22 @@ func wantDecap(f []byte) bool {
 	return netip.AddrFrom4([4]byte(ip[12:16])) == testPeer
 }
 
+// wantMarked is the reference for frames the XDP program decapsulated
+// (Ethernet source the mark): whether the program must deliver f as it is.
+func wantMarked(f []byte) bool {
+	if len(f) < ethLen+20 || !bytes.Equal(f[6:12], testCfg.mark[:]) || binary.BigEndian.Uint16(f[12:]) != 0x0800 || f[ethLen]>>4 != 4 {
+		return false
+	}
+	inner := f[ethLen:]
+	return testCfg.Own.Contains(netip.AddrFrom4([4]byte(inner[16:20]))) && !testCfg.Own.Contains(netip.AddrFrom4([4]byte(inner[12:16])))
+}
+
+// marked is frame() as the XDP program leaves it.
+func marked() []byte {
+	f := frame()
+	return append(append(append(f[:6:6], testCfg.mark[:]...), 0x08, 0x00), f[inInner:]...)
+}
+
 // checkIngress runs the program on f and compares with the reference.
 func checkIngress(t *testing.T, prog *ebpf.Program, f []byte) {
 	t.Helper()
@@ -93,6 +110,15 @@ func checkIngress(t *testing.T, prog *ebpf.Program, f []byte) {
 	ret, err := prog.Run(&ebpf.RunOptions{Data: f, DataOut: out})
 	if err != nil {
 		t.Fatalf("run: %v", err)
+	}
+	if bytes.Equal(f[6:12], testCfg.mark[:]) {
+		switch want := wantMarked(f); {
+		case want && (ret != retRedirect || !bytes.Equal(out[:len(f)], f)):
+			t.Errorf("marked frame % x: returned %#x with % x, want a redirect of it unchanged", f, ret, out[:len(f)])
+		case !want && (ret != retNext || !bytes.Equal(out[:len(f)], f)):
+			t.Errorf("marked frame % x: returned %#x with % x, want it passed on unchanged", f, ret, out[:len(f)])
+		}
+		return
 	}
 	want := wantDecap(f)
 	switch {
@@ -107,33 +133,116 @@ func checkIngress(t *testing.T, prog *ebpf.Program, f []byte) {
 	}
 }
 
+// mutations turn a valid frame into each case the programs must tell
+// apart.
+var mutations = map[string]func(f []byte) []byte{
+	"valid":              func(f []byte) []byte { return f },
+	"not IPv4":           func(f []byte) []byte { f[12] = 0x86; return f },
+	"IP options":         func(f []byte) []byte { f[inIP] = 0x46; return f },
+	"TCP, not UDP":       func(f []byte) []byte { f[inIP+9] = 6; return f },
+	"fragment":           func(f []byte) []byte { f[inIP+6] |= 0x20; return f },
+	"fragment offset":    func(f []byte) []byte { f[inIP+7] = 1; return f },
+	"other destination":  func(f []byte) []byte { f[inIP+19]++; return f },
+	"other port":         func(f []byte) []byte { f[inUDP+3]++; return f },
+	"unknown peer":       func(f []byte) []byte { f[inIP+15]++; return f },
+	"two packets":        func(f []byte) []byte { f[inIP+3]++; return append(f, 0) },
+	"inner not IPv4":     func(f []byte) []byte { f[inInner] = 0x65; return f },
+	"not for our subnet": func(f []byte) []byte { f[inInner+18] = 3; return f },
+	"from our subnet":    func(f []byte) []byte { f[inInner+14] = 2; return f },
+	"truncated":          func(f []byte) []byte { return f[:inInner+10] },
+	// A 64 KiB inner packet: the outer length wraps, as our egress
+	// program writes it for such a super-packet.
+	"wrapped length": func(f []byte) []byte {
+		binary.BigEndian.PutUint16(f[inInner+2:], 65530)
+		binary.BigEndian.PutUint16(f[inIP+2:], (65530+28)&0xffff)
+		return f
+	},
+}
+
 func TestIngressProgram(t *testing.T) {
 	prog := loadIngressOnce(t)
-	for name, mut := range map[string]func(f []byte) []byte{
-		"valid":              func(f []byte) []byte { return f },
-		"not IPv4":           func(f []byte) []byte { f[12] = 0x86; return f },
-		"IP options":         func(f []byte) []byte { f[inIP] = 0x46; return f },
-		"TCP, not UDP":       func(f []byte) []byte { f[inIP+9] = 6; return f },
-		"fragment":           func(f []byte) []byte { f[inIP+6] |= 0x20; return f },
-		"fragment offset":    func(f []byte) []byte { f[inIP+7] = 1; return f },
-		"other destination":  func(f []byte) []byte { f[inIP+19]++; return f },
-		"other port":         func(f []byte) []byte { f[inUDP+3]++; return f },
-		"unknown peer":       func(f []byte) []byte { f[inIP+15]++; return f },
-		"two packets":        func(f []byte) []byte { f[inIP+3]++; return append(f, 0) },
-		"inner not IPv4":     func(f []byte) []byte { f[inInner] = 0x65; return f },
-		"not for our subnet": func(f []byte) []byte { f[inInner+18] = 3; return f },
-		"from our subnet":    func(f []byte) []byte { f[inInner+14] = 2; return f },
-		"truncated":          func(f []byte) []byte { return f[:inInner+10] },
-		// A 64 KiB inner packet: the outer length wraps, as our egress
-		// program writes it for such a super-packet.
-		"wrapped length": func(f []byte) []byte {
-			binary.BigEndian.PutUint16(f[inInner+2:], 65530)
-			binary.BigEndian.PutUint16(f[inIP+2:], (65530+28)&0xffff)
-			return f
-		},
-	} {
+	for name, mut := range mutations {
 		t.Run(name, func(t *testing.T) { checkIngress(t, prog, mut(frame())) })
 	}
+	// What the XDP program decapsulated is only delivered; a frame
+	// needs the whole mark, and its packet must be for our subnet.
+	for name, mut := range map[string]func(f []byte) []byte{
+		"marked":             func(f []byte) []byte { return f },
+		"mark differs":       func(f []byte) []byte { f[11]++; return f },
+		"not IPv4":           func(f []byte) []byte { f[12] = 0x86; return f },
+		"inner not IPv4":     func(f []byte) []byte { f[ethLen] = 0x65; return f },
+		"not for our subnet": func(f []byte) []byte { f[ethLen+18] = 3; return f },
+		"from our subnet":    func(f []byte) []byte { f[ethLen+14] = 2; return f },
+	} {
+		t.Run(name, func(t *testing.T) {
+			f := mut(marked())
+			if name == "marked" && !wantMarked(f) || name != "marked" && wantMarked(f) {
+				t.Fatalf("the reference disagrees with the case")
+			}
+			checkIngress(t, prog, f)
+		})
+	}
+}
+
+// checkXDP runs the XDP program on f and compares with the reference: a
+// frame to decapsulate leaves as the inner packet behind an Ethernet
+// header from the mark to the frame's destination; any other leaves as it
+// came. Both pass on to the stack.
+func checkXDP(t *testing.T, prog *ebpf.Program, f []byte) {
+	t.Helper()
+	out := make([]byte, len(f)+64)
+	ret, err := prog.Run(&ebpf.RunOptions{Data: f, DataOut: out})
+	if err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	if ret != xdpPass {
+		t.Fatalf("frame % x: returned %d, want XDP_PASS", f, ret)
+	}
+	if wantDecap(f) {
+		want := append(append(append(append([]byte(nil), f[:6]...), testCfg.mark[:]...), 0x08, 0x00), f[inInner:]...)
+		if got := out[:len(want)]; !bytes.Equal(got, want) {
+			t.Errorf("frame % x: decapsulated to % x, want % x", f, got, want)
+		}
+	} else if !bytes.Equal(out[:len(f)], f) {
+		t.Errorf("frame % x: passed on changed: % x", f, out[:len(f)])
+	}
+}
+
+func TestXDPProgram(t *testing.T) {
+	prog := loadXDPOnce(t)
+	for name, mut := range mutations {
+		if name == "wrapped length" {
+			continue // a super-packet never reaches XDP
+		}
+		t.Run(name, func(t *testing.T) { checkXDP(t, prog, mut(frame())) })
+	}
+}
+
+// FuzzXDP is FuzzIngress for the XDP program.
+func FuzzXDP(f *testing.F) {
+	f.Add(0, byte(0), 0)
+	f.Add(inIP+9, byte(6), 0)
+	f.Add(inInner+2, byte(1), 3)
+	f.Fuzz(func(t *testing.T, at int, v byte, cut int) {
+		prog := loadXDPOnce(t)
+		fr := frame()
+		if at >= 0 && at < len(fr) {
+			fr[at] ^= v
+		}
+		if cut > 0 && cut <= len(fr)-ethLen {
+			fr = fr[:len(fr)-cut]
+		}
+		checkXDP(t, prog, fr)
+	})
+}
+
+var xdpProg *ebpf.Program
+
+func loadXDPOnce(t *testing.T) *ebpf.Program {
+	if xdpProg == nil {
+		xdpProg = loadIngress(t).Programs[progXDP]
+	}
+	return xdpProg
 }
 
 // FuzzIngress mutates a valid frame anywhere; the program must agree with
@@ -142,9 +251,14 @@ func FuzzIngress(f *testing.F) {
 	f.Add(0, byte(0), 0)
 	f.Add(inIP+9, byte(6), 0)
 	f.Add(inInner+2, byte(1), 3)
+	f.Add(-1, byte(0), 0)
+	f.Add(-ethLen-20, byte(3), 0)
 	f.Fuzz(func(t *testing.T, at int, v byte, cut int) {
 		prog := loadIngressOnce(t)
 		fr := frame()
+		if at < 0 { // a negative offset mutates a marked frame
+			fr, at = marked(), -at-1
+		}
 		if at >= 0 && at < len(fr) {
 			fr[at] ^= v
 		}

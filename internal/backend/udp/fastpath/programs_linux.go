@@ -14,6 +14,12 @@ const (
 	skbGSOSegs = 164
 )
 
+// Offsets into struct xdp_md.
+const (
+	xdpData    = 0
+	xdpDataEnd = 4
+)
+
 // pullInsns leaves R2 = skb->data and R3 = skb->data_end with at least n
 // bytes between them, pulling them into the linear part first if they
 // are not there (a socket's datagram may carry only its headers there, its
@@ -115,6 +121,8 @@ func saveCountInsns(hdr int32, label string) asm.Instructions {
 const (
 	tcxNext = -1 // not ours: let the next program or the stack have it
 	tcxDrop = 2
+	xdpDrop = 1 // XDP_DROP
+	xdpPass = 2 // XDP_PASS
 
 	adjRoomMAC = 1 // BPF_ADJ_ROOM_MAC
 
@@ -142,14 +150,15 @@ const (
 	mapEndpoints = "endpoints"
 )
 
-// Keys of the stats map: one pair of counters per direction, and one for
-// the decapsulated packets delivered straight to a container (a subset
-// of statIn).
+// Keys of the stats map: one pair of counters per direction, and two
+// subsets of statIn: the decapsulated packets delivered straight to a
+// container, and those decapsulated in XDP.
 const (
 	statOut  = 0
 	statIn   = 1
 	statPeer = 2
-	statKeys = 3
+	statXDP  = 3 // of statIn, those the XDP program decapsulated
+	statKeys = 4
 )
 
 // maxEndpoints bounds the endpoints map: a /16 subnet's containers.
@@ -319,24 +328,12 @@ const (
 	inInner = inUDP + udpLen
 )
 
-// ingressInsns decapsulates datagrams on the external interface that are
-// for our public IP and port, come from a known peer and carry exactly one
-// IPv4 packet for our subnet, and hands the inner packet to flannel0's
-// ingress. Everything else, GSO packets included, goes on unchanged.
-func ingressInsns() asm.Instructions {
-	const pass, toTUN = "pass", "to_tun"
-	insns := asm.Instructions{
-		asm.Mov.Reg(asm.R6, asm.R1),
-		asm.LoadMem(asm.R8, asm.R6, skbGSOSize, asm.Word), // R8 = gso_size
-	}
-	insns = append(insns, configInsns(pass)...)
-	insns = append(insns,
-		asm.LoadMem(asm.R2, asm.R9, cfgTUNIndex, asm.Word),
-		asm.JEq.Imm(asm.R2, 0, pass),
-	)
-	insns = append(insns, pullInsns(inInner+20, "in_pulled", pass)...)
-	insns = append(insns, asm.Instructions{
-
+// matchOuterInsns jumps to pass unless R2 (packet data at the Ethernet
+// header, at least inInner+20 bytes before data_end) holds an IPv4/UDP
+// datagram for our public IP and port (R9 the config) whose payload is
+// exactly one IPv4 packet. It clobbers R4 and R5.
+func matchOuterInsns(pass string) asm.Instructions {
+	return asm.Instructions{
 		// Outer: IPv4 without options, UDP, not a fragment, to our
 		// public IP and port.
 		asm.LoadMem(asm.R4, asm.R2, 12, asm.Half),
@@ -369,7 +366,103 @@ func ingressInsns() asm.Instructions {
 		asm.LoadMem(asm.R4, asm.R2, inInner, asm.Byte),
 		asm.And.Imm(asm.R4, 0xf0),
 		asm.JNE.Imm(asm.R4, 0x40, pass),
+	}
+}
 
+// matchInnerInsns jumps to pass unless the IPv4 packet at R2+off is for
+// our subnet and not from it (the userspace path's rule), and leaves its
+// destination on the stack at fpEndpoint, the endpoints map's key. It
+// clobbers R0, R4 and R5.
+func matchInnerInsns(off int16, pass string) asm.Instructions {
+	return asm.Instructions{
+		asm.LoadMem(asm.R5, asm.R9, cfgOwnMask, asm.Word),
+		asm.LoadMem(asm.R0, asm.R9, cfgOwnNet, asm.Word),
+		asm.LoadMem(asm.R4, asm.R2, off+16, asm.Word),
+		asm.And.Reg(asm.R4, asm.R5),
+		asm.JNE.Reg(asm.R4, asm.R0, pass),
+		asm.LoadMem(asm.R4, asm.R2, off+12, asm.Word),
+		asm.And.Reg(asm.R4, asm.R5),
+		asm.JEq.Reg(asm.R4, asm.R0, pass),
+		asm.LoadMem(asm.R4, asm.R2, off+16, asm.Word),
+		asm.StoreMem(asm.RFP, fpEndpoint, asm.R4, asm.Word),
+	}
+}
+
+// matchPeerInsns jumps to pass unless the outer source of the datagram at
+// R2 is a peer we know. It clobbers R0-R5.
+func matchPeerInsns(pass string) asm.Instructions {
+	return asm.Instructions{
+		asm.LoadMem(asm.R4, asm.R2, inIP+12, asm.Word),
+		asm.StoreMem(asm.RFP, -8, asm.R4, asm.Word),
+		asm.LoadMapPtr(asm.R1, 0).WithReference(mapPeerIPs),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -8),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, pass),
+	}
+}
+
+// endpointInsns sets R7 to the endpoints map's entry for the key at
+// fpEndpoint: the local container the inner packet is for, or 0. It
+// clobbers R0-R5.
+func endpointInsns() asm.Instructions {
+	return asm.Instructions{
+		asm.LoadMapPtr(asm.R1, 0).WithReference(mapEndpoints),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, fpEndpoint),
+		asm.FnMapLookupElem.Call(),
+		asm.Mov.Reg(asm.R7, asm.R0),
+	}
+}
+
+// ingressInsns decapsulates datagrams on the external interface that are
+// for our public IP and port, come from a known peer and carry exactly one
+// IPv4 packet for our subnet, and hands the inner packet to flannel0's
+// ingress. Everything else, GSO packets included, goes on unchanged.
+// Packets the XDP program already decapsulated (marked in their metadata)
+// are only delivered.
+func ingressInsns() asm.Instructions {
+	const pass, toTUN, deliver = "pass", "to_tun", "deliver"
+	insns := asm.Instructions{
+		asm.Mov.Reg(asm.R6, asm.R1),
+		asm.LoadMem(asm.R8, asm.R6, skbGSOSize, asm.Word), // R8 = gso_size
+	}
+	insns = append(insns, configInsns(pass)...)
+	insns = append(insns,
+		asm.LoadMem(asm.R2, asm.R9, cfgTUNIndex, asm.Word),
+		asm.JEq.Imm(asm.R2, 0, pass),
+	)
+	// Decapsulated by our XDP program: it wrote the mark as the Ethernet
+	// source address.
+	insns = append(insns, pullInsns(ethLen+20, "head_pulled", pass)...)
+	insns = append(insns,
+		asm.LoadMem(asm.R4, asm.R2, 6, asm.Word),
+		asm.LoadMem(asm.R5, asm.R9, cfgMark, asm.Word),
+		asm.JNE.Reg(asm.R4, asm.R5, "encapsulated"),
+		asm.LoadMem(asm.R4, asm.R2, 10, asm.Half),
+		asm.LoadMem(asm.R5, asm.R9, cfgMark+4, asm.Half),
+		asm.JNE.Reg(asm.R4, asm.R5, "encapsulated"),
+	)
+	// The program checked all this; checked again so that nothing but
+	// a packet for our subnet is ever delivered, whoever marked it.
+	insns = append(insns,
+		asm.LoadMem(asm.R4, asm.R2, 12, asm.Half),
+		asm.JNE.Imm(asm.R4, ethPIP, pass),
+		asm.LoadMem(asm.R4, asm.R2, ethLen, asm.Byte),
+		asm.And.Imm(asm.R4, 0xf0),
+		asm.JNE.Imm(asm.R4, 0x40, pass),
+	)
+	insns = append(insns, matchInnerInsns(ethLen, pass)...)
+	insns = append(insns, endpointInsns()...)
+	insns = append(insns, saveCountInsns(ethLen, "xdp_segs")...)
+	insns = append(insns, countInsns(statXDP, "xdp_counted")...)
+	insns = append(insns, asm.Ja.Label(deliver))
+
+	pull := pullInsns(inInner+20, "in_pulled", pass)
+	pull[0] = pull[0].WithSymbol("encapsulated")
+	insns = append(insns, pull...)
+	insns = append(insns, matchOuterInsns(pass)...)
+	insns = append(insns, asm.Instructions{
 		// A GSO packet passes that check only if it is one of our
 		// egress program's TCP super-packets that crossed a virtual wire
 		// whole (outer and inner lengths cover the whole packet); GRO or
@@ -380,40 +473,12 @@ func ingressInsns() asm.Instructions {
 		asm.LoadMem(asm.R4, asm.R2, inInner+9, asm.Byte),
 		asm.JNE.Imm(asm.R4, 6, pass),
 		asm.Mov.Reg(asm.R4, asm.R4).WithSymbol("one"),
-
-		// For our subnet and not from it (the userspace path's rule).
-		asm.LoadMem(asm.R5, asm.R9, cfgOwnMask, asm.Word),
-		asm.LoadMem(asm.R0, asm.R9, cfgOwnNet, asm.Word),
-		asm.LoadMem(asm.R4, asm.R2, inInner+16, asm.Word),
-		asm.And.Reg(asm.R4, asm.R5),
-		asm.JNE.Reg(asm.R4, asm.R0, pass),
-		asm.LoadMem(asm.R4, asm.R2, inInner+12, asm.Word),
-		asm.And.Reg(asm.R4, asm.R5),
-		asm.JEq.Reg(asm.R4, asm.R0, pass),
-
-		// The inner destination, the key of the endpoints map.
-		asm.LoadMem(asm.R4, asm.R2, inInner+16, asm.Word),
-		asm.StoreMem(asm.RFP, fpEndpoint, asm.R4, asm.Word),
-
-		// From a peer we know.
-		asm.LoadMem(asm.R4, asm.R2, inIP+12, asm.Word),
-		asm.StoreMem(asm.RFP, -8, asm.R4, asm.Word),
-		asm.LoadMapPtr(asm.R1, 0).WithReference(mapPeerIPs),
-		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, -8),
-		asm.FnMapLookupElem.Call(),
-		asm.JEq.Imm(asm.R0, 0, pass),
-
-		// R7 = the local container the inner packet is for, or 0.
-		asm.LoadMapPtr(asm.R1, 0).WithReference(mapEndpoints),
-		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, fpEndpoint),
-		asm.FnMapLookupElem.Call(),
-		asm.Mov.Reg(asm.R7, asm.R0),
-
-		// Take the outer headers out from behind the Ethernet header; the
-		// redirect to a device without a link layer takes that off too.
 	}...)
+	insns = append(insns, matchInnerInsns(inInner, pass)...)
+	insns = append(insns, matchPeerInsns(pass)...)
+	insns = append(insns, endpointInsns()...)
+	// Take the outer headers out from behind the Ethernet header; the
+	// redirect to a device without a link layer takes that off too.
 	insns = append(insns, saveCountInsns(ethLen+encapLen, "in_segs")...)
 	insns = append(insns, asm.Instructions{
 		asm.Mov.Reg(asm.R1, asm.R6),
@@ -423,7 +488,9 @@ func ingressInsns() asm.Instructions {
 		asm.FnSkbAdjustRoom.Call(),
 		asm.JNE.Imm(asm.R0, 0, pass),
 	}...)
-	insns = append(insns, countInsns(statIn, "in_counted")...)
+	count := countInsns(statIn, "in_counted")
+	count[0] = count[0].WithSymbol(deliver)
+	insns = append(insns, count...)
 	insns = append(insns, peerInsns(toTUN)...)
 	return append(insns, asm.Instructions{
 		asm.LoadMem(asm.R1, asm.R9, cfgTUNIndex, asm.Word).WithSymbol(toTUN),
@@ -434,6 +501,69 @@ func ingressInsns() asm.Instructions {
 		asm.Mov.Imm(asm.R0, tcxNext).WithSymbol(pass),
 		asm.Return(),
 	}...)
+}
+
+// xdpInsns decapsulates, before GRO, the datagrams the ingress program
+// would, so that GRO merges the inner TCP segments and the ingress
+// program only delivers the result. Decapsulated after GRO instead, a
+// NIC's datagrams reach the host's forwarding one by one, and a
+// super-packet that crossed a virtual wire keeps its tunnel GSO type,
+// which the bridge then segments in software.
+//
+// The inner packet gets an Ethernet header to our address (the frame's
+// destination) from the mark, a random address that nothing on the wire
+// has; the ingress program knows decapsulated packets by it. XDP metadata
+// would not do: it is lost when a packet socket (tcpdump) shares the skb.
+func xdpInsns() asm.Instructions {
+	const pass = "pass"
+	insns := asm.Instructions{asm.Mov.Reg(asm.R6, asm.R1)}
+	insns = append(insns, configInsns(pass)...)
+	insns = append(insns,
+		asm.LoadMem(asm.R2, asm.R9, cfgTUNIndex, asm.Word),
+		asm.JEq.Imm(asm.R2, 0, pass),
+	)
+	insns = append(insns, xdpBoundInsns(inInner+20, pass)...)
+	insns = append(insns, matchOuterInsns(pass)...)
+	insns = append(insns, matchInnerInsns(inInner, pass)...)
+	insns = append(insns, matchPeerInsns(pass)...)
+	insns = append(insns, xdpBoundInsns(ethLen, pass)...)
+	insns = append(insns,
+		// The destination address, kept in R7 and R8 across the helper.
+		asm.LoadMem(asm.R7, asm.R2, 0, asm.Word),
+		asm.LoadMem(asm.R8, asm.R2, 4, asm.Half),
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.Mov.Imm(asm.R2, encapLen),
+		asm.FnXdpAdjustHead.Call(),
+		asm.JNE.Imm(asm.R0, 0, pass),
+	)
+	insns = append(insns, xdpBoundInsns(ethLen, "drop")...)
+	return append(insns,
+		asm.StoreMem(asm.R2, 0, asm.R7, asm.Word),
+		asm.StoreMem(asm.R2, 4, asm.R8, asm.Half),
+		asm.LoadMem(asm.R4, asm.R9, cfgMark, asm.Word),
+		asm.StoreMem(asm.R2, 6, asm.R4, asm.Word),
+		asm.LoadMem(asm.R4, asm.R9, cfgMark+4, asm.Half),
+		asm.StoreMem(asm.R2, 10, asm.R4, asm.Half),
+		asm.StoreImm(asm.R2, 12, int64(ethPIP), asm.Half),
+		asm.Mov.Imm(asm.R0, xdpPass).WithSymbol(pass),
+		asm.Return(),
+		// Unreachable: adjust_head leaves at least the inner packet.
+		asm.Mov.Imm(asm.R0, xdpDrop).WithSymbol("drop"),
+		asm.Return(),
+	)
+}
+
+// xdpBoundInsns loads R2 = ctx->data and R3 = ctx->data_end (R6 the
+// context) and jumps to fail unless n bytes lie between them. It clobbers
+// R4.
+func xdpBoundInsns(n int32, fail string) asm.Instructions {
+	return asm.Instructions{
+		asm.LoadMem(asm.R2, asm.R6, xdpData, asm.Word),
+		asm.LoadMem(asm.R3, asm.R6, xdpDataEnd, asm.Word),
+		asm.Mov.Reg(asm.R4, asm.R2),
+		asm.Add.Imm(asm.R4, n),
+		asm.JGT.Reg(asm.R4, asm.R3, fail),
+	}
 }
 
 // peerInsns delivers the decapsulated packet (data at the Ethernet
@@ -477,7 +607,7 @@ func peerInsns(fallback string) asm.Instructions {
 	)...)...)
 }
 
-// spec is the collection: four maps and two programs.
+// spec is the collection: five maps and three programs.
 func spec() *ebpf.CollectionSpec {
 	return &ebpf.CollectionSpec{
 		Maps: map[string]*ebpf.MapSpec{
@@ -522,6 +652,10 @@ func spec() *ebpf.CollectionSpec {
 				Name: progIngress, Type: ebpf.SchedCLS, AttachType: ebpf.AttachTCXIngress,
 				License: license, Instructions: ingressInsns(),
 			},
+			progXDP: {
+				Name: progXDP, Type: ebpf.XDP, AttachType: ebpf.AttachXDP,
+				License: license, Instructions: xdpInsns(),
+			},
 		},
 	}
 }
@@ -533,6 +667,7 @@ const license = "Dual BSD/GPL"
 const (
 	progEgress  = "flannel_udp_out"
 	progIngress = "flannel_udp_in"
+	progXDP     = "flannel_udp_xdp"
 
 	bpfFNoPrealloc = 1 // BPF_F_NO_PREALLOC, required for LPM tries
 )

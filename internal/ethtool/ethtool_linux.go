@@ -1,4 +1,7 @@
-package doctor
+// Package ethtool reads a network device's offload features with the
+// SIOCETHTOOL ioctls that the ethtool command uses; x/sys/unix has the
+// command numbers but not the feature-name lookup.
+package ethtool
 
 import (
 	"bytes"
@@ -41,10 +44,10 @@ func ethtool(fd int, dev string, buf []byte) error {
 	return nil
 }
 
-// feature reports whether the named offload feature (as `ethtool -k`
+// Feature reports whether the named offload feature (as `ethtool -k`
 // names it) is active on dev. It uses the same three ioctls as ethtool:
 // the size of the feature name set, the names, then the feature words.
-func feature(dev, name string) (bool, error) {
+func Feature(dev, name string) (bool, error) {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return false, fmt.Errorf("ethtool %s: socket: %w", dev, err)
