@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -21,8 +22,8 @@ import (
 	"github.com/flannel-go/flannel/internal/ns"
 )
 
-// ebpfDropIn is the drop-in that opts the udp backend into its eBPF
-// datapath under the shipped unit.
+// ebpfDropIn is the drop-in that makes the udp backend insist on its
+// eBPF datapath under the shipped unit.
 const ebpfDropIn = "../dist/flanneld-udp-ebpf.conf"
 
 // shippedUnitWith is dist/flanneld.service with the given drop-ins
@@ -50,11 +51,13 @@ func shippedUnitWith(t *testing.T, dropIns ...string) confine.Unit {
 	return u
 }
 
-// TestConfinedEBPFMissingPermission: the shipped unit alone does not grant
-// the eBPF datapath CAP_BPF, so flanneld told to use it exits with one
-// line naming the capability and the backend.
+// TestConfinedEBPFMissingPermission: under the shipped unit less CAP_BPF
+// (as an operator's override may leave it), flanneld told to use the eBPF
+// datapath exits with one line naming the capability and the backend.
 func TestConfinedEBPFMissingPermission(t *testing.T) {
-	o := confinedOpts(t, shippedUnit(t), 1, backendConfig("udp"))
+	u := shippedUnit(t)
+	u.Caps = slices.DeleteFunc(slices.Clone(u.Caps), func(c string) bool { return c == "bpf" })
+	o := confinedOpts(t, u, 1, backendConfig("udp"))
 	o.NoFlanneld = true
 	l := startLab(t, o)
 	h := l.Hosts[0]
@@ -208,8 +211,8 @@ func sharedBPFFS(t *testing.T) string {
 	return dir
 }
 
-// assertEBPFConfined checks that h's flanneld runs under the unit plus the
-// eBPF drop-in: its bounding set is exactly CAP_NET_ADMIN, CAP_NET_RAW
+// assertEBPFConfined checks that h's flanneld runs under the unit (plus
+// the eBPF drop-in) with the pins writable: its bounding set is exactly CAP_NET_ADMIN, CAP_NET_RAW
 // and CAP_BPF, no_new_privs and the address-family filter are set, /proc/sys
 // and /sys are read-only but /sys/fs/bpf is writable.
 func assertEBPFConfined(t *testing.T, h *lab.Host) {

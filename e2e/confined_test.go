@@ -75,9 +75,9 @@ func confinedOpts(t *testing.T, u confine.Unit, n int, config string) lab.Option
 var refusals = regexp.MustCompile(`(?i)operation not permitted|permission denied|read-only file system|needs CAP_`)
 
 // assertConfined checks that h's flanneld really runs confined: its
-// bounding set is exactly CAP_NET_ADMIN and CAP_NET_RAW (as the shipped
-// unit says), no_new_privs is set, and /proc/sys is read-only in its
-// mount namespace.
+// bounding set is exactly CAP_NET_ADMIN, CAP_NET_RAW and CAP_BPF (as the
+// shipped unit says), no_new_privs is set, and /proc/sys is read-only in
+// its mount namespace.
 func assertConfined(t *testing.T, h *lab.Host) {
 	t.Helper()
 	assertProcConfined(t, h.Name, h.FlanneldPID, true)
@@ -89,15 +89,15 @@ func assertConfined(t *testing.T, h *lab.Host) {
 }
 
 // assertProcConfined checks process pid's bounding set (exactly
-// CAP_NET_ADMIN and CAP_NET_RAW), no_new_privs if nnp, and that /proc/sys
-// and /sys are read-only in its mount namespace.
+// CAP_NET_ADMIN 12, CAP_NET_RAW 13 and CAP_BPF 39), no_new_privs if nnp,
+// and that /proc/sys and /sys are read-only in its mount namespace.
 func assertProcConfined(t *testing.T, name string, pid int, nnp bool) {
 	t.Helper()
 	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(string(st), "CapBnd:\t0000000000003000") || (nnp && !strings.Contains(string(st), "NoNewPrivs:\t1")) {
+	if !strings.Contains(string(st), "CapBnd:\t0000008000003000") || (nnp && !strings.Contains(string(st), "NoNewPrivs:\t1")) {
 		t.Errorf("%s: flanneld is not confined as expected:\n%s", name, st)
 	}
 	checkSysReadOnly(t, name, pid)

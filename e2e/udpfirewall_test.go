@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/flannel-go/flannel/internal/lab"
 	"github.com/flannel-go/flannel/internal/netnstest"
 	"github.com/flannel-go/flannel/internal/ns"
@@ -27,11 +29,27 @@ const blockedPort = 5999
 // the container: a connection to another port carries 16 MiB intact, one
 // to the refused port fails, and conntrack finds no packet invalid. (With
 // FLANNEL_UDP_DELIVER=direct the same firewall lets no connection from
-// another host through: the README says why it is opt-in.)
+// another host through: the README says why it is opt-in.) The receiving
+// host also filters reverse paths strictly, and a packet socket is open on
+// its external interface, as tcpdump's would be: what the XDP program
+// decapsulated must still enter the stack on flannel0, where the route
+// back to its source leads.
 func TestUDPEBPFStatefulFirewall(t *testing.T) {
 	l, h1, h2 := firewalledUDPLab(t)
 	c1, c2 := containerNS(t, h1), containerNS(t, h2)
+	netnstest.Run(t, "ip", "netns", "exec", h2.NS, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=1", "net.ipv4.conf.eth0.rp_filter=1")
+	hostNS, err := ns.Open(h2.NS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tapped := 0
+	tap := netnstest.StartCapture(t, hostNS, "eth0", unix.SOCK_DGRAM, false,
+		func([]byte, *unix.SockaddrLinklayer) { tapped++ })
 	t.Logf("16 MiB in %v", netnstest.Transfer(t, c1, c2, h2.Container, 16<<20))
+	tap.Stop()
+	if tapped == 0 {
+		t.Error("the packet socket on h2's eth0 saw nothing")
+	}
 	if err := tryDial(c1, c2, h2.Container, blockedPort); err == nil {
 		t.Error("a new connection to the refused port got through")
 	}

@@ -25,15 +25,8 @@ import (
 var nicTypes = []string{"device", "bond", "team", "vlan"}
 
 // chooseEBPF decides, before the socket is opened, whether to try the
-// eBPF datapath, and logs once why not when auto mode declines it.
-//
-// For now auto always declines: the eBPF path is not yet faster than the
-// userspace one on a bridged host, it was measured on real NICs only
-// through an emulated wire (with retransmissions not yet explained), and
-// neither the shipped unit nor the DaemonSet grants CAP_BPF, so making it
-// the default would give hand-started and confined flanneld different
-// datapaths. auto still says whether the eBPF datapath would work, and
-// autoTriesEBPF switches the default over.
+// eBPF datapath; auto mode tries it where autoEBPF allows (falling back
+// to userspace when it then fails to start) and logs once why not.
 func (b *Backend) chooseEBPF() bool {
 	switch b.mode {
 	case datapathUserspace:
@@ -41,23 +34,11 @@ func (b *Backend) chooseEBPF() bool {
 	case datapathEBPF:
 		return true
 	}
-	if autoTriesEBPF {
-		return b.autoEBPF()
-	}
-	if b.autoEBPF() {
-		b.log.Info("forwarding in userspace; the eBPF datapath would work here but is opt-in while it is experimental",
-			"set", DatapathEnv+"=ebpf to use it")
-	}
-	return false
+	return b.autoEBPF()
 }
 
-// autoTriesEBPF is whether auto mode tries the eBPF datapath where
-// autoEBPF allows it (falling back to userspace when it then fails to
-// start); false until the datapath is the default.
-var autoTriesEBPF = false
-
-// autoEBPF is what auto mode checks (and will check before it tries the
-// eBPF datapath, once that is the default); it logs why not.
+// autoEBPF is what auto mode checks before it tries the eBPF datapath;
+// it logs why not.
 func (b *Backend) autoEBPF() bool {
 	why := func(reason string, args ...any) bool {
 		b.log.Info("forwarding in userspace: "+reason, append(args, "set", DatapathEnv+"=ebpf to insist")...)
@@ -72,7 +53,7 @@ func (b *Backend) autoEBPF() bool {
 			"interface", b.ext.Name)
 	}
 	if err := fastpath.Probe(); err != nil {
-		return why("eBPF programs do not load here", "err", err)
+		return why("eBPF programs do not load here (the in-kernel datapath needs CAP_BPF)", "err", err)
 	}
 	return true
 }

@@ -95,6 +95,32 @@ func TestAutoDeclinesVirtualUnderlay(t *testing.T) {
 	mustPing(t, l.hosts[0].ctr, l.hosts[1].ctrAddr)
 }
 
+// TestAutoChoosesEBPF: where the external interface is a NIC (here the
+// veth counts as one, given a NIC's offloads) and the programs load, auto
+// mode forwards known peers in the kernel, decapsulating in XDP.
+func TestAutoChoosesEBPF(t *testing.T) {
+	old := nicTypes
+	nicTypes = append(slices.Clone(nicTypes), "veth")
+	t.Cleanup(func() { nicTypes = old })
+	l := newLab(t, 2)
+	nicWire(t, l)
+	for _, h := range l.hosts {
+		l.startWith(h, settings{offloads: allOffloads, datapath: datapathAuto})
+		if got := h.b.Datapath(); got != "ebpf" {
+			t.Fatalf("h%d datapath %s on a NIC, want ebpf", h.i, got)
+		}
+	}
+	l.syncAll()
+	h1, h2 := l.hosts[0], l.hosts[1]
+	mustPing(t, h1.ctr, h2.ctrAddr)
+	before := h2.b.Stats()
+	transfer(t, h1, h2, 16<<20)
+	after := h2.b.Stats()
+	if after.EBPF == nil || before.EBPF == nil || after.EBPF.XDPBytes-before.EBPF.XDPBytes < 16<<20 {
+		t.Errorf("h2's eBPF counters %+v after 16 MiB in", after.EBPF)
+	}
+}
+
 // TestEBPFRestart: with pins, the kernel goes on forwarding while no
 // flanneld runs; the next one reopens the same TUN and adopts the
 // programs and maps; one that runs the userspace datapath takes them away
@@ -173,9 +199,9 @@ func TestEBPFVirtualWire(t *testing.T) {
 // takes none), the backend starts over in userspace with UDP GRO and the
 // same flannel0, and forwards.
 func TestAutoFallsBack(t *testing.T) {
-	old, oldTries := nicTypes, autoTriesEBPF
-	nicTypes, autoTriesEBPF = append(slices.Clone(nicTypes), "veth"), true
-	t.Cleanup(func() { nicTypes, autoTriesEBPF = old, oldTries })
+	old := nicTypes
+	nicTypes = append(slices.Clone(nicTypes), "veth")
+	t.Cleanup(func() { nicTypes = old })
 	l := newLab(t, 2)
 	h1, h2 := l.hosts[0], l.hosts[1]
 	l.start(h2, allOffloads)

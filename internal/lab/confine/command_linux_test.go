@@ -39,9 +39,9 @@ done`
 	if err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
-	// CAP_NET_ADMIN is 12, CAP_NET_RAW 13.
-	if !strings.Contains(out, "CapBnd:\t0000000000003000") {
-		t.Errorf("bounding set is not CAP_NET_ADMIN+CAP_NET_RAW:\n%s", out)
+	// CAP_NET_ADMIN is 12, CAP_NET_RAW 13, CAP_BPF 39.
+	if !strings.Contains(out, "CapBnd:\t0000008000003000") {
+		t.Errorf("bounding set is not CAP_NET_ADMIN+CAP_NET_RAW+CAP_BPF:\n%s", out)
 	}
 	if !strings.Contains(out, "NoNewPrivs:\t1") {
 		t.Errorf("no_new_privs not set:\n%s", out)

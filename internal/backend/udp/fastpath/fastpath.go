@@ -1,4 +1,4 @@
-// Package fastpath is the udp backend's in-kernel datapath: two eBPF
+// Package fastpath is the udp backend's in-kernel datapath: three eBPF
 // programs that forward known peers' traffic in upstream flannel's udp
 // wire format (one raw inner IPv4 packet per UDP datagram, from our public
 // IP and port to the peer's, checksum 0) without crossing into userspace.
@@ -10,8 +10,11 @@
 //	container ─▶ bridge/veth ─▶ ip_forward ─▶ route 10.5.0.0/16 dev flannel0
 //	  ─▶ tcx egress on flannel0: peer known? encapsulate, redirect_neigh ─▶ eth0
 //	                                   unknown? pass ─▶ TUN ─▶ userspace (ICMP net-unreachable)
-//	eth0 ─▶ tcx ingress: datagram to our IP:port from a known peer, for our
-//	  subnet? decapsulate; a container on our bridge behind a veth?
+//	eth0 ─▶ XDP (driver mode, where the device runs GRO): datagram to our
+//	  IP:port from a known peer, for our subnet? decapsulate, mark ─▶ GRO
+//	eth0 ─▶ tcx ingress: marked? deliver. Datagram to our IP:port from a
+//	  known peer, for our subnet? decapsulate and deliver:
+//	                                   direct (opt-in), to a container on our bridge behind a veth:
 //	                                   redirect_peer ─▶ the container's eth0
 //	                                   otherwise: redirect into flannel0's ingress ─▶ ip_forward ─▶ container
 //	                                   anything else? pass ─▶ stack ─▶ userspace socket
@@ -32,6 +35,18 @@
 // so reverse-path filtering, accept_local and firewall rules that name the
 // device see the same thing in both datapaths.
 //
+// The XDP program is what makes the datapath as fast as the kernel's
+// vxlan on a NIC: it strips the outer headers before GRO, so GRO merges
+// the inner TCP segments into super-packets and the host forwards those,
+// as vxlan's GRO handler arranges for its device. After GRO (the tcx
+// ingress program alone) a NIC's datagrams for port 8285 reach the
+// forwarding one by one. The XDP program gives each inner packet an
+// Ethernet header from a random address of this host's (the mark in the
+// config map) and the tcx program tells them by it. It runs only in
+// driver mode (generic XDP comes after GRO) and only where the device
+// runs GRO: a veth does not by default, and there XDP would only force
+// the sender to segment.
+//
 // The ingress program leaves batches of datagrams that GRO or a peer's
 // UDP_SEGMENT coalesced to the socket (the backend turns UDP GRO off on it
 // while this datapath runs, so a NIC's datagrams arrive one by one). A TCP
@@ -48,8 +63,8 @@
 // # Maps
 //
 // "config" (array, one entry) holds our public IP, the port, the two
-// ifindexes and our subnet; both programs pass everything until it is
-// written. "peers" (LPM trie) maps a peer's subnet to its public IP, and
+// ifindexes, our subnet and the mark; the programs pass everything until
+// it is written. "peers" (LPM trie) maps a peer's subnet to its public IP, and
 // "peer_ips" (hash) holds the public IPs the ingress program accepts
 // datagrams from. The peer maps are kept as a desired state by SetPeers
 // without reloading the programs. "endpoints" (hash, not pinned) maps a
