@@ -43,7 +43,7 @@ func labBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	seconds := fs.Int("seconds", 5, "seconds per iperf3 run")
 	streams := fs.Int("streams", 1, "parallel TCP streams")
 	backendList := fs.String("backends", "vxlan,host-gw,udp,wireguard",
-		"backends to measure; also udp-ebpf (the udp backend's eBPF datapath, forced), udp-ebpf-tc (the same without XDP), and udp-ebpf-nic, udp-ebpf-tc-nic and vxlan-nic on an underlay with a NIC's offloads (lab.NICWire)")
+		"backends to measure; also udp-ebpf (the udp backend's eBPF datapath, forced), udp-ebpf-tc (the same without XDP), and udp-nic (userspace), udp-ebpf-nic, udp-ebpf-tc-nic and vxlan-nic on an underlay with a NIC's offloads (lab.NICWire)")
 	flanneld := fs.String("flanneld", "", "flanneld binary")
 	prefix := fs.String("prefix", "fb", "prefix of the labs' names; benches running at once need different ones, or each tears down the other's labs")
 	if err := fs.Parse(args); err != nil {
@@ -121,6 +121,8 @@ func labBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			l, err = envLab(id, "udp", strings.HasSuffix(b, "-nic"), env...)
 		case "vxlan-nic":
 			l, err = envLab(id, "vxlan", true)
+		case "udp-nic":
+			l, err = envLab(id, "udp", true, "FLANNEL_UDP_DATAPATH=userspace")
 		default:
 			l, err = up(id, b, hosts)
 		}
@@ -193,7 +195,7 @@ func labBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	tw.Flush()
 
-	for _, b := range []string{"udp", "udp-ebpf", "udp-ebpf-tc", "udp-ebpf-nic", "udp-ebpf-tc-nic", "wireguard"} {
+	for _, b := range []string{"udp", "udp-nic", "udp-ebpf", "udp-ebpf-tc", "udp-ebpf-nic", "udp-ebpf-tc-nic", "wireguard"} {
 		for _, ref := range []string{"vxlan", "vxlan-nic"} {
 			if u, v := byName[b], byName[ref]; u != nil && v != nil {
 				fmt.Fprintf(stdout, "\n%s / %s: %.3f (ping RTT %.2f ×)", b, ref, lab.Summarize(u.results).Median/lab.Summarize(v.results).Median,

@@ -9,12 +9,14 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
 
 	"github.com/flannel-go/flannel/internal/netnstest"
 )
 
 // TestRemoveLeftovers: a host that ran udp with the pinned eBPF datapath
-// and now starts another backend loses the programs on both devices, the
+// and now starts another backend loses the programs on both devices (XDP
+// too), the
 // pins and the persistent flannel0; with nothing left it is a no-op.
 func TestRemoveLeftovers(t *testing.T) {
 	pins := filepath.Join(netnstest.BPFFS(t), "h1")
@@ -28,18 +30,23 @@ func TestRemoveLeftovers(t *testing.T) {
 	if err := h1.b.Close(); err != nil {
 		t.Fatal(err)
 	}
+	// ingress counts the programs on eth0's receive path: tcx ingress and
+	// XDP.
 	ingress := func() int {
 		n := 0
 		if err := h1.ns.Do(func() error {
-			eth, err := net.InterfaceByName("eth0")
+			eth, err := netlink.LinkByName("eth0")
 			if err != nil {
 				return err
 			}
-			r, err := link.QueryPrograms(link.QueryOptions{Target: eth.Index, Attach: ebpf.AttachTCXIngress})
+			r, err := link.QueryPrograms(link.QueryOptions{Target: eth.Attrs().Index, Attach: ebpf.AttachTCXIngress})
 			if err != nil {
 				return err
 			}
 			n = len(r.Programs)
+			if x := eth.Attrs().Xdp; x != nil && x.Attached {
+				n++
+			}
 			return nil
 		}); err != nil {
 			t.Fatal(err)
@@ -55,7 +62,7 @@ func TestRemoveLeftovers(t *testing.T) {
 		})
 		return ok
 	}
-	if ingress() != 1 || !tunExists() {
+	if ingress() != 2 || !tunExists() {
 		t.Fatalf("after Close: %d ingress programs, flannel0 kept %v; want the pinned datapath to stay", ingress(), tunExists())
 	}
 

@@ -50,7 +50,9 @@
 // FLANNEL_UDP_DATAPATH (Options.Datapath) chooses "auto", "ebpf" or
 // "userspace": with eBPF (package fastpath) programs in the kernel
 // forward known peers' packets in the same wire format and pass the rest
-// on to the loops here (ebpf_linux.go says when auto declines it). With
+// on to the loops here. auto uses it on a NIC where the programs load
+// (ebpf_linux.go says when it declines); the loops here are then the
+// fallback. With
 // its maps and links pinned, the TUN is made persistent so that the
 // kernel goes on forwarding across a restart, and the next start reopens
 // it by name.

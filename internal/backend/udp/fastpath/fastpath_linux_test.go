@@ -154,6 +154,10 @@ func TestLoadAdoptRemove(t *testing.T) {
 	if err := dp.SetPeers(want); err != nil {
 		t.Fatal(err)
 	}
+	mark := dp.cfg.mark
+	if mark == ([6]byte{}) || mark[0]&0x03 != 0x02 {
+		t.Errorf("mark %x is not a locally administered unicast address", mark)
+	}
 	if err := dp.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -176,6 +180,9 @@ func TestLoadAdoptRemove(t *testing.T) {
 	}
 	if dp.cfg.Own != own {
 		t.Errorf("adopted config has subnet %v, want the previous %v", dp.cfg.Own, own)
+	}
+	if dp.cfg.mark != mark {
+		t.Errorf("adopted config has mark %x, want the previous %x (the old XDP program marks with it until replaced)", dp.cfg.mark, mark)
 	}
 	got, err := dp.Peers()
 	if err != nil {
