@@ -160,7 +160,7 @@ var mutations = map[string]func(f []byte) []byte{
 }
 
 func TestIngressProgram(t *testing.T) {
-	prog := loadIngressOnce(t)
+	prog := loadOnce(t, progIngress)
 	for name, mut := range mutations {
 		t.Run(name, func(t *testing.T) { checkIngress(t, prog, mut(frame())) })
 	}
@@ -209,7 +209,7 @@ func checkXDP(t *testing.T, prog *ebpf.Program, f []byte) {
 }
 
 func TestXDPProgram(t *testing.T) {
-	prog := loadXDPOnce(t)
+	prog := loadOnce(t, progXDP)
 	for name, mut := range mutations {
 		if name == "wrapped length" {
 			continue // a super-packet never reaches XDP
@@ -224,25 +224,20 @@ func FuzzXDP(f *testing.F) {
 	f.Add(inIP+9, byte(6), 0)
 	f.Add(inInner+2, byte(1), 3)
 	f.Fuzz(func(t *testing.T, at int, v byte, cut int) {
-		prog := loadXDPOnce(t)
-		fr := frame()
-		if at >= 0 && at < len(fr) {
-			fr[at] ^= v
-		}
-		if cut > 0 && cut <= len(fr)-ethLen {
-			fr = fr[:len(fr)-cut]
-		}
-		checkXDP(t, prog, fr)
+		checkXDP(t, loadOnce(t, progXDP), mutate(frame(), at, v, cut, ethLen))
 	})
 }
 
-var xdpProg *ebpf.Program
-
-func loadXDPOnce(t *testing.T) *ebpf.Program {
-	if xdpProg == nil {
-		xdpProg = loadIngress(t).Programs[progXDP]
+// mutate flips bits v of f's byte at (if there is one) and cuts cut bytes
+// off its end, leaving at least keep.
+func mutate(f []byte, at int, v byte, cut, keep int) []byte {
+	if at >= 0 && at < len(f) {
+		f[at] ^= v
 	}
-	return xdpProg
+	if cut > 0 && cut <= len(f)-keep {
+		f = f[:len(f)-cut]
+	}
+	return f
 }
 
 // FuzzIngress mutates a valid frame anywhere; the program must agree with
@@ -254,31 +249,27 @@ func FuzzIngress(f *testing.F) {
 	f.Add(-1, byte(0), 0)
 	f.Add(-ethLen-20, byte(3), 0)
 	f.Fuzz(func(t *testing.T, at int, v byte, cut int) {
-		prog := loadIngressOnce(t)
 		fr := frame()
 		if at < 0 { // a negative offset mutates a marked frame
 			fr, at = marked(), -at-1
 		}
-		if at >= 0 && at < len(fr) {
-			fr[at] ^= v
-		}
 		// The kernel refuses to run on a frame that claims IPv4 but is
 		// shorter than an IPv4 header.
-		if cut > 0 && cut <= len(fr)-inIP-20 {
-			fr = fr[:len(fr)-cut]
-		}
-		checkIngress(t, prog, fr)
+		checkIngress(t, loadOnce(t, progIngress), mutate(fr, at, v, cut, inIP+20))
 	})
 }
 
-var ingressProg *ebpf.Program
+// loaded holds the programs loadOnce loaded, for the fuzzing process's
+// lifetime.
+var loaded *ebpf.Collection
 
-func loadIngressOnce(t *testing.T) *ebpf.Program {
-	if ingressProg == nil {
-		// Kept for the fuzzing process's lifetime.
-		ingressProg = loadIngress(t).Programs[progIngress]
+// loadOnce returns the named program of the collection loadIngress
+// loads, loading it on first use.
+func loadOnce(t *testing.T, name string) *ebpf.Program {
+	if loaded == nil {
+		loaded = loadIngress(t)
 	}
-	return ingressProg
+	return loaded.Programs[name]
 }
 
 // loadIngress loads the programs unpinned, configured for testCfg with

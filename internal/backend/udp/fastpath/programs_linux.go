@@ -45,9 +45,16 @@ func pullInsns(n int32, label, fail string) asm.Instructions {
 // after any helper that may move the packet, and jumps to fail unless n
 // bytes lie between them. It clobbers R4.
 func boundInsns(n int32, fail string) asm.Instructions {
+	return packetBoundInsns(skbData, skbDataEnd, n, fail)
+}
+
+// packetBoundInsns loads R2 and R3 from the context's data and data_end
+// fields at the given offsets (R6 the context) and jumps to fail unless n
+// bytes lie between them. It clobbers R4.
+func packetBoundInsns(data, end int16, n int32, fail string) asm.Instructions {
 	return asm.Instructions{
-		asm.LoadMem(asm.R2, asm.R6, skbData, asm.Word),
-		asm.LoadMem(asm.R3, asm.R6, skbDataEnd, asm.Word),
+		asm.LoadMem(asm.R2, asm.R6, data, asm.Word),
+		asm.LoadMem(asm.R3, asm.R6, end, asm.Word),
 		asm.Mov.Reg(asm.R4, asm.R2),
 		asm.Add.Imm(asm.R4, n),
 		asm.JGT.Reg(asm.R4, asm.R3, fail),
@@ -553,17 +560,9 @@ func xdpInsns() asm.Instructions {
 	)
 }
 
-// xdpBoundInsns loads R2 = ctx->data and R3 = ctx->data_end (R6 the
-// context) and jumps to fail unless n bytes lie between them. It clobbers
-// R4.
+// xdpBoundInsns is boundInsns for an XDP program.
 func xdpBoundInsns(n int32, fail string) asm.Instructions {
-	return asm.Instructions{
-		asm.LoadMem(asm.R2, asm.R6, xdpData, asm.Word),
-		asm.LoadMem(asm.R3, asm.R6, xdpDataEnd, asm.Word),
-		asm.Mov.Reg(asm.R4, asm.R2),
-		asm.Add.Imm(asm.R4, n),
-		asm.JGT.Reg(asm.R4, asm.R3, fail),
-	}
+	return packetBoundInsns(xdpData, xdpDataEnd, n, fail)
 }
 
 // peerInsns delivers the decapsulated packet (data at the Ethernet
