@@ -153,13 +153,26 @@ func (d *Datapath) writeConfig() error {
 //	bpftool net attach tcx_egress|tcx_ingress pinned PROG dev DEV
 func (d *Datapath) attach(prog, pin string, ifindex int, typ ebpf.AttachType) (link.Link, error) {
 	p := d.coll.Programs[prog]
+	l, err := d.attachPinned(pin, p, func(l link.Link) bool { return sameTCX(l, ifindex, typ) }, func() (link.Link, error) {
+		return link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: p, Attach: typ})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("fastpath: attach %s to ifindex %d: %w", prog, ifindex, err)
+	}
+	return l, nil
+}
+
+// attachPinned returns the link pinned under pin with p swapped in if
+// same says it is the one wanted, and otherwise detaches whatever is
+// pinned there, makes a new link with attach and pins it.
+func (d *Datapath) attachPinned(pin string, p *ebpf.Program, same func(link.Link) bool, attach func() (link.Link, error)) (link.Link, error) {
 	path := ""
 	if d.cfg.PinDir != "" {
 		path = filepath.Join(d.cfg.PinDir, pin)
 		if l, err := link.LoadPinnedLink(path, nil); err == nil {
-			if sameTCX(l, ifindex, typ) {
+			if same(l) {
 				if err := l.Update(p); err == nil {
-					d.log.Debug("adopted pinned eBPF link", "link", pin, "ifindex", ifindex)
+					d.log.Debug("adopted pinned eBPF link", "link", pin)
 					return l, nil
 				}
 			}
@@ -170,14 +183,14 @@ func (d *Datapath) attach(prog, pin string, ifindex int, typ ebpf.AttachType) (l
 			_ = os.Remove(path)
 		}
 	}
-	l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: p, Attach: typ})
+	l, err := attach()
 	if err != nil {
-		return nil, fmt.Errorf("fastpath: attach %s to ifindex %d: %w", prog, ifindex, err)
+		return nil, err
 	}
 	if path != "" {
 		if err := l.Pin(path); err != nil {
 			l.Close()
-			return nil, fmt.Errorf("fastpath: pin %s: %w", path, err)
+			return nil, fmt.Errorf("pin %s: %w", path, err)
 		}
 	}
 	return l, nil
@@ -189,32 +202,9 @@ func (d *Datapath) attach(prog, pin string, ifindex int, typ ebpf.AttachType) (l
 // does the same work.
 func (d *Datapath) attachXDP() (link.Link, error) {
 	p := d.coll.Programs[progXDP]
-	path := ""
-	if d.cfg.PinDir != "" {
-		path = filepath.Join(d.cfg.PinDir, pinXDP)
-		if l, err := link.LoadPinnedLink(path, nil); err == nil {
-			if sameXDP(l, d.cfg.ExtIndex) {
-				if err := l.Update(p); err == nil {
-					return l, nil
-				}
-			}
-			_ = l.Unpin()
-			_ = l.Close()
-		} else if !errors.Is(err, os.ErrNotExist) {
-			_ = os.Remove(path)
-		}
-	}
-	l, err := link.AttachXDP(link.XDPOptions{Program: p, Interface: d.cfg.ExtIndex, Flags: link.XDPDriverMode})
-	if err != nil {
-		return nil, err
-	}
-	if path != "" {
-		if err := l.Pin(path); err != nil {
-			l.Close()
-			return nil, fmt.Errorf("pin %s: %w", path, err)
-		}
-	}
-	return l, nil
+	return d.attachPinned(pinXDP, p, func(l link.Link) bool { return sameXDP(l, d.cfg.ExtIndex) }, func() (link.Link, error) {
+		return link.AttachXDP(link.XDPOptions{Program: p, Interface: d.cfg.ExtIndex, Flags: link.XDPDriverMode})
+	})
 }
 
 // detachPinned detaches and unpins the link pinned under name, if any.

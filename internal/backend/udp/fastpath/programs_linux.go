@@ -426,8 +426,8 @@ func endpointInsns() asm.Instructions {
 // for our public IP and port, come from a known peer and carry exactly one
 // IPv4 packet for our subnet, and hands the inner packet to flannel0's
 // ingress. Everything else, GSO packets included, goes on unchanged.
-// Packets the XDP program already decapsulated (marked in their metadata)
-// are only delivered.
+// Packets the XDP program already decapsulated (the mark as their
+// Ethernet source) are only delivered.
 func ingressInsns() asm.Instructions {
 	const pass, toTUN, deliver = "pass", "to_tun", "deliver"
 	insns := asm.Instructions{
