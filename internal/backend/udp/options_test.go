@@ -1,6 +1,7 @@
 package udp
 
 import (
+	"strings"
 	"testing"
 )
 
@@ -76,5 +77,21 @@ func TestParseDeliver(t *testing.T) {
 	}
 	if _, err := parseDeliver("peer"); err == nil {
 		t.Error("parseDeliver(peer) accepted")
+	}
+}
+
+func TestParseXDP(t *testing.T) {
+	for _, c := range []struct {
+		in    string
+		noXDP bool
+	}{
+		{"", false}, {"auto", false}, {" AUTO", false}, {"off", true}, {"Off ", true},
+	} {
+		if got, err := parseXDP(c.in); err != nil || got != c.noXDP {
+			t.Errorf("parseXDP(%q) = %v, %v; want %v", c.in, got, err, c.noXDP)
+		}
+	}
+	if _, err := parseXDP("on"); err == nil || !strings.Contains(err.Error(), XDPEnv) {
+		t.Errorf("parseXDP(on): err %v, want one naming %s", err, XDPEnv)
 	}
 }
