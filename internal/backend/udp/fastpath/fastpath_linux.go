@@ -88,7 +88,11 @@ func Open(cfg Config, log *slog.Logger) (*Datapath, error) {
 		return nil, err
 	}
 	if cfg.NoXDP {
-		d.detachPinned(pinXDP)
+		if cfg.PinDir != "" {
+			if err := unpinLink(filepath.Join(cfg.PinDir, pinXDP)); err != nil {
+				log.Warn("could not detach the XDP program a previous flanneld pinned", "err", err)
+			}
+		}
 	} else if d.xdp, err = d.attachXDP(); err != nil {
 		log.Info("decapsulating after GRO: no native XDP on the external interface", "ifindex", cfg.ExtIndex, "err", err)
 	}
@@ -207,16 +211,17 @@ func (d *Datapath) attachXDP() (link.Link, error) {
 	})
 }
 
-// detachPinned detaches and unpins the link pinned under name, if any.
-func (d *Datapath) detachPinned(name string) {
-	if d.cfg.PinDir == "" {
-		return
+// unpinLink detaches the link pinned at path and removes the pin; a pin
+// that is not a link is removed, and no pin is no error.
+func unpinLink(path string) error {
+	l, err := link.LoadPinnedLink(path, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
 	}
-	path := filepath.Join(d.cfg.PinDir, name)
-	if l, err := link.LoadPinnedLink(path, nil); err == nil {
-		_ = l.Unpin()
-		_ = l.Close()
+	if err != nil {
+		return os.Remove(path)
 	}
+	return errors.Join(l.Unpin(), l.Close())
 }
 
 // sameXDP says whether l is an XDP link on this interface.
@@ -432,16 +437,7 @@ func RemovePinned(dir string) error {
 	}
 	var errs []error
 	for _, name := range []string{pinEgress, pinIngress, pinXDP} {
-		path := filepath.Join(dir, name)
-		l, err := link.LoadPinnedLink(path, nil)
-		if errors.Is(err, os.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			errs = append(errs, os.Remove(path))
-			continue
-		}
-		errs = append(errs, l.Unpin(), l.Close())
+		errs = append(errs, unpinLink(filepath.Join(dir, name)))
 	}
 	for name := range spec().Maps {
 		if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -455,8 +451,8 @@ func RemovePinned(dir string) error {
 	return nil
 }
 
-// Check reports whether both programs are still attached where Open put
-// them: a link detached behind our back (bpftool link detach) or left on
+// Check reports whether the programs are still attached where Open put
+// them (XDP only if Open attached it): a link detached behind our back (bpftool link detach) or left on
 // a deleted and recreated external interface reports another ifindex.
 func (d *Datapath) Check() error {
 	for _, c := range []struct {

@@ -223,6 +223,40 @@ func TestLoadAdoptRemove(t *testing.T) {
 	}
 }
 
+// TestNoXDPDetachesPinned: a start told to leave XDP alone takes away the
+// XDP program a previous process pinned, and forwards without it.
+func TestNoXDPDetachesPinned(t *testing.T) {
+	hs := twoHosts(t)
+	h := hs[0]
+	h.pins = filepath.Join(netnstest.BPFFS(t), "flannel", "udp")
+	dp := h.open(t)
+	if !dp.XDP() || xdpProgID(t, h) == 0 {
+		t.Fatal("no XDP program after the first Open")
+	}
+	if err := dp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if xdpProgID(t, h) == 0 {
+		t.Fatal("the pinned XDP program went with Close")
+	}
+	cfg := h.config()
+	cfg.NoXDP = true
+	if err := h.ns.Do(func() error {
+		var err error
+		dp, err = Open(cfg, testLog(t))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer dp.Remove()
+	if id := xdpProgID(t, h); id != 0 || dp.XDP() {
+		t.Errorf("with NoXDP: XDP program %d on eth0, XDP() %v", id, dp.XDP())
+	}
+	if _, err := os.Stat(filepath.Join(h.pins, pinXDP)); !os.IsNotExist(err) {
+		t.Errorf("XDP pin after an Open with NoXDP: %v", err)
+	}
+}
+
 // xdpProgID is the id of the XDP program on h's eth0, 0 if none.
 func xdpProgID(t *testing.T, h *host) uint32 {
 	t.Helper()

@@ -425,7 +425,8 @@ func endpointInsns() asm.Instructions {
 // ingressInsns decapsulates datagrams on the external interface that are
 // for our public IP and port, come from a known peer and carry exactly one
 // IPv4 packet for our subnet, and hands the inner packet to flannel0's
-// ingress. Everything else, GSO packets included, goes on unchanged.
+// ingress. Everything else, batches of datagrams that GRO merged
+// included, goes on unchanged.
 // Packets the XDP program already decapsulated (the mark as their
 // Ethernet source) are only delivered.
 func ingressInsns() asm.Instructions {
