@@ -103,14 +103,22 @@ func marked() []byte {
 	return append(append(append(f[:6:6], testCfg.mark[:]...), 0x08, 0x00), f[inInner:]...)
 }
 
-// checkIngress runs the program on f and compares with the reference.
-func checkIngress(t *testing.T, prog *ebpf.Program, f []byte) {
+// runProg runs prog once on frame f (BPF_PROG_TEST_RUN) and returns its
+// verdict and the frame as it left, with room to grow by 64 bytes.
+func runProg(t *testing.T, prog *ebpf.Program, f []byte) (uint32, []byte) {
 	t.Helper()
 	out := make([]byte, len(f)+64)
 	ret, err := prog.Run(&ebpf.RunOptions{Data: f, DataOut: out})
 	if err != nil {
 		t.Fatalf("run: %v", err)
 	}
+	return ret, out
+}
+
+// checkIngress runs the program on f and compares with the reference.
+func checkIngress(t *testing.T, prog *ebpf.Program, f []byte) {
+	t.Helper()
+	ret, out := runProg(t, prog, f)
 	if bytes.Equal(f[6:12], testCfg.mark[:]) {
 		switch want := wantMarked(f); {
 		case want && (ret != retRedirect || !bytes.Equal(out[:len(f)], f)):
@@ -190,11 +198,7 @@ func TestIngressProgram(t *testing.T) {
 // came. Both pass on to the stack.
 func checkXDP(t *testing.T, prog *ebpf.Program, f []byte) {
 	t.Helper()
-	out := make([]byte, len(f)+64)
-	ret, err := prog.Run(&ebpf.RunOptions{Data: f, DataOut: out})
-	if err != nil {
-		t.Fatalf("run: %v", err)
-	}
+	ret, out := runProg(t, prog, f)
 	if ret != xdpPass {
 		t.Fatalf("frame % x: returned %d, want XDP_PASS", f, ret)
 	}
@@ -306,11 +310,7 @@ func TestIngressToEndpoint(t *testing.T) {
 	}
 	prog := coll.Programs[progIngress]
 	run := func(f []byte) (uint32, []byte) {
-		out := make([]byte, len(f)+64)
-		ret, err := prog.Run(&ebpf.RunOptions{Data: f, DataOut: out})
-		if err != nil {
-			t.Fatalf("run: %v", err)
-		}
+		ret, out := runProg(t, prog, f)
 		return ret, out[:len(f)-encapLen]
 	}
 
